@@ -1,0 +1,149 @@
+"""Content-addressed store of frozen-encoder embeddings on a local path or object storage.
+
+Layout: ``ROOT/<modality>/<encoder fingerprint>/<sha256 of shard bytes>.parquet``; each shard
+holds rows ``(key, embedding)`` where ``key`` is the content hash of the canonical input.
+
+Why this shape:
+- the fingerprint directory means a changed encoder or preprocessing never reads stale
+  vectors;
+- shards are immutable and named by the hash of their own bytes, so a truncated or corrupted
+  shard is detected on read (the bytes no longer hash to the name) and set aside, and its keys
+  are simply recomputed;
+- writers never modify a shard, they only add new ones under unique names (write-then-rename
+  locally, a single atomic PUT on S3), so concurrent pipelines leave the cache consistent:
+  at worst a key is stored twice with identical values (the encoders are deterministic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from acml_ray.storage import resolve_filesystem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CacheStats:
+    """What a cache instance has read and written (reported by pipelines and benchmarks)."""
+
+    shards_read: int = 0
+    shards_corrupt: int = 0
+    shards_written: int = 0
+    rows_written: int = 0
+    corrupt_paths: list[str] = field(default_factory=list)
+
+
+class EmbeddingCache:
+    """Embeddings of one (modality, encoder fingerprint) pair, keyed by content hash."""
+
+    def __init__(self, root: str, modality: str, fingerprint: str, dim: int) -> None:
+        self.root = root
+        self.modality = modality
+        self.fingerprint = fingerprint
+        self.dim = dim
+        self.fs, base = resolve_filesystem(root)
+        self.directory = f"{base}/{modality}/{fingerprint}"
+        self.stats = CacheStats()
+        self._index: dict[str, np.ndarray] | None = None
+
+    # -- reading ------------------------------------------------------------------------
+    def _shard_paths(self) -> list[str]:
+        selector = pafs.FileSelector(self.directory, allow_not_found=True, recursive=False)
+        infos = self.fs.get_file_info(selector)
+        return sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
+
+    def _read_verified(self, path: str) -> pa.Table | None:
+        with self.fs.open_input_stream(path) as stream:
+            data = stream.read()
+        expected = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+        if hashlib.sha256(data).hexdigest() != expected:
+            return None
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except Exception:  # a shard whose hash matches but fails to parse was written broken
+            return None
+        if table.schema.names != ["key", "embedding"]:
+            return None
+        return table
+
+    def _set_aside(self, path: str) -> None:
+        # Keep the evidence for inspection, out of the way of readers.
+        target = f"{self.directory}/corrupt/{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex[:8]}"
+        try:
+            self.fs.create_dir(f"{self.directory}/corrupt", recursive=True)
+            self.fs.move(path, target)
+        except OSError:
+            log.warning("could not move corrupt cache shard %s aside", path)
+
+    def load(self, refresh: bool = False) -> dict[str, np.ndarray]:
+        """Read every verified shard into memory: key -> float32 vector."""
+        if self._index is not None and not refresh:
+            return self._index
+        index: dict[str, np.ndarray] = {}
+        for path in self._shard_paths():
+            table = self._read_verified(path)
+            if table is None:
+                self.stats.shards_corrupt += 1
+                self.stats.corrupt_paths.append(path)
+                log.warning("cache shard failed its checksum, recomputing its rows: %s", path)
+                self._set_aside(path)
+                continue
+            self.stats.shards_read += 1
+            keys = table.column("key").to_pylist()
+            flat = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
+            vectors = flat.astype(np.float32, copy=False).reshape(len(keys), self.dim)
+            index.update(zip(keys, vectors))
+        self._index = index
+        return index
+
+    def lookup(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors for `keys` -> (float32 [n, dim] with zeros where missing, found mask [n])."""
+        index = self.load()
+        out = np.zeros((len(keys), self.dim), dtype=np.float32)
+        found = np.zeros(len(keys), dtype=bool)
+        for i, key in enumerate(keys):
+            vector = index.get(key)
+            if vector is not None:
+                out[i] = vector
+                found[i] = True
+        return out, found
+
+    # -- writing ------------------------------------------------------------------------
+    def put(self, keys: list[str], vectors: np.ndarray) -> str | None:
+        """Store new vectors as one immutable shard; returns its path (None if nothing new)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(keys), self.dim):
+            raise ValueError(f"expected vectors of shape ({len(keys)}, {self.dim}), got {vectors.shape}")
+        if not keys:
+            return None
+        table = pa.table({
+            "key": pa.array(keys, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.dim),
+        })
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        data = sink.getvalue().to_pybytes()
+        path = f"{self.directory}/{hashlib.sha256(data).hexdigest()}.parquet"
+        self.fs.create_dir(self.directory, recursive=True)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            tmp = f"{self.directory}/.tmp-{uuid.uuid4().hex}"
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(data)
+            self.fs.move(tmp, path)  # atomic rename: readers never see a partial shard
+        else:
+            with self.fs.open_output_stream(path) as out:  # one PUT: atomic on S3
+                out.write(data)
+        self.stats.shards_written += 1
+        self.stats.rows_written += len(keys)
+        if self._index is not None:
+            self._index.update(zip(keys, vectors))
+        return path

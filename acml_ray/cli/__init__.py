@@ -1,0 +1,1 @@
+"""The `acml` command line: parses arguments, builds config objects, calls the library."""

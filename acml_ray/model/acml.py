@@ -1,0 +1,196 @@
+"""The ACML model: a trainable graph encoder aligned with frozen modality encoders.
+
+Asymmetric: the modality side is pretrained and frozen (its embeddings are usually cached), the
+graph side is a shallow GIN trained from scratch. Each modality gets its own pair of projection
+heads and its own contrastive loss (with its own, possibly learnable, temperature).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from acml_ray.config import ACMLConfig, LossConfig, ProjectionConfig
+from acml_ray.model.gin import GraphEncoder
+from acml_ray.model.losses import ContrastiveLoss
+from acml_ray.model.projection import ProjectionHead
+
+MASK_SUFFIX = "__mask"
+
+
+def _check_name(name: str) -> None:
+    # nn.ModuleDict keys cannot contain "." and the mask convention reserves the suffix.
+    if not name or "." in name or name.endswith(MASK_SUFFIX):
+        raise ValueError(f"invalid modality name {name!r}")
+
+
+class ACMLModel(nn.Module):
+    """Graph encoder + per-modality projection heads + per-modality contrastive losses.
+
+    Args:
+        graph_encoder: the trainable `GraphEncoder`.
+        modality_dims: raw (frozen-encoder output / cached) embedding width per modality.
+        projection: shape of every projection head (graph side and modality side).
+        loss: contrastive objective; one `ContrastiveLoss` (own temperature) per modality.
+        frozen_encoders: optional pretrained encoders per modality, for on-the-fly embedding
+            when no cache exists. They are frozen (``requires_grad=False``) and stay in eval mode
+            whatever ``train()`` is called with.
+        loss_weights: default per-modality loss weights (1.0 where absent); ``forward(weights=)``
+            overrides them per call.
+    """
+
+    def __init__(
+        self,
+        graph_encoder: GraphEncoder,
+        modality_dims: Mapping[str, int],
+        projection: ProjectionConfig,
+        loss: LossConfig,
+        frozen_encoders: Mapping[str, nn.Module] | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        if not modality_dims:
+            raise ValueError("ACMLModel needs at least one modality")
+        for name in modality_dims:
+            _check_name(name)
+        unknown = set(frozen_encoders or {}) - set(modality_dims)
+        if unknown:
+            raise ValueError(f"frozen encoders for modalities without dims: {sorted(unknown)}")
+
+        self.graph_encoder = graph_encoder
+        self.modality_dims: dict[str, int] = {k: int(v) for k, v in modality_dims.items()}
+        self.graph_projections = nn.ModuleDict(
+            {name: ProjectionHead(graph_encoder.out_dim, projection) for name in modality_dims}
+        )
+        self.modality_projections = nn.ModuleDict(
+            {name: ProjectionHead(dim, projection) for name, dim in self.modality_dims.items()}
+        )
+        self.losses = nn.ModuleDict({name: ContrastiveLoss(loss) for name in modality_dims})
+        self.loss_weights: dict[str, float] = {
+            name: float((loss_weights or {}).get(name, 1.0)) for name in modality_dims
+        }
+        self.frozen_encoders = nn.ModuleDict(dict(frozen_encoders or {}))
+        for encoder in self.frozen_encoders.values():
+            encoder.requires_grad_(False)
+            encoder.eval()
+        self.embed_dim: int = projection.dims[-1]
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: ACMLConfig,
+        modality_dims: Mapping[str, int],
+        frozen_encoders: Mapping[str, nn.Module] | None = None,
+    ) -> ACMLModel:
+        """Build from ``cfg.graph_encoder``, ``cfg.projection``, ``cfg.loss``; loss weights come
+        from ``cfg.modalities``."""
+        return cls(
+            GraphEncoder(cfg.graph_encoder),
+            modality_dims,
+            cfg.projection,
+            cfg.loss,
+            frozen_encoders=frozen_encoders,
+            loss_weights={m.name: m.weight for m in cfg.modalities},
+        )
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.modality_dims)
+
+    def train(self, mode: bool = True) -> ACMLModel:
+        """Like `nn.Module.train`, but frozen encoders always stay in eval mode (the reference
+        left them in train mode, so their dropout stayed active)."""
+        super().train(mode)
+        for encoder in self.frozen_encoders.values():
+            encoder.eval()
+        return self
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the optimiser should see (frozen encoders excluded)."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def temperatures(self) -> dict[str, float]:
+        """Current temperature per modality (for logging)."""
+        return {name: float(loss.temperature().detach()) for name, loss in self.losses.items()}
+
+    def _check_modality(self, modality: str) -> None:
+        if modality not in self.modality_dims:
+            raise KeyError(f"unknown modality {modality!r}; model has {self.modalities}")
+
+    def encode_graph(self, batch) -> Tensor:
+        """Raw graph embedding ``[num_graphs, graph_encoder.out_dim]`` (for downstream tasks)."""
+        return self.graph_encoder(batch)
+
+    def project_graph(self, batch, modality: str) -> Tensor:
+        """Graph embedding in ``modality``'s joint space ``[num_graphs, embed_dim]``."""
+        self._check_modality(modality)
+        return self.graph_projections[modality](self.encode_graph(batch))
+
+    def project_modality(self, x: Tensor, modality: str) -> Tensor:
+        """Cached/frozen modality embedding ``[B, modality_dims[modality]]`` -> joint space."""
+        self._check_modality(modality)
+        return self.modality_projections[modality](x)
+
+    def encode_modality(self, raw, modality: str) -> Tensor:
+        """Run ``modality``'s frozen encoder on raw inputs without gradients (no-cache path)."""
+        self._check_modality(modality)
+        if modality not in self.frozen_encoders:
+            raise KeyError(f"no frozen encoder registered for modality {modality!r}")
+        encoder = self.frozen_encoders[modality]
+        encoder.eval()  # belt and braces: someone may have called encoder.train() directly
+        with torch.no_grad():
+            return encoder(raw)
+
+    def forward(
+        self,
+        batch,
+        modality_inputs: Mapping[str, Tensor],
+        weights: Mapping[str, float] | None = None,
+    ) -> dict[str, Tensor]:
+        """Weighted sum of per-modality contrastive losses.
+
+        ``modality_inputs`` maps modality name -> embedding ``[B, dim]`` row-aligned with the
+        graphs in ``batch``, plus optional ``f"{name}__mask"`` bool ``[B]`` (False = molecule
+        lacks that modality; the row is left out of that modality's loss). A modality with fewer
+        than 2 usable rows is skipped (no contrast possible) and has no ``loss/<name>`` entry.
+
+        Returns ``{"loss": total (differentiable), "loss/<name>": per-modality loss (detached)}``.
+        """
+        names = [k for k in modality_inputs if not k.endswith(MASK_SUFFIX)]
+        for name in names:
+            self._check_modality(name)
+        for key in modality_inputs:
+            if key.endswith(MASK_SUFFIX) and key[: -len(MASK_SUFFIX)] not in names:
+                raise KeyError(f"mask {key!r} given without its modality")
+        if not names:
+            raise ValueError("modality_inputs holds no modality embeddings")
+
+        graph_emb = self.encode_graph(batch)
+        # Zero that still depends on the graph side, so backward() works when all are skipped.
+        total = graph_emb.sum() * 0.0
+        out: dict[str, Tensor] = {}
+        for name in names:
+            x = modality_inputs[name]
+            if x.size(0) != graph_emb.size(0):
+                raise ValueError(
+                    f"{name}: {x.size(0)} embeddings for {graph_emb.size(0)} graphs"
+                )
+            g = graph_emb
+            mask = modality_inputs.get(name + MASK_SUFFIX)
+            if mask is not None:
+                mask = mask.to(device=graph_emb.device, dtype=torch.bool).reshape(-1)
+                # Projection heads are row-wise (LayerNorm, no BatchNorm), so masking before
+                # projection equals masking after, and is cheaper.
+                x, g = x[mask.to(x.device)], g[mask]
+            if x.size(0) < 2:
+                continue
+            c_proj = self.modality_projections[name](x)
+            g_proj = self.graph_projections[name](g)
+            loss = self.losses[name](c_proj, g_proj)
+            weight = (weights or {}).get(name, self.loss_weights[name])
+            total = total + float(weight) * loss
+            out[f"loss/{name}"] = loss.detach()
+        out["loss"] = total
+        return out
