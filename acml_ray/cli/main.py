@@ -1,20 +1,21 @@
-"""`acml` entry point. Subcommands only assemble configuration and call the library."""
+"""`acml`: command line of acml-ray. Each subcommand lives in `acml_ray/cli/<name>.py` with an
+`add_parser(subparsers)` function; commands only assemble configuration and call the library."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
-from typing import Any
 
-import yaml
+# Subcommand modules, in the order `acml --help` lists them.
+COMMANDS: tuple[str, ...] = ("demo",)
 
-from acml_ray.config import ACMLConfig, load_config, packaged_config
-
-# Loopback-only, no telemetry: the defaults every entry point runs with (caller's env wins).
+# Loopback-only, no telemetry, no hub downloads: defaults for every entry point (env wins).
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "AWS_EC2_METADATA_DISABLED": "true",
     "GLOO_SOCKET_IFNAME": "lo",
@@ -23,47 +24,11 @@ QUIET_ENV = {
 }
 
 
-def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--set expects KEY=VALUE (e.g. train.epochs=5), got {pair!r}")
-        key, value = pair.split("=", 1)
-        overrides[key] = yaml.safe_load(value)  # "5" -> 5, "[1,2]" -> [1, 2], "true" -> True
-    return overrides
-
-
-def _config(args: argparse.Namespace, default: str | None) -> ACMLConfig:
-    path = args.config or (packaged_config(default) if default else None)
-    overrides = _parse_overrides(args.set or [])
-    if getattr(args, "out", None):
-        overrides["output_dir"] = args.out
-    return load_config(path, overrides)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from acml_ray.pipelines.demo import run_demo
-
-    cfg = _config(args, "demo")
-    path = run_demo(cfg, progress=not args.quiet)
-    print(f"summary: {path.resolve()}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="acml", description=__doc__)
+    parser = argparse.ArgumentParser(prog="acml", description=__doc__.split(".")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="YAML config (defaults: the packaged one for this command)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.epochs=5 (repeatable)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    demo = sub.add_parser("demo", help="featurise, embed, train and evaluate on shipped real molecules")
-    common(demo)
-    demo.add_argument("--out", help="output folder (default: runs/demo)")
-    demo.set_defaults(func=cmd_demo)
+    for name in COMMANDS:
+        importlib.import_module(f"acml_ray.cli.{name}").add_parser(sub)
     return parser
 
 
@@ -74,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, PermissionError) as exc:
         print(f"acml: error: {exc}", file=sys.stderr)
         return 2
 

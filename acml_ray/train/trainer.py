@@ -18,6 +18,7 @@ from acml_ray.train.loop import SCORE_METRIC, train_loop_per_worker
 # Workers must stay on loopback and quiet, wherever the driver was started from.
 WORKER_ENV = {
     "DS_ACCELERATOR": "cpu",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "GLOO_SOCKET_IFNAME": "lo",
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",

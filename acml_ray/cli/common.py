@@ -1,0 +1,38 @@
+"""Argument and config handling shared by every `acml` subcommand."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+
+from acml_ray.config import ACMLConfig, load_config, packaged_config
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config / --set / --quiet, the options every config-driven command takes."""
+    parser.add_argument("--config", help="YAML config (default: the packaged one for this command)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.epochs=5"]`` -> ``{"train.epochs": 5}`` (values parsed as YAML scalars)."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects KEY=VALUE (e.g. train.epochs=5), got {pair!r}")
+        key, value = pair.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace, default: str | None = None) -> ACMLConfig:
+    """The config a command runs with: YAML file (or packaged default), then --set, then --out."""
+    path = args.config or (packaged_config(default) if default else None)
+    overrides = parse_overrides(args.set or [])
+    if getattr(args, "out", None):
+        overrides["output_dir"] = args.out
+    return load_config(path, overrides)
