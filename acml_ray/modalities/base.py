@@ -113,12 +113,19 @@ class Modality(ABC):
         """Content hash of the canonical input (the preprocessing is in the fingerprint)."""
         return hashlib.sha256(self.canonical_input(raw).encode()).hexdigest()[:32]
 
+    def to(self, device: str | torch.device) -> Modality:
+        """Move the frozen encoder (e.g. onto an embedding actor's GPU); inputs follow it."""
+        self._device = torch.device(device)
+        self.encoder.to(self._device)
+        return self
+
     @torch.no_grad()
     def encode_tensors(self, batch: torch.Tensor) -> torch.Tensor:
-        """Run the frozen encoder on an already preprocessed batch."""
+        """Run the frozen encoder on an already preprocessed batch (on the encoder's device)."""
         encoder = self.encoder
         encoder.eval()  # defend against a caller that flipped the shared module to train()
-        return encoder(batch)
+        device = getattr(self, "_device", None)  # set by `to`; subclasses need not know
+        return encoder(batch if device is None else batch.to(device))
 
     def encode(self, raws: Sequence[Any]) -> np.ndarray:
         """Preprocess and encode a batch of raw inputs -> float32 [len(raws), dim].

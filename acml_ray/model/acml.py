@@ -20,6 +20,57 @@ from acml_ray.model.projection import ProjectionHead
 MASK_SUFFIX = "__mask"
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather equal-shape tensors from every rank; the backward pass sums every rank's
+    gradient for this rank's slice (a reduce-scatter written as all_reduce + slice, because gloo
+    has no reduce_scatter and torch's own fallback needs all_to_all)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        ctx.rank, ctx.rows = dist.get_rank(), x.size(0)
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def gather_rows(x: Tensor) -> Tensor:
+    """Rows of ``x`` from every rank, concatenated in rank order, differentiable w.r.t. the local
+    rows. Ranks may hold different row counts (padded to the largest for the collective).
+
+    Every rank then computes the same global loss L, and the backward sum gives the local rows
+    ``world_size * dL/dx``; the data-parallel gradient average divides that by ``world_size``
+    again, so parameter gradients equal those of one process on the concatenated batch (no
+    loss rescaling needed). Parameters outside the gathered path (a learnable temperature) get
+    ``dL/dtau`` on every rank, which averaging leaves unchanged.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    if x.dtype == torch.bool:  # gloo has no bool collectives
+        return gather_rows(x.to(torch.uint8)).bool()
+    sizes = torch.tensor([x.size(0)], device=x.device)
+    all_sizes = [torch.zeros_like(sizes) for _ in range(dist.get_world_size())]
+    dist.all_gather(all_sizes, sizes)
+    counts = [int(s) for s in all_sizes]
+    longest = max(counts)
+    if longest != x.size(0):
+        x = torch.cat([x, x.new_zeros((longest - x.size(0), *x.shape[1:]))])
+    gathered = _GatherWithGrad.apply(x)
+    keep = torch.cat([torch.arange(c, device=x.device) + r * longest for r, c in enumerate(counts)])
+    return gathered[keep]
+
+
 def _check_name(name: str) -> None:
     # nn.ModuleDict keys cannot contain "." and the mask convention reserves the suffix.
     if not name or "." in name or name.endswith(MASK_SUFFIX):
@@ -148,8 +199,13 @@ class ACMLModel(nn.Module):
         batch,
         modality_inputs: Mapping[str, Tensor],
         weights: Mapping[str, float] | None = None,
+        gather: bool = False,
     ) -> dict[str, Tensor]:
         """Weighted sum of per-modality contrastive losses.
+
+        With ``gather=True`` under torch.distributed, projected embeddings (and masks) of every
+        rank are all-gathered before the loss, so negatives span the global batch (every rank
+        must call forward the same number of times; see `gather_rows`).
 
         ``modality_inputs`` maps modality name -> embedding ``[B, dim]`` row-aligned with the
         graphs in ``batch``, plus optional ``f"{name}__mask"`` bool ``[B]`` (False = molecule
@@ -179,15 +235,26 @@ class ACMLModel(nn.Module):
                 )
             g = graph_emb
             mask = modality_inputs.get(name + MASK_SUFFIX)
-            if mask is not None:
-                mask = mask.to(device=graph_emb.device, dtype=torch.bool).reshape(-1)
-                # Projection heads are row-wise (LayerNorm, no BatchNorm), so masking before
-                # projection equals masking after, and is cheaper.
-                x, g = x[mask.to(x.device)], g[mask]
-            if x.size(0) < 2:
+            if gather:
+                # Project every row, then gather rows and masks: ranks' masks differ, and the
+                # collective needs the same call sequence everywhere (no early `continue`).
+                if mask is None:
+                    mask = torch.ones(x.size(0), dtype=torch.bool, device=graph_emb.device)
+                keep = gather_rows(mask.to(device=graph_emb.device, dtype=torch.bool).reshape(-1))
+                c_proj = gather_rows(self.modality_projections[name](x))[keep]
+                g_proj = gather_rows(self.graph_projections[name](g))[keep]
+            else:
+                if mask is not None:
+                    mask = mask.to(device=graph_emb.device, dtype=torch.bool).reshape(-1)
+                    # Projection heads are row-wise (LayerNorm, no BatchNorm), so masking before
+                    # projection equals masking after, and is cheaper.
+                    x, g = x[mask.to(x.device)], g[mask]
+                if x.size(0) < 2:
+                    continue
+                c_proj = self.modality_projections[name](x)
+                g_proj = self.graph_projections[name](g)
+            if c_proj.size(0) < 2:
                 continue
-            c_proj = self.modality_projections[name](x)
-            g_proj = self.graph_projections[name](g)
             loss = self.losses[name](c_proj, g_proj)
             weight = (weights or {}).get(name, self.loss_weights[name])
             total = total + float(weight) * loss

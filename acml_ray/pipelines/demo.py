@@ -30,7 +30,7 @@ def run_demo(cfg: ACMLConfig, progress: bool = True) -> Path:
 
     t = time.perf_counter()
     init_ray(num_cpus=None, use_gpu=cfg.train.use_gpu)
-    trained = fit(cfg, prepared.train_path, prepared.val_path, prepared.modality_dims, run_name="demo")
+    trained = fit(cfg, prepared.train_path, prepared.val_path, prepared.modality_dims)
     timings["train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

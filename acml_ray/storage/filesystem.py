@@ -49,6 +49,48 @@ def resolve_filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
+def _s3_reason(exc: OSError) -> str:
+    """Short cause of a pyarrow S3 error (its messages name the operation, not the secret)."""
+    text = str(exc)
+    for marker, reason in (("ACCESS_DENIED", "access denied"), ("SIGNATURE_DOES_NOT_MATCH",
+                           "access denied (signature mismatch: wrong secret key?)"),
+                           ("INVALID_ACCESS_KEY_ID", "unknown access key id"),
+                           ("NO_SUCH_BUCKET", "no such bucket"),
+                           ("NETWORK_CONNECTION", "cannot connect to the endpoint")):
+        if marker in text:
+            return reason
+    return text.split("\n")[0][:200]
+
+
+def check_access(location: str, write: bool = False) -> tuple[pafs.FileSystem, str]:
+    """Resolve `location` and prove it is usable now, before any distributed work starts.
+
+    Reads (and with `write`, writes and deletes a probe object) once with the bounded
+    timeouts of `resolve_filesystem`, so bad credentials or a wrong endpoint fail in seconds
+    with a `StorageError` that names the bucket and never echoes a credential.
+    """
+    fs, path = resolve_filesystem(location)
+    if not isinstance(fs, pafs.S3FileSystem):
+        return fs, path
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+        if write:
+            probe = f"{path}/.acml-write-probe-{os.getpid()}"
+            with fs.open_output_stream(probe) as out:
+                out.write(b"ok")
+            fs.delete_file(probe)
+    except OSError as exc:
+        message = (f"cannot {'write to' if write else 'read from'} bucket {bucket!r} "
+                   f"({location}): {_s3_reason(exc)}; check AWS_ACCESS_KEY_ID/"
+                   f"AWS_SECRET_ACCESS_KEY (or the AWS profile) and AWS_ENDPOINT_URL_S3")
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if secret:  # belt and braces: a credential must never reach a log or a terminal
+            message = message.replace(secret, "***")
+        raise StorageError(message) from None
+    return fs, path
+
+
 def join(location: str, *parts: str) -> str:
     """Join path segments onto a local path or URI with '/'."""
     return "/".join([location.rstrip("/"), *(p.strip("/") for p in parts)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -17,12 +18,13 @@ def deepspeed_config(cfg: ACMLConfig) -> dict[str, Any]:
     DeepSpeed brings here is a standard engine for data parallelism and bf16 on GPU.
     """
     t = cfg.train
+    precision = t.resolved_precision()
     return {
         "train_micro_batch_size_per_gpu": t.batch_size,
         "gradient_accumulation_steps": 1,
         "zero_optimization": {"stage": t.zero_stage},
-        "bf16": {"enabled": t.precision == "bf16"},
-        "fp16": {"enabled": t.precision == "fp16"},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
         "steps_per_print": 10**9,  # we log ourselves, from rank 0
         "wall_clock_breakdown": False,
     }
@@ -39,8 +41,28 @@ def skip_shm_comm_build() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def build_engine(model: torch.nn.Module, cfg: ACMLConfig, trainable) -> Any:
-    """Wrap `model` in a DeepSpeed engine with a torch AdamW over `trainable` parameters.
+def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: ACMLConfig,
+                 total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Linear warm-up then cosine decay to zero over `total_steps` (``lr_schedule: cosine``)."""
+    t = cfg.train
+    if t.lr_schedule == "none" and t.warmup_steps == 0:
+        return None
+    warmup, total = t.warmup_steps, max(total_steps, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if t.lr_schedule == "none":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_engine(model: torch.nn.Module, cfg: ACMLConfig, trainable, total_steps: int = 0) -> Any:
+    """Wrap `model` in a DeepSpeed engine with a torch AdamW over `trainable` parameters and the
+    configured LR schedule (stepped by ``engine.step()`` and saved with its checkpoints).
 
     A torch optimizer (not DeepSpeed's "Adam" type) avoids the CPU FusedAdam JIT build.
     """
@@ -53,6 +75,7 @@ def build_engine(model: torch.nn.Module, cfg: ACMLConfig, trainable) -> Any:
         list(trainable), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay
     )
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(cfg)
+        model=model, optimizer=optimizer, lr_scheduler=lr_scheduler(optimizer, cfg, total_steps),
+        config=deepspeed_config(cfg),
     )
     return engine

@@ -1,19 +1,28 @@
-"""Driver side of training: build the Ray `TorchTrainer` from config and run it."""
+"""Driver side of training: build the Ray `TorchTrainer` from config, run (or resume) it, and
+record the run in MLflow."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from dataclasses import dataclass
+import tempfile
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import ray
-from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from acml_ray.config import ACMLConfig
-from acml_ray.train.loop import SCORE_METRIC, train_loop_per_worker
+from acml_ray.data.paired import emb_column
+from acml_ray.storage.filesystem import join, resolve_filesystem
+from acml_ray.tracking import TrackingRun, start_run
+from acml_ray.train.loop import BEST_MARKER, SORT_KEYS, STATE_FILE, DebugHooks, train_loop_per_worker
 
 # Workers must stay on loopback and quiet, wherever the driver was started from.
 WORKER_ENV = {
@@ -49,48 +58,138 @@ def init_ray(num_cpus: int | None = None, use_gpu: bool = False) -> None:
 class TrainResult:
     """Where the trained model is and how it scored."""
 
-    best_model_dir: Path  # holds model.pt of the best validation epoch
-    history: list[dict]  # per-epoch metrics up to the best epoch
+    best_model_dir: Path  # local copy of <run>/best: model.pt, history.json, BEST.json
+    history: list[dict]  # per-epoch metrics (rank 0's validation included)
     best_metrics: dict
     final_metrics: dict  # the last epoch's metrics
+    run_uri: str  # the Ray run folder (local path or s3://): checkpoints and best/
+    mlflow_run_id: str | None = None
+    stopped_early: bool = False
 
 
-def fit(cfg: ACMLConfig, train_data: str, val_data: str, modality_dims: dict[str, int],
-        run_name: str = "train") -> TrainResult:
-    """Train on Parquet training tables (paths or directories) with Ray Train + DeepSpeed."""
-    datasets = {
-        "train": ray.data.read_parquet(train_data),
-        "val": ray.data.read_parquet(val_data),
-    }
-    storage = Path(cfg.output_dir).resolve() / "ray_results"
+def table_locations(cfg: ACMLConfig, train_data: str | None, val_data: str | None) -> tuple[str, str]:
+    """Training/validation table locations: arguments > ``train.*_table`` > OUTPUT/data/*.parquet."""
+    default = Path(cfg.output_dir) / "data"
+    train = train_data or cfg.train.train_table or str(default / "train.parquet")
+    val = val_data or cfg.train.val_table or str(default / "val.parquet")
+    return train, val
+
+
+def _dataset(location: str) -> pads.Dataset:
+    fs, path = resolve_filesystem(location)
+    return pads.dataset(path, filesystem=fs, format="parquet")
+
+
+def modality_dims_from_table(location: str, modalities: list[str]) -> dict[str, int]:
+    """Cached vector width per configured modality, read from the table's schema."""
+    schema = _dataset(location).schema
+    dims: dict[str, int] = {}
+    for name in modalities:
+        column = emb_column(name)
+        if column not in schema.names:
+            raise ValueError(f"{location}: no column {column!r} for modality {name!r} "
+                             f"(has {[n for n in schema.names if n.startswith('emb__')]})")
+        dims[name] = schema.field(column).type.list_size
+    return dims
+
+
+def run_location(cfg: ACMLConfig, run_name: str) -> str:
+    """The run folder: ``train.storage_path`` (or OUTPUT/ray_results) / run name."""
+    storage = cfg.train.storage_path or str(Path(cfg.output_dir).resolve() / "ray_results")
+    return join(storage, run_name)
+
+
+def _read_parquet(location: str) -> ray.data.Dataset:
+    fs, path = resolve_filesystem(location)
+    return ray.data.read_parquet(path, filesystem=fs)
+
+
+def _log_split(tracking: TrackingRun, train: str, val: str) -> None:
+    """The molecules of each split (keys + SMILES) as MLflow artifacts ``split/*.csv``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, location in (("train", train), ("val", val)):
+            dataset = _dataset(location)
+            columns = [c for c in SORT_KEYS if c in dataset.schema.names]
+            pacsv.write_csv(dataset.to_table(columns=columns), Path(tmp, f"{name}_ids.csv"))
+        tracking.log_artifacts(tmp, "split")
+
+
+def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = None,
+        modality_dims: dict[str, int] | None = None, run_name: str | None = None,
+        resume: bool = False, hooks: DebugHooks | None = None) -> TrainResult:
+    """Train with Ray Train + DeepSpeed on Parquet training tables (paths, dirs or s3:// URIs).
+
+    Args:
+        train_data, val_data: table locations (default: see `table_locations`).
+        modality_dims: cached vector width per modality (default: read from the table schema).
+        run_name: the run's folder under the storage path (default: ``train-<timestamp>``).
+        resume: continue the run `run_name` from its latest checkpoint; without it an existing
+            run folder is an error (Ray would silently resume it).
+        hooks: test hooks (fault injection, consumed-batch log).
+    """
+    train, val = table_locations(cfg, train_data, val_data)
+    names = [m.name for m in cfg.modalities]
+    modality_dims = modality_dims or modality_dims_from_table(train, names)
+    run_name = run_name or time.strftime("train-%Y%m%d-%H%M%S")
+    run_uri = run_location(cfg, run_name)
+    fs, run_path = resolve_filesystem(run_uri)
+    exists = fs.get_file_info(run_path).type != pafs.FileType.NotFound
+    if resume and not exists:
+        raise FileNotFoundError(f"no run to resume at {run_uri}")
+    if exists and not resume:
+        raise FileExistsError(f"run {run_name!r} already exists at {run_uri}; resume it or pick another name")
+    tracking = start_run(cfg, run_name, resume=resume) if cfg.tracking.enabled else None
+    if tracking is not None and not resume:
+        _log_split(tracking, train, val)
+
+    storage_fs, storage_path = resolve_filesystem(run_uri.rsplit("/", 1)[0])
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"acml": cfg.model_dump(mode="json"), "modality_dims": modality_dims},
+        train_loop_config={"acml": cfg.model_dump(mode="json"), "modality_dims": modality_dims,
+                           "best_uri": join(run_uri, "best"), "tracking": tracking,
+                           "hooks": asdict(hooks or DebugHooks())},
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **cfg.train.resources_per_worker},
         ),
         run_config=RunConfig(
-            name=run_name, storage_path=str(storage),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=SCORE_METRIC,
-                checkpoint_score_order="max"),
+            name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+            # The latest checkpoint is always kept for resume; the best model lives in <run>/best.
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets={"train": _read_parquet(train), "val": _read_parquet(val)},
+        # Not split: every worker holds the table and takes its slice of each global batch
+        # (deterministic, so resume replays the same order; see acml_ray.train.loop).
+        dataset_config=DataConfig(datasets_to_split=[]),
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    best = result.best_checkpoints[0][0] if result.best_checkpoints else result.checkpoint
-    if best is None:
-        raise RuntimeError("training finished without a checkpoint")
+    try:
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+    except BaseException:
+        if tracking is not None:
+            tracking.finish("FAILED")
+        raise
+
     target = Path(cfg.output_dir) / "model"
     if target.exists():
         shutil.rmtree(target)
-    with best.as_directory() as directory:
-        shutil.copytree(directory, target)
-    history = json.loads((target / "history.json").read_text())
-    best_metrics = max(history, key=lambda m: m.get(SCORE_METRIC, 0.0))
-    return TrainResult(best_model_dir=target, history=history, best_metrics=best_metrics,
-                       final_metrics=dict(result.metrics or {}))
+    target.mkdir(parents=True)
+    best_fs, best_path = resolve_filesystem(join(run_uri, "best"))
+    pafs.copy_files(best_path, str(target), source_filesystem=best_fs,
+                    destination_filesystem=pafs.LocalFileSystem())
+    with result.checkpoint.as_directory() as directory:
+        state = json.loads(Path(directory, STATE_FILE).read_text())
+    history = state["history"]
+    marker = json.loads((target / BEST_MARKER).read_text())
+    if tracking is not None:
+        tracking.log_artifacts(target, "model")
+        tracking.set_tags({"best_epoch": marker["epoch"], "best_score": marker["score"],
+                           "best_metric": marker["metric"], "stopped_early": state["stopped_early"],
+                           "run_uri": run_uri})
+        tracking.finish()
+    return TrainResult(best_model_dir=target, history=history, best_metrics=marker["metrics"],
+                       final_metrics=history[-1] if history else {}, run_uri=run_uri,
+                       mlflow_run_id=tracking.run_id if tracking else None,
+                       stopped_early=state["stopped_early"])

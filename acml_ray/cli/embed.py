@@ -1,0 +1,37 @@
+"""`acml embed`: molecule shards (path or s3://) -> training-table shards, on Ray Data."""
+
+from __future__ import annotations
+
+import argparse
+
+from acml_ray.cli.common import add_config_arguments, config_from_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "embed", help="featurise molecules and embed every modality (cached) with Ray Data")
+    add_config_arguments(parser)
+    parser.add_argument("--input", help="Parquet/CSV file or folder, path or s3:// URI (embed.input)")
+    parser.add_argument("--out", help="output_dir (default from the config)")
+    parser.add_argument("--output", help="where the tables go, path or s3:// URI (embed.output)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from acml_ray.pipelines.embed import run_embed_pipeline
+    from acml_ray.storage import StorageError
+    from acml_ray.train import init_ray
+
+    for flag, key in (("input", "embed.input"), ("output", "embed.output")):
+        if getattr(args, flag):
+            args.set = [*(args.set or []), f"{key}={getattr(args, flag)}"]
+    cfg = config_from_args(args)
+    use_gpu = cfg.embed.num_gpus_per_actor > 0
+    try:
+        init_ray(num_cpus=None, use_gpu=use_gpu)
+        result = run_embed_pipeline(cfg)
+    except StorageError as exc:  # names the location, never the credentials
+        raise PermissionError(str(exc)) from None
+    print(f"train: {result.train_path}\nval: {result.val_path}\nquarantine: {result.quarantine_path}\n"
+          f"report: {result.report_path}")
+    return 0

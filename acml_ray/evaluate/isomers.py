@@ -1,0 +1,175 @@
+"""Isomer discrimination: given a molecule's frozen-modality embedding, is its own graph ranked
+first among the graphs of its isomers?
+
+Two kinds of isomer sets:
+- constitutional: molecules sharing a molecular formula (QM9 or MOSES formula groups); the
+  graph encoder must use connectivity, not composition;
+- stereo: the stereoisomers RDKit enumerates for a chiral molecule; only chirality and bond-stereo
+  features can separate them, so a graph encoder without them scores at chance.
+
+Every member of a set is a query once (its modality embedding against the set's graphs, and the
+reverse direction). Ties count against the query, as in `retrieval_ranks`. Chance level is the
+mean of 1/|set| over the same queries.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+from rdkit import Chem
+from rdkit.Chem.EnumerateStereoisomers import EnumerateStereoisomers, StereoEnumerationOptions
+from rdkit.Chem.rdMolDescriptors import CalcMolFormula
+from rdkit.rdBase import BlockLogs
+
+from acml_ray.config import ACMLConfig, IsomerEvalConfig
+from acml_ray.data.sources import load_source
+from acml_ray.evaluate.embeddings import graph_embeddings, paired_from_smiles, project_vectors
+from acml_ray.evaluate.retrieval import retrieval_ranks
+from acml_ray.model.acml import ACMLModel
+
+
+@dataclass
+class IsomerSet:
+    """Molecules that are isomers of each other (`key`: the formula or the parent SMILES)."""
+
+    kind: str
+    key: str
+    smiles: list[str]
+
+
+def set_discrimination(queries: np.ndarray, candidates: np.ndarray, set_ids: np.ndarray
+                       ) -> dict[str, float]:
+    """Accuracy of ranking each query's own candidate first within its set.
+
+    Row i of `queries` and `candidates` is the same molecule; `set_ids[i]` names its isomer set.
+    Sets with fewer than two members are ignored.
+    """
+    set_ids = np.asarray(set_ids)
+    hits, chance, sizes = [], [], []
+    for sid in np.unique(set_ids):
+        idx = np.flatnonzero(set_ids == sid)
+        if len(idx) < 2:
+            continue
+        ranks = retrieval_ranks(queries[idx], candidates[idx])
+        hits.extend((ranks == 0).tolist())
+        chance.extend([1.0 / len(idx)] * len(idx))
+        sizes.append(len(idx))
+    if not sizes:
+        return {"accuracy": float("nan"), "chance": float("nan"), "n_sets": 0, "n_queries": 0,
+                "mean_set_size": float("nan")}
+    return {"accuracy": float(np.mean(hits)), "chance": float(np.mean(chance)),
+            "n_sets": len(sizes), "n_queries": len(hits), "mean_set_size": float(np.mean(sizes))}
+
+
+def _flat_smiles(smiles: str) -> str | None:
+    """Canonical SMILES without stereo (None if unparsable)."""
+    mol = Chem.MolFromSmiles(smiles)
+    return None if mol is None else Chem.MolToSmiles(mol, isomericSmiles=False)
+
+
+def formula_groups(smiles: list[str], formulas: list[str] | None, n_groups: int,
+                   max_set_size: int, seed: int) -> list[IsomerSet]:
+    """Seeded sample of up to `n_groups` formulas with >= 2 distinct (stereo-free) structures,
+    each cut to at most `max_set_size` members. Formulas are computed by RDKit when not given.
+
+    Only the sampled groups' members are canonicalised, so a 130k-molecule pool stays cheap.
+    """
+    groups: dict[str, list[str]] = defaultdict(list)
+    with BlockLogs():
+        for i, s in enumerate(smiles):
+            if formulas is not None:
+                groups[formulas[i]].append(s)
+            elif isinstance(s, str) and (mol := Chem.MolFromSmiles(s)) is not None:
+                groups[CalcMolFormula(mol)].append(s)
+        eligible = sorted(k for k, members in groups.items() if len(members) >= 2)
+        rng = np.random.default_rng(seed)
+        sets = []
+        for j in rng.permutation(len(eligible)):
+            if len(sets) >= n_groups:
+                break
+            members: set[str] = set()
+            for k in rng.permutation(len(groups[eligible[j]])):
+                flat = _flat_smiles(groups[eligible[j]][k])
+                if flat is not None:
+                    members.add(flat)
+                if len(members) >= max_set_size:
+                    break
+            if len(members) >= 2:
+                sets.append(IsomerSet("constitutional", eligible[j], sorted(members)))
+    return sets
+
+
+def stereo_sets(smiles: list[str], n_molecules: int, max_set_size: int, seed: int) -> list[IsomerSet]:
+    """Stereoisomer sets of a seeded sample of molecules with at least one stereo element.
+
+    The original molecule is always a member; the others are RDKit's enumeration (all stereo
+    elements, assigned or not), sampled when there are more than `max_set_size`.
+    """
+    rng = np.random.default_rng(seed)
+    sets = []
+    with BlockLogs():
+        for i in rng.permutation(len(smiles)):
+            if len(sets) >= n_molecules:
+                break
+            mol = Chem.MolFromSmiles(smiles[i]) if isinstance(smiles[i], str) else None
+            if mol is None:
+                continue
+            options = StereoEnumerationOptions(onlyUnassigned=False, unique=True,
+                                               maxIsomers=4 * max_set_size, rand=int(seed) + 1)
+            original = Chem.MolToSmiles(mol)
+            isomers = sorted({Chem.MolToSmiles(m) for m in EnumerateStereoisomers(mol, options=options)}
+                             - {original})
+            if not isomers:
+                continue
+            if len(isomers) > max_set_size - 1:
+                isomers = [isomers[k] for k in sorted(rng.choice(len(isomers), max_set_size - 1,
+                                                                 replace=False))]
+            sets.append(IsomerSet("stereo", original, [original, *isomers]))
+    return sets
+
+
+def build_isomer_sets(cfg: IsomerEvalConfig, seed: int) -> list[IsomerSet]:
+    """Constitutional and stereo sets from the configured shipped sources."""
+    sets: list[IsomerSet] = []
+    if cfg.constitutional_source == "qm9" and cfg.constitutional_groups:
+        qm9 = load_source("qm9")
+        sets += formula_groups(qm9["smiles"].tolist(), qm9["Stoichiometry"].tolist(),
+                               cfg.constitutional_groups, cfg.max_set_size, seed)
+    elif cfg.constitutional_source == "moses" and cfg.constitutional_groups:
+        moses = load_source("moses", limit=cfg.pool_limit, seed=seed)
+        sets += formula_groups(moses["smiles"].tolist(), None, cfg.constitutional_groups,
+                               cfg.max_set_size, seed)
+    if cfg.stereo_source != "none" and cfg.stereo_molecules:
+        # Molecules without any stereo element enumerate to themselves and are skipped.
+        source = load_source(cfg.stereo_source)
+        sets += stereo_sets(source["smiles"].tolist(), cfg.stereo_molecules, cfg.max_set_size, seed)
+    return sets
+
+
+def isomer_report(model: ACMLModel, run_cfg: ACMLConfig, sets: list[IsomerSet],
+                  cache_dir: str | None = None) -> dict[str, dict]:
+    """``{kind: {"<m>->graph": {...}, "graph-><m>": {...}, "n_sets_built": n}}`` per modality.
+
+    Members that the featuriser or a modality rejects are dropped (a set left with one member
+    no longer counts).
+    """
+    smiles = [s for iset in sets for s in iset.smiles]
+    set_of = np.array([j for j, iset in enumerate(sets) for _ in iset.smiles])
+    kind_of = np.array([sets[j].kind for j in set_of]) if len(set_of) else np.array([], dtype=str)
+    examples, kept = paired_from_smiles(smiles, run_cfg, cache_dir)
+    report: dict[str, dict] = {}
+    for modality in model.modalities:
+        if modality not in examples.vectors:
+            continue
+        ok = examples.masks[modality].numpy()
+        mod = project_vectors(model, examples.vectors[modality].numpy()[ok], modality)
+        graphs = graph_embeddings(model, [g for g, o in zip(examples.graphs, ok) if o], modality)
+        ids, kinds = set_of[kept][ok], kind_of[kept][ok]
+        for kind in sorted(set(kinds.tolist())):
+            sel = kinds == kind
+            entry = report.setdefault(kind, {"n_sets_built": sum(s.kind == kind for s in sets)})
+            entry[f"{modality}->graph"] = set_discrimination(mod[sel], graphs[sel], ids[sel])
+            entry[f"graph->{modality}"] = set_discrimination(graphs[sel], mod[sel], ids[sel])
+    return report

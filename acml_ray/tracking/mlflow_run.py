@@ -1,0 +1,131 @@
+"""An MLflow run addressed by (tracking URI, run id), so that the driver and a training worker
+can both write to it without sharing MLflow's process-global "active run" state."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from acml_ray.config import ACMLConfig
+
+RUN_NAME_TAG = "acml.run_name"
+# MLflow metric/param keys allow alphanumerics, _ - . space / only ("val/image->graph/..." has '>').
+_BAD_KEY_CHARS = re.compile(r"[^\w\-. /]")
+
+
+def resolve_tracking_uri(cfg: ACMLConfig) -> str:
+    """``tracking.uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///ABS/OUTPUT/mlflow.db``."""
+    if cfg.tracking.uri:
+        return cfg.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{out / 'mlflow.db'}"
+
+
+def git_commit(path: str | Path = ".") -> str | None:
+    """HEAD commit of the repository holding `path` (with ``-dirty`` when it has local changes)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(tree, dict):
+        out: dict[str, str] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): str(tree)[:6000]}  # MLflow's param value limit
+
+
+def metric_key(name: str) -> str:
+    """A metric name MLflow accepts (``val/image->graph/top1`` -> ``val/image_to_graph/top1``)."""
+    return _BAD_KEY_CHARS.sub("_", name.replace("->", "_to_"))
+
+
+@dataclass
+class TrackingRun:
+    """A handle on one MLflow run; picklable, so it travels to the training workers."""
+
+    uri: str
+    run_id: str
+
+    def _client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    def log_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """Log ``[(step, {name: value})]`` in one batch (non-finite values are skipped)."""
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(metric_key(k), float(v), now, int(step)) for step, values in rows
+                   for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+        client = self._client()
+        for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+            client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self._client().log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        client = self._client()
+        for key, value in tags.items():
+            client.set_tag(self.run_id, key, str(value))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._client().set_terminated(self.run_id, status)
+
+
+def start_run(cfg: ACMLConfig, run_name: str, resume: bool = False) -> TrackingRun:
+    """Open (or, with `resume`, reopen the run tagged `run_name`) and log params, the full
+    config as ``config.yaml`` and the git commit."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(cfg)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        location = cfg.tracking.artifact_location
+        if location is None and uri.startswith("sqlite:"):
+            location = (Path(cfg.output_dir).resolve() / "mlartifacts").as_uri()
+        experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    if resume:
+        found = client.search_runs([experiment_id], f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                                   max_results=1, order_by=["attributes.start_time DESC"])
+        if found:
+            client.update_run(found[0].info.run_id, status="RUNNING")
+            return TrackingRun(uri, found[0].info.run_id)
+    run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
+    tracking = TrackingRun(uri, run.info.run_id)
+    params = [Param(k, v) for k, v in _flatten(cfg.model_dump(mode="json")).items()]
+    for start in range(0, len(params), 100):  # MLflow's batch limit
+        client.log_batch(run.info.run_id, params=params[start:start + 100])
+    commit = git_commit(Path(__file__).resolve().parent)
+    if commit:
+        client.set_tag(run.info.run_id, "mlflow.source.git.commit", commit)
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        client.log_artifacts(run.info.run_id, tmp)
+    return tracking

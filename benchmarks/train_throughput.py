@@ -1,0 +1,142 @@
+"""Training throughput: our Ray Train + DeepSpeed loop against a plain single-process PyTorch
+loop over the same model, batches and cached data.
+
+Data: real ChEMBL approved drugs (featurised once here) paired with a cached stand-in modality
+vector (RDKit Morgan count fingerprints, `--dim` wide), written as the training table that
+`acml train` reads. Both sides train the same `ACMLModel` (AdamW, the configured loss) on the
+same per-epoch batches (`PairedExamples.epoch_batches`), fp32 on CPU (`--gpu`: bf16 on CUDA).
+
+What is timed: graphs/s over the training steps only (collate, forward, backward, optimiser
+step, reading the loss), after one warm-up epoch. Ours reports that rate from inside the
+worker (`train/graphs_per_s`, validation/checkpoints excluded), so Ray start-up and data
+loading are not counted; the plain loop runs in this process with the same thread count a Ray
+worker gets (`OMP_NUM_THREADS` = its CPUs).
+
+    python benchmarks/train_throughput.py [--n 2000] [--epochs 3] [--batch 128] [--hidden 64]
+
+Prints the 1-worker and 2-worker rates (2 workers: global batch = 2 x batch, negatives
+gathered), then `ratio: X.XX` = ours at one worker / plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+from acml_ray.chem import GraphFeaturizer, MolGraph  # noqa: E402
+from acml_ray.config import ACMLConfig, load_config  # noqa: E402
+from acml_ray.data.paired import PairedExamples, build_table  # noqa: E402
+from acml_ray.data.sources import load_source  # noqa: E402
+from acml_ray.model.acml import ACMLModel  # noqa: E402
+
+MODALITY = "morgan"
+
+
+def make_tables(out: Path, n: int, dim: int) -> tuple[str, str]:
+    """Train/val Parquet tables of up to `n` real molecules with Morgan count vectors."""
+    from rdkit import Chem
+    from rdkit.Chem import rdFingerprintGenerator
+
+    smiles = load_source("chembl_approved_drugs")["smiles"].dropna().astype(str).tolist()
+    graphs = [g for g in GraphFeaturizer().featurize_batch(smiles) if isinstance(g, MolGraph)][:n]
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=dim)
+    vectors = np.log1p(np.stack([gen.GetCountFingerprintAsNumPy(Chem.MolFromSmiles(g.smiles))
+                                 for g in graphs]).astype(np.float32))
+    table = build_table(graphs, {MODALITY: (vectors, np.ones(len(graphs), bool))})
+    n_val = max(64, len(graphs) // 10)
+    pq.write_table(table.slice(n_val), out / "train.parquet")
+    pq.write_table(table.slice(0, n_val), out / "val.parquet")
+    return str(out / "train.parquet"), str(out / "val.parquet")
+
+
+def plain_loop(cfg: ACMLConfig, train_path: str, dim: int, threads: int) -> float:
+    """Graphs/s of a single-process PyTorch loop, epochs after the first."""
+    torch.set_num_threads(threads)
+    device = torch.device("cuda" if cfg.train.use_gpu else "cpu")
+    dtype = torch.bfloat16 if cfg.train.resolved_precision() == "bf16" else torch.float32
+    examples = PairedExamples.from_table(pq.read_table(train_path), [MODALITY])
+    torch.manual_seed(cfg.train.seed)
+    model = ACMLModel.from_config(cfg, {MODALITY: dim}).to(device, dtype).train()
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.optimizer.lr,
+                                  weight_decay=cfg.optimizer.weight_decay)
+    rates = []
+    for epoch in range(cfg.train.epochs):
+        graphs, started = 0, time.perf_counter()
+        for idx in examples.epoch_batches(cfg.train.batch_size, epoch, cfg.train.seed, cfg.train.drop_last):
+            batch, inputs = examples.batch(idx)
+            batch = batch.to(device)
+            inputs = {k: (v.to(device) if k.endswith("__mask") else v.to(device, dtype)) for k, v in inputs.items()}
+            loss = model(batch, inputs)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            float(loss.detach())
+            graphs += len(idx)
+        if cfg.train.use_gpu:
+            torch.cuda.synchronize()
+        rates.append(graphs / (time.perf_counter() - started))
+    return float(np.mean(rates[1:] or rates))
+
+
+def ours(cfg: ACMLConfig, train_path: str, val_path: str, workers: int) -> float:
+    """Graphs/s reported from inside our Ray Train + DeepSpeed loop, epochs after the first."""
+    from acml_ray.train import fit
+
+    train = cfg.train.model_copy(update={"num_workers": workers})
+    result = fit(cfg.model_copy(update={"train": train}), train_path, val_path,
+                 run_name=f"bench-{workers}w-{time.strftime('%H%M%S')}")
+    rates = [h["train/graphs_per_s"] for h in result.history]
+    return float(np.mean(rates[1:] or rates))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="molecules (ChEMBL approved drugs)")
+    parser.add_argument("--epochs", type=int, default=3, help="first one is warm-up")
+    parser.add_argument("--batch", type=int, default=128, help="per-worker batch")
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--dim", type=int, default=1024, help="cached modality vector width")
+    parser.add_argument("--cpus-per-worker", type=int, default=1)
+    parser.add_argument("--gpu", action="store_true", help="CUDA workers, bf16")
+    args = parser.parse_args()
+
+    from acml_ray.train import init_ray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        train_path, val_path = make_tables(out, args.n, args.dim)
+        cfg = load_config(overrides={
+            "modalities": [{"name": MODALITY}], "graph_encoder.hidden_dim": args.hidden,
+            "projection.dims": [256], "loss.kind": "infonce", "loss.temperature": 0.07,
+            "train.epochs": args.epochs, "train.batch_size": args.batch, "train.use_gpu": args.gpu,
+            "train.cpus_per_worker": args.cpus_per_worker, "tracking.enabled": False,
+            "eval.pool_size": 64, "output_dir": str(out)})
+        n_train = pq.read_metadata(train_path).num_rows
+        print(f"data: {n_train} training molecules, {MODALITY} dim {args.dim}; hidden {args.hidden}, "
+              f"batch {args.batch}, {args.epochs} epochs (first = warm-up), "
+              f"{'GPU bf16' if args.gpu else f'CPU fp32, {args.cpus_per_worker} thread(s) per worker'}",
+              flush=True)
+        plain = plain_loop(cfg, train_path, args.dim, args.cpus_per_worker)
+        print(f"plain PyTorch loop (1 process): {plain:.0f} graphs/s", flush=True)
+        # One logical CPU more than the workers take, for Ray Data's read tasks.
+        init_ray(num_cpus=None if args.gpu else 2 * args.cpus_per_worker + 1, use_gpu=args.gpu)
+        one = ours(cfg, train_path, val_path, 1)
+        print(f"ours, 1 worker: {one:.0f} graphs/s", flush=True)
+        two = ours(cfg, train_path, val_path, 2)
+        print(f"ours, 2 workers (global batch {2 * args.batch}): {two:.0f} graphs/s; "
+              f"2 workers / 1 worker: {two / one:.2f}", flush=True)
+        print(f"ratio: {one / plain:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

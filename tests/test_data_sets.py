@@ -1,0 +1,62 @@
+"""The demo data sets built by data/build.py: present, small, consistent with PROVENANCE.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SETS = Path(__file__).parents[1] / "data" / "sets"
+
+
+def _provenance() -> dict:
+    path = SETS / "PROVENANCE.json"
+    if not path.is_file():
+        pytest.skip("data/sets not built (python data/build.py)")
+    return json.loads(path.read_text())["sets"]
+
+
+def _files(record: dict) -> list[dict]:
+    nested = [v for v in record.values() if isinstance(v, dict) and "file" in v]
+    return nested or [record]
+
+
+def test_every_recorded_set_matches_its_file():
+    total = 0
+    for name, record in _provenance().items():
+        assert record["package"] and record["version"] != "not installed", name
+        for entry in _files(record):
+            path = SETS / entry["file"]
+            frame = pd.read_parquet(path)
+            assert len(frame) == entry["rows"] > 0, entry["file"]
+            assert {"smiles", "inchikey"} <= set(frame.columns), entry["file"]
+            assert frame["inchikey"].str.fullmatch(r"[A-Z]{14}-[A-Z]{10}-[A-Z]").all()
+            total += path.stat().st_size
+    assert total < 10 * 2**20  # what is committed stays small
+
+
+def test_qm9_groups_are_isomers():
+    if "qm9" not in _provenance():
+        pytest.skip("qm9 set not built")
+    frame = pd.read_parquet(SETS / "qm9_isomers.parquet")
+    sizes = frame.groupby("formula")["inchikey"].agg(lambda k: k.str[:14].nunique())
+    assert (sizes >= 2).all()
+
+
+def test_simulated_spectra_are_plausible():
+    if "nmr" not in _provenance():
+        pytest.skip("csp5 spectra not built (python data/build.py --only nmr)")
+    frame = pd.read_parquet(SETS / "nmr_chembl.parquet")
+    assert frame["inchikey"].is_unique
+    c13 = np.concatenate(frame["nmr13c"].to_list())
+    h1 = np.concatenate(frame["nmr1h"].to_list())
+    assert -50 < c13.min() and c13.max() < 350 and 0 <= np.percentile(h1, 1) and np.percentile(h1, 99) < 14
+    # one predicted shift per carbon atom
+    from rdkit import Chem
+
+    row = frame.iloc[0]
+    mol = Chem.MolFromSmiles(row["smiles"])
+    assert len(row["nmr13c"]) == sum(a.GetSymbol() == "C" for a in mol.GetAtoms())

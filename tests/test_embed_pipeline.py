@@ -1,0 +1,170 @@
+"""The embedding pipeline: its building blocks, `prepare` (in the driver) and `acml embed`
+(Ray Data actor pools) on a local path and on a real S3 server."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from acml_ray.cache import CachedEmbedder
+from acml_ray.chem import GraphFeaturizer
+from acml_ray.cli.main import main
+from acml_ray.config import load_config
+from acml_ray.data.paired import PairedExamples
+from acml_ray.modalities import build_modality
+from acml_ray.pipelines.embed import (
+    InchikeyDeduper,
+    embed_table,
+    featurise_table,
+    stats_columns,
+    summarise,
+    training_rows,
+)
+from acml_ray.storage import resolve_filesystem
+
+IMAGE = [{"name": "image", "options": {"image_size": 32}}]  # small depictions: fast, still real
+
+
+@pytest.fixture(scope="module")
+def molecules(chembl_drugs) -> pd.DataFrame:
+    """20 real drugs (some over the 50 heavy-atom limit), two repeats and two bad inputs."""
+    drugs = chembl_drugs[["smiles"]].sample(20, random_state=7)
+    frame = pd.concat([drugs, drugs.iloc[:2], pd.DataFrame({"smiles": ["not a smiles", "C"]})],
+                      ignore_index=True)
+    frame["id"] = [f"mol-{i}" for i in range(len(frame))]
+    return frame
+
+
+def test_blocks_featurise_dedupe_embed_and_summarise(tmp_path, molecules) -> None:
+    table = pa.Table.from_pandas(molecules, preserve_index=False)
+    feats = featurise_table(table, GraphFeaturizer(), id_column="id", passthrough=["id"])
+    deduper = InchikeyDeduper()
+    # Two batches through one deduper: repeats are caught across batch boundaries.
+    marked = pa.concat_tables([deduper(feats.slice(0, 21)), deduper(feats.slice(21))])
+    stages = marked.column("stage").to_pylist()
+    assert stages[20:22] == ["deduplicate", "deduplicate"] and stages[22:] == ["featurise", "featurise"]
+    assert marked.column("mol_id").to_pylist()[0] == "mol-0"
+
+    embedder = CachedEmbedder(build_modality("image", IMAGE[0]["options"]), str(tmp_path))
+    out = embed_table(marked, embedder)
+    summary = summarise(out.select(stats_columns(["image"])), ["image"])
+    assert summary.counts["input"] == 24 and summary.counts["duplicates"] == 2
+    assert summary.counts["quarantined"] == summary.counts["input"] - summary.counts["usable"]
+    assert summary.reports["image"]["encoded"] == summary.counts["usable"]
+    assert summary.quarantined_by_reason["duplicate InChIKey"] == 2
+    assert set(summary.quarantine.column_names) >= {"input", "stage", "reason"}
+
+    rows = training_rows(out, ["image"])
+    assert rows.num_rows == summary.counts["usable"]
+    examples = PairedExamples.from_table(rows, ["image"])  # the training-side contract
+    assert examples.vectors["image"].shape == (rows.num_rows, 1280) and bool(examples.masks["image"].all())
+    # The hash split is a partition and does not depend on the batch a molecule arrives in.
+    train = training_rows(out, ["image"], split="train")
+    val = training_rows(out, ["image"], split="val")
+    assert train.num_rows + val.num_rows == rows.num_rows and val.num_rows > 0
+    val_alone = training_rows(out.slice(10), ["image"], split="val")
+    assert set(val_alone.column("inchikey").to_pylist()) <= set(val.column("inchikey").to_pylist())
+
+
+def test_prepare_uses_the_blocks_and_the_cache(tmp_path) -> None:
+    from acml_ray.pipelines.prepare import prepare
+
+    cfg = load_config(None, {"output_dir": str(tmp_path), "modalities": IMAGE,
+                             "data.sources": [{"name": "chembl_approved_drugs", "limit": 30, "seed": 2}]})
+    first = prepare(cfg, progress=False)
+    assert first.counts["quarantined"] == first.counts["input"] - first.counts["usable"]
+    assert first.embed_reports["image"]["encoded"] == first.counts["usable"]
+    second = prepare(cfg, progress=False)
+    assert second.embed_reports["image"]["forward_passes"] == 0
+    a, b = pq.read_table(first.train_path), pq.read_table(second.train_path)
+    assert a.equals(b)
+    assert len(PairedExamples.from_table(b, ["image"])) == first.counts["train"]
+
+
+def _embed_args(input_uri: str, output_uri: str, cache_uri: str, out_dir: str) -> list[str]:
+    return ["embed", "--input", input_uri, "--output", output_uri, "--out", out_dir, "--quiet",
+            "--set", f"cache_dir={cache_uri}", "--set", f"modalities={json.dumps(IMAGE)}",
+            "--set", "embed.id_column=id", "--set", "embed.num_cpus_per_actor=0.5",
+            "--set", "embed.actor_batch_size=8"]
+
+
+def _read(location: str) -> pa.Table:
+    fs, path = resolve_filesystem(location)
+    return pq.read_table(path, filesystem=fs)
+
+
+@pytest.mark.slow
+def test_embed_pipeline_local_rerun_and_growth(tmp_path, molecules, ray_local, capsys) -> None:
+    data = tmp_path / "in"
+    data.mkdir()
+    held = molecules.iloc[2:6]  # 4 drugs kept back to add later (rows 0-1 are repeated at 20-21)
+    base = molecules.drop(index=held.index)
+    base.iloc[:10].to_parquet(data / "part-0.parquet")
+    base.iloc[10:].to_parquet(data / "part-1.parquet")
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = _embed_args(str(data), str(out), str(cache), str(tmp_path))
+
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    counts, image = report["counts"], report["reports"]["image"]
+    assert counts["input"] == len(base) and counts["duplicates"] == 2
+    assert counts["quarantined"] == counts["input"] - counts["usable"]
+    assert image["encoded"] == counts["usable"] and image["forward_passes"] > 0
+    printed = capsys.readouterr().out
+    assert "forward passes" in printed and "quarantined by reason" in printed
+    first = pa.concat_tables([_read(str(out / "train")), _read(str(out / "val"))]).sort_by("mol_id")
+    assert first.num_rows == counts["usable"]
+    assert len(PairedExamples.from_table(first, ["image"])) == counts["usable"]
+    quarantine = pq.read_table(out / "quarantine.parquet")
+    assert quarantine.num_rows == counts["quarantined"]
+    assert {"featurise", "deduplicate"} <= set(quarantine.column("stage").to_pylist())
+
+    # Same data again: every vector from the cache, not one forward pass, identical output.
+    assert main(args) == 0
+    again = json.loads((out / "report.json").read_text())["reports"]["image"]
+    assert again["forward_passes"] == 0 and again["encoded"] == 0
+    assert again["cache_hits"] == counts["usable"]
+    assert pa.concat_tables([_read(str(out / "train")), _read(str(out / "val"))]).sort_by("mol_id").equals(first)
+
+    # Four new molecules: only they reach the encoder.
+    held.to_parquet(data / "part-2.parquet")
+    assert main(args) == 0
+    grown = json.loads((out / "report.json").read_text())
+    assert grown["reports"]["image"]["cache_hits"] == counts["usable"]
+    assert grown["reports"]["image"]["encoded"] == grown["counts"]["usable"] - counts["usable"] > 0
+
+
+@pytest.mark.slow
+def test_embed_pipeline_on_s3(tmp_path, molecules, ray_local, s3_server, monkeypatch, capsys) -> None:
+    for key, value in s3_server["env"].items():
+        monkeypatch.setenv(key, value)
+    bucket, client = s3_server["bucket"], s3_server["client"]
+    client.put_object(Bucket=bucket, Key="pipeline/in/molecules.csv",
+                      Body=molecules.to_csv(index=False).encode())
+    root = f"s3://{bucket}/pipeline"
+    args = _embed_args(f"{root}/in", f"{root}/out", f"{root}/cache", str(tmp_path))
+    assert main(args) == 0
+    fs, path = resolve_filesystem(f"{root}/out/report.json")
+    with fs.open_input_stream(path) as stream:
+        report = json.loads(stream.read())
+    assert report["counts"]["input"] == len(molecules)
+    assert report["reports"]["image"]["encoded"] == report["counts"]["usable"]
+    table = pa.concat_tables([_read(f"{root}/out/train"), _read(f"{root}/out/val")])
+    assert table.num_rows == report["counts"]["usable"]
+    assert _read(f"{root}/out/quarantine.parquet").num_rows == report["counts"]["quarantined"]
+    cached = client.list_objects_v2(Bucket=bucket, Prefix="pipeline/cache/")["Contents"]
+    assert [o for o in cached if o["Key"].endswith(".parquet")]  # compacted shard(s) on S3
+
+    # Wrong secret: a clear error naming the bucket, exit code 2, the secret never printed.
+    wrong = "wrong-secret-for-acml-test"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"bucket '{bucket}'" in err and "access denied" in err
+    assert wrong not in err and s3_server["secret_key"] not in err

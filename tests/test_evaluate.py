@@ -1,0 +1,341 @@
+"""Evaluation suite: hand-checked metrics, scaffold split, isomer sets, CLI end to end, MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from rdkit import Chem
+from rdkit.Chem import rdFingerprintGenerator
+from torch import nn
+
+from acml_ray.cache import CachedEmbedder
+from acml_ray.chem import GraphFeaturizer, MolGraph
+from acml_ray.cli.main import main
+from acml_ray.config import ACMLConfig, EvalConfig, TaskConfig
+from acml_ray.data.paired import PairedExamples, build_table, split_indices
+from acml_ray.evaluate.downstream import (
+    _masked_loss, load_task, masked_errors, masked_roc_auc, murcko_scaffold, scaffold_split,
+)
+from acml_ray.evaluate.interpret import correlations, interpret_report
+from acml_ray.evaluate.isomers import formula_groups, set_discrimination, stereo_sets
+from acml_ray.evaluate.retrieval import (
+    chunk_rows, random_topk, rank_metrics, retrieval_ranks, retrieval_report,
+)
+from acml_ray.evaluate.suite import log_to_mlflow, numeric_leaves, resolve_model
+from acml_ray.modalities import Modality, ModalityInputError, register_modality
+from acml_ray.model.acml import ACMLModel
+from acml_ray.model.serialization import save_model
+
+
+# --------------------------------------------------------------------------- retrieval
+def test_permuted_identity_ranks_with_pessimistic_ties():
+    # queries = I, candidates = rows of I permuted by (0)(1 2)(3): sims[i, j] = 1 iff perm[j] == i.
+    # Fixed points score 1 and rank 0; swapped queries score 0 for their true candidate, tied with
+    # the n - 2 other zeros, and ties count against them: rank n - 1 = 3.
+    perm = [0, 2, 1, 3]
+    q, c = np.eye(4), np.eye(4)[perm]
+    ranks = retrieval_ranks(q, c)
+    assert ranks.tolist() == [0, 3, 3, 0]
+    m = rank_metrics(ranks, [1, 2, 3, 4])
+    assert m["top1"] == 0.5 and m["top3"] == 0.5 and m["top4"] == 1.0
+    assert m["mean_rank"] == pytest.approx((1 + 4 + 4 + 1) / 4)
+    assert m["mrr"] == pytest.approx((1 + 1 / 4 + 1 / 4 + 1) / 4)
+    assert retrieval_ranks(np.eye(5), np.eye(5)).tolist() == [0] * 5
+
+
+def test_rank_metrics_hand_values_and_chance():
+    m = rank_metrics(np.array([0, 1, 4]), [1, 2, 5])
+    assert (m["top1"], m["top2"], m["top5"]) == pytest.approx((1 / 3, 2 / 3, 1.0))
+    assert m["mean_rank"] == pytest.approx(8 / 3)
+    assert m["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 5) / 3)
+    assert random_topk(4, [1, 2, 10]) == {"top1": 0.25, "top2": 0.5, "top10": 1.0}
+    rep = retrieval_report("m", np.eye(4), np.eye(4), [1, 2], pool_size=128)
+    assert rep["m->graph"]["pool_all"]["random"]["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+    assert rep["m->graph"]["pool_all"]["random"]["mean_rank"] == 2.5
+
+
+def test_chunked_ranks_equal_brute_force():
+    rng = np.random.default_rng(0)
+    q, c = rng.normal(size=(50, 8)), rng.normal(size=(50, 8))
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    cn = c / np.linalg.norm(c, axis=1, keepdims=True)
+    sims = qn @ cn.T
+    brute = (sims > np.diag(sims)[:, None]).sum(1)  # no ties in random data
+    assert retrieval_ranks(q, c, chunk_size=7).tolist() == brute.tolist()
+    assert retrieval_ranks(q, c).tolist() == brute.tolist()
+    assert chunk_rows(100_000, 256) == 671 and chunk_rows(10, 1) > 10
+
+
+def test_retrieval_report_keys_kept():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    rep = retrieval_report("image", x, x + 0.01 * rng.normal(size=x.shape), [1, 2, 3, 5, 10, 20],
+                           pool_size=128, repeats=2)
+    assert set(rep) == {"image->graph", "graph->image"}
+    block = rep["image->graph"]["pool_128"]
+    assert {"top1", "top20", "random", "n_pool", "mean_rank", "mrr"} <= set(block)
+    assert block["n_pool"] == 128 and rep["image->graph"]["pool_all"]["n_pool"] == 300
+    assert block["top1"] == 1.0 and block["random"]["top1"] == pytest.approx(1 / 128)
+
+
+# --------------------------------------------------------------------------- isomers
+def test_three_isomer_set_by_hand():
+    # Set 0 (three isomers): q = I; graphs g0 = e0, g1 = e2, g2 = e1. Query 0 finds its own graph
+    # first; queries 1 and 2 score 0 on their own graph (tied with another 0): both wrong.
+    # Set 1 (two isomers) is separable; set 2 has one member and is ignored.
+    q = np.zeros((6, 5))
+    g = np.zeros((6, 5))
+    q[0, 0] = q[1, 1] = q[2, 2] = 1
+    g[0, 0], g[1, 2], g[2, 1] = 1, 1, 1
+    q[3, 3] = g[3, 3] = 1
+    q[4, 4] = g[4, 4] = 1
+    q[5], g[5] = [1, 1, 0, 0, 0], [1, 1, 0, 0, 0]
+    ids = np.array([0, 0, 0, 1, 1, 2])
+    r = set_discrimination(q, g, ids)
+    assert r["accuracy"] == pytest.approx((1 + 2) / 5)
+    assert r["chance"] == pytest.approx((3 * (1 / 3) + 2 * (1 / 2)) / 5)
+    assert (r["n_sets"], r["n_queries"], r["mean_set_size"]) == (2, 5, 2.5)
+    only = set_discrimination(q[:3], g[:3], ids[:3])
+    assert only["accuracy"] == pytest.approx(1 / 3) and only["chance"] == pytest.approx(1 / 3)
+
+
+def test_isomer_set_builders():
+    groups = formula_groups(["CCO", "COC", "OCC", "CCC", "C[C@H](O)CC"], None, 10, 8, 0)
+    assert [(s.key, s.smiles) for s in groups] == [("C2H6O", ["CCO", "COC"])]
+    qm9_style = formula_groups(["CCO", "COC", "CCC"], ["[6,2,0,1,0]", "[6,2,0,1,0]", "[8,3,0,0,0]"], 5, 8, 0)
+    assert len(qm9_style) == 1 and qm9_style[0].key == "[6,2,0,1,0]"
+    sets = stereo_sets(["CC(N)O", "CCO", "C[C@@H](N)[C@H](C)O"], 5, 3, 0)
+    by_parent = {s.key: s.smiles for s in sets}
+    assert "CCO" not in by_parent  # no stereo element
+    assert set(by_parent["CC(N)O"][1:]) == {"C[C@@H](N)O", "C[C@H](N)O"}
+    parent = Chem.MolToSmiles(Chem.MolFromSmiles("C[C@@H](N)[C@H](C)O"))
+    assert by_parent[parent][0] == parent and len(by_parent[parent]) == 3  # 4 isomers, capped at 3
+    assert len(set(by_parent[parent])) == 3
+
+
+# --------------------------------------------------------------------------- downstream
+def test_roc_auc_rmse_mae_by_hand_with_missing_labels():
+    y = np.array([0, 0, 1, 1, np.nan])
+    s = np.array([0.1, 0.4, 0.35, 0.8, 0.99])
+    assert masked_roc_auc(y, s) == pytest.approx(0.75)  # 3 of 4 positive-negative pairs ordered
+    two = np.stack([y, [1, 1, 1, np.nan, 1]], axis=1)  # second task has one class: skipped
+    assert masked_roc_auc(two, np.stack([s, s], axis=1)) == pytest.approx(0.75)
+    e = masked_errors(np.array([1.0, 2.0, 3.0, np.nan]), np.array([1.0, 2.0, 5.0, 100.0]))
+    assert e["rmse"] == pytest.approx(math.sqrt(4 / 3)) and e["mae"] == pytest.approx(2 / 3)
+
+
+def test_masked_loss_ignores_missing_labels():
+    out = torch.tensor([[0.0, 5.0], [2.0, -3.0]])
+    y = torch.tensor([[1.0, float("nan")], [0.0, float("nan")]])
+    full = nn.functional.binary_cross_entropy_with_logits(out[:, 0], y[:, 0])
+    assert _masked_loss("classification", out, y).item() == pytest.approx(full.item())
+    assert _masked_loss("regression", out, torch.tensor([[1.0, float("nan")], [2.0, 0.0]])).item() == \
+        pytest.approx((1 + 0 + 9) / 3)
+
+
+def test_scaffold_split_deepchem_order_by_hand():
+    smiles = ["c1ccccc1C", "c1ccccc1O", "c1ccccc1N", "c1ccccc1CC",  # 4 x benzene
+              "C1CCCCC1C", "C1CCCCC1O",  # 2 x cyclohexane
+              "c1ccncc1C",  # pyridine
+              "CCCO"]  # acyclic: scaffold ""
+    train, valid, test, scaffolds = scaffold_split(smiles, (0.5, 0.25, 0.25))
+    assert scaffolds[0] == "c1ccccc1" and scaffolds[7] == ""
+    assert train.tolist() == [0, 1, 2, 3] and valid.tolist() == [4, 5] and test.tolist() == [6, 7]
+
+
+def test_scaffold_split_deterministic_and_disjoint(chembl_drugs):
+    smiles = chembl_drugs["smiles"].dropna().sample(300, random_state=0).tolist()
+    first, second = scaffold_split(smiles), scaffold_split(smiles)
+    assert all(np.array_equal(a, b) for a, b in zip(first[:3], second[:3]))
+    train, valid, test, scaffolds = first
+    assert len(train) + len(valid) + len(test) == len(smiles)
+    parts = [{scaffolds[i] for i in part} for part in (train, valid, test)]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert murcko_scaffold("CCO") == ""
+
+
+def test_load_task_moleculenet_and_tdc_files(tmp_path):
+    mn = tmp_path / "tox.csv"
+    pd.DataFrame({"mol_id": [1, 2, 3], "smiles": ["CCO", "CCN", "c1ccccc1"], "NR-AR": [1, 0, None],
+                  "SR-MMP": [None, 1, 0]}).to_csv(mn, index=False)
+    task = load_task(TaskConfig(name="tox", path=str(mn), limit=None))
+    assert task.task_names == ["NR-AR", "SR-MMP"] and task.kind == "classification"
+    assert np.isnan(task.labels[2, 0]) and task.labels[1, 1] == 1
+    tdc = tmp_path / "lipo.csv"
+    pd.DataFrame({"Drug_ID": ["a", "b"], "Drug": ["CCO", "CCC"], "Y": [0.5, 1.7]}).to_csv(tdc, index=False)
+    task = load_task(TaskConfig(name="lipo", path=str(tdc), limit=None))
+    assert task.task_names == ["Y"] and task.kind == "regression" and task.smiles == ["CCO", "CCC"]
+    b3db = load_task(TaskConfig(name="b3db_classification", limit=50))
+    assert b3db.kind == "classification" and set(np.unique(b3db.labels)) <= {0.0, 1.0}
+
+
+# --------------------------------------------------------------------------- interpretability
+def test_pearson_spearman_on_constructed_data():
+    x = np.arange(1.0, 6.0)
+    assert correlations(x, 2 * x + 1) == pytest.approx({"pearson": 1.0, "spearman": 1.0})
+    assert correlations(x, -x)["spearman"] == pytest.approx(-1.0)
+    cubic = correlations(x, x ** 3)
+    assert cubic["spearman"] == pytest.approx(1.0) and cubic["pearson"] < 0.99
+    assert math.isnan(correlations(x, np.ones(5))["pearson"])
+    assert correlations(np.array([1.0, 2.0, np.nan, 4.0]), np.array([2.0, 4.0, 5.0, 8.0]))["pearson"] == \
+        pytest.approx(1.0)
+
+
+def test_interpret_readout_recovers_encoded_descriptor(chembl_drugs):
+    from rdkit.Chem import Descriptors
+
+    smiles = chembl_drugs["smiles"].dropna().sample(120, random_state=0).tolist()
+    mw = np.array([Descriptors.MolWt(Chem.MolFromSmiles(s)) for s in smiles])
+    noise = np.random.default_rng(0).normal(size=(len(smiles), 6))
+    rep = interpret_report(np.column_stack([mw, noise]), smiles, n_components=3, cv_folds=5)
+    assert rep["readout"]["MW"]["pearson"] > 0.99
+    assert set(rep["readout"]) == {"MW", "LogP", "HBD", "HBA", "TPSA", "RotB", "QED", "ChiralCentres"}
+    assert len(rep["pcs"]) == 3
+
+
+# --------------------------------------------------------------------------- tiny run + CLI
+class _FingerprintModality(Modality):
+    """Cheap stand-in for a frozen modality: chiral Morgan counts through a fixed random linear map."""
+
+    name = "test_fp"
+
+    @property
+    def dim(self) -> int:
+        return 32
+
+    def preprocess_config(self) -> dict:
+        return {"radius": 2, "size": 128, "chiral": True}
+
+    def preprocess_one(self, raw) -> torch.Tensor:
+        mol = Chem.MolFromSmiles(raw) if isinstance(raw, str) else None
+        if mol is None:
+            raise ModalityInputError("unparsable SMILES")
+        gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=128, includeChirality=True)
+        return torch.tensor(gen.GetCountFingerprintAsNumPy(mol), dtype=torch.float32)
+
+    def _build_encoder(self) -> nn.Module:
+        linear = nn.Linear(128, 32)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            linear.weight.copy_(torch.randn(32, 128, generator=g) / 11)
+            linear.bias.zero_()
+        return linear
+
+
+register_modality("test_fp", _FingerprintModality)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, chembl_drugs) -> Path:
+    """A run folder like `acml demo` writes (model/model.pt, data/{train,val}.parquet, cache/),
+    from 40 optimiser steps of a tiny GIN on 120 real molecules."""
+    run = tmp_path_factory.mktemp("run")
+    cfg = ACMLConfig.model_validate({
+        "graph_encoder": {"num_layers": 2, "hidden_dim": 16}, "projection": {"dims": [32]},
+        "loss": {"kind": "infonce", "temperature": 0.1}, "modalities": [{"name": "test_fp"}],
+        "output_dir": str(run)})
+    smiles = chembl_drugs["smiles"].dropna().sample(140, random_state=0).tolist()
+    graphs = [g for g in GraphFeaturizer(cfg.featurizer).featurize_batch(smiles) if isinstance(g, MolGraph)][:120]
+    result = CachedEmbedder(_FingerprintModality(), cfg.resolved_cache_dir()).embed([g.smiles for g in graphs])
+    table = build_table(graphs, {"test_fp": (result.vectors, result.ok)})
+    train_idx, val_idx = split_indices(len(graphs), 0.3, 4)
+    (run / "data").mkdir()
+    pq.write_table(table.take(train_idx), run / "data" / "train.parquet")
+    pq.write_table(table.take(val_idx), run / "data" / "val.parquet")
+    torch.manual_seed(0)
+    model = ACMLModel.from_config(cfg, {"test_fp": 32})
+    examples = PairedExamples.from_table(table.take(train_idx), ["test_fp"])
+    optimiser = torch.optim.AdamW(model.trainable_parameters(), lr=3e-3)
+    model.train()
+    for step in range(40):
+        for idx in examples.epoch_batches(32, step, seed=0)[:1]:
+            batch, inputs = examples.batch(idx)
+            loss = model(batch, inputs)["loss"]
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    save_model(model, cfg, run / "model", extra={"epoch": 1})
+    return run
+
+
+def test_resolve_model_paths(tiny_run, tmp_path):
+    assert resolve_model(str(tiny_run), tmp_path) == (tiny_run / "model", tiny_run)
+    assert resolve_model(str(tiny_run / "model"), tmp_path) == (tiny_run / "model", tiny_run)
+    with pytest.raises(FileNotFoundError):
+        resolve_model(str(tmp_path), tmp_path)
+
+
+def test_cli_evaluate_end_to_end(tiny_run, tmp_path, chembl_drugs):
+    task_csv = tmp_path / "toy_tox.csv"
+    sample = chembl_drugs["smiles"].dropna().sample(80, random_state=1).tolist()
+    logp = [Chem.Crippen.MolLogP(Chem.MolFromSmiles(s)) for s in sample]
+    pd.DataFrame({"smiles": sample, "lipophilic": [float(v > 2) for v in logp],
+                  "sparse": [float(v > 3) if i % 3 else None for i, v in enumerate(logp)]}).to_csv(task_csv, index=False)
+    out = tmp_path / "eval"
+    sets = ["eval.pool_size=16", "eval.pool_repeats=2", "eval.isomers.constitutional_groups=3",
+            "eval.isomers.stereo_molecules=3", "eval.isomers.max_set_size=3", "eval.interpret.cv_folds=3",
+            "eval.downstream.epochs=2", "eval.downstream.rf_trees=10", "eval.downstream.batch_size=32"]
+    argv = ["evaluate", "--model", str(tiny_run), "--out", str(out), "--task", str(task_csv), "--quiet"]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    for name in ("report.md", "retrieval_curves.png", "correlation_heatmap.png", "embedding_projection.png",
+                 "splits/toy_tox.csv"):
+        assert (out / name).is_file(), name
+    block = report["retrieval"]["test_fp->graph"]
+    assert set(block) == {"pool_16", "pool_all"} and block["pool_all"]["n_pool"] == report["held_out_molecules"]
+    assert {f"top{k}" for k in (1, 2, 3, 5, 10, 20)} | {"mrr", "mean_rank"} <= set(block["pool_all"])
+    for kind in ("constitutional", "stereo"):
+        iso = report["isomers"][kind]["test_fp->graph"]
+        assert iso["n_sets"] >= 1 and 0 <= iso["accuracy"] <= 1 and 1 / 3 <= iso["chance"] <= 0.5
+    assert set(report["interpret"]["readout"]) >= {"MW", "QED", "ChiralCentres"}
+    toy = report["downstream"]["toy_tox"]
+    assert toy["kind"] == "classification" and toy["tasks"] == ["lipophilic", "sparse"]
+    assert set(toy["methods"]) == {"linear_probe", "finetune", "scratch", "ecfp_rf", "ecfp_linear"}
+    assert all(len(m["roc_auc"]["values"]) == 3 for m in toy["methods"].values())
+    split = pd.read_csv(out / "splits" / "toy_tox.csv", keep_default_na=False)
+    by_part = split.groupby("split")["scaffold"].apply(set)
+    assert not (by_part["train"] & by_part["test"])
+    assert "## Property prediction" in (out / "report.md").read_text()
+
+    # --data: a molecule CSV is featurised and embedded through the cache; retrieval only.
+    mols = tmp_path / "mols.csv"
+    pd.DataFrame({"smiles": sample[:40]}).to_csv(mols, index=False)
+    assert main(["evaluate", "--model", str(tiny_run / "model"), "--out", str(tmp_path / "e2"), "--data",
+                 str(mols), "--sections", "retrieval", "--set", "eval.pool_size=8", "--quiet"]) == 0
+    second = json.loads((tmp_path / "e2" / "report.json").read_text())
+    accepted = sum(isinstance(r, MolGraph) for r in GraphFeaturizer().featurize_batch(sample[:40]))
+    assert second["held_out_molecules"] == accepted > 30 and "downstream" not in second
+
+
+def test_mlflow_logging_to_sqlite(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # the default artifact root (./mlruns) lands in tmp_path
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "report.md").write_text("# r\n")
+    report = {"retrieval": {"image->graph": {"pool_all": {"top1": 0.5, "random": {"top1": 0.1}}}},
+              "downstream": {"t": {"methods": {"ecfp_rf": {"roc_auc": {"mean": float("nan"), "values": [1]}}}}}}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert log_to_mlflow(out, report, EvalConfig()) is None  # tracking off
+    cfg = EvalConfig(tracking_uri=uri, mlflow_experiment="eval-test")
+    run_id = log_to_mlflow(out, report, cfg)
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.data.metrics == {"eval/retrieval/image_to_graph/pool_all/top1": 0.5,
+                                "eval/retrieval/image_to_graph/pool_all/random/top1": 0.1}
+    assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == ["evaluation/report.md"]
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as active:  # an active run receives the artifacts
+        assert log_to_mlflow(out, report, EvalConfig(tracking_uri=uri)) == active.info.run_id
+    assert numeric_leaves({"a->b": {"x": 1, "y": [1], "z": True}}) == {"a_to_b/x": 1.0}

@@ -1,0 +1,181 @@
+"""MLflow registry model: SMILES -> embeddings pyfunc, `acml register`, loading by alias in a
+fresh process, and `mlflow models serve` answering HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from acml_ray.config import load_config
+from acml_ray.model import ACMLModel
+from acml_ray.model.serialization import save_model
+from acml_ray.registry import embed_smiles, model_signature, output_columns
+from acml_ray.registry.pyfunc import ERROR_COLUMN, GRAPH_COLUMN, modality_column
+
+MODALITIES = {"image": 24, "smiles": 12}
+INVALID = ["not a smiles", "C1CC", ""]  # unparsable, unclosed ring, empty
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, chembl_drugs) -> Path:
+    """A real (untrained: plumbing only) run folder: model/model.pt + summary.json."""
+    import torch
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, {"graph_encoder.hidden_dim": 16, "projection.dims": [32], "output_dir": str(out),
+                             "modalities": [{"name": m} for m in MODALITIES],
+                             "data.sources": [{"name": "chembl_approved_drugs", "limit": 150}]})
+    torch.manual_seed(0)
+    save_model(ACMLModel.from_config(cfg, MODALITIES), cfg, out / "model", extra={"epoch": 2})
+    summary = {"held_out_molecules": 30, "retrieval": {
+        "image->graph": {"pool_128": {"top1": 0.25, "top10": 0.75, "mrr": 0.4},
+                         "pool_all": {"top1": 0.125, "top10": 0.5}}}}
+    (out / "summary.json").write_text(json.dumps(summary))
+    return out
+
+
+@pytest.fixture(scope="module")
+def molecules(chembl_drugs) -> list[str]:
+    return chembl_drugs["smiles"].head(6).tolist() + INVALID
+
+
+def _loaded(run_dir: Path):
+    from acml_ray.model.serialization import load_model
+
+    return load_model(run_dir / "model")
+
+
+def test_embed_smiles_shapes_and_errors(run_dir, molecules):
+    model, cfg, _ = _loaded(run_dir)
+    df = embed_smiles(model, cfg, molecules, batch_size=4)  # several batches
+    assert list(df.columns) == output_columns(list(MODALITIES))
+    assert len(df) == len(molecules)
+    ok = df[ERROR_COLUMN].isna()
+    assert ok.tolist() == [True] * 6 + [False] * len(INVALID)
+    assert all(isinstance(e, str) and e for e in df.loc[~ok, ERROR_COLUMN])
+    assert df.loc[~ok, GRAPH_COLUMN].isna().all()
+    assert np.stack(df.loc[ok, GRAPH_COLUMN]).shape == (6, 16)
+    for m in MODALITIES:
+        assert np.stack(df.loc[ok, modality_column(m)]).shape == (6, 32)
+    # Row-independent: one molecule alone embeds as in the batch (eval mode, no batch effects).
+    alone = embed_smiles(model, cfg, molecules[2:3])
+    np.testing.assert_allclose(alone.loc[0, GRAPH_COLUMN], df.loc[2, GRAPH_COLUMN], rtol=1e-5, atol=1e-6)
+    # All-invalid input is still a frame, not an exception.
+    bad = embed_smiles(model, cfg, INVALID)
+    assert bad[GRAPH_COLUMN].isna().all() and bad[ERROR_COLUMN].notna().all()
+
+
+def test_signature_names_every_output(run_dir):
+    sig = model_signature(list(MODALITIES))
+    assert sig.inputs.input_names() == ["smiles"]
+    assert sig.outputs.input_names() == output_columns(list(MODALITIES))
+
+
+@pytest.fixture(scope="module")
+def registered(run_dir):
+    """`acml register RUN --name acml-test --alias champion` (sqlite store under RUN)."""
+    from acml_ray.cli.main import main
+
+    assert main(["register", str(run_dir), "--name", "acml-test", "--alias", "champion"]) == 0
+    return {"name": "acml-test", "uri": f"sqlite:///{run_dir / 'mlflow.db'}"}
+
+
+# Loads the registered model by alias in a new interpreter and writes its predictions as JSON.
+_FRESH_LOAD = """
+import json, sys
+import mlflow.pyfunc, pandas as pd
+model = mlflow.pyfunc.load_model("models:/acml-test@champion")
+out = model.predict(pd.DataFrame({"smiles": json.loads(sys.argv[1])}))
+print("RESULT" + out.to_json(orient="records"))
+"""
+
+
+@pytest.mark.slow
+def test_register_then_load_in_fresh_process(registered, run_dir, molecules):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=registered["uri"])
+    version = client.get_model_version_by_alias("acml-test", "champion")
+    tags = version.tags
+    assert tags["acml.modalities"] == "image,smiles"
+    assert tags["acml.data_sources"] == "chembl_approved_drugs(limit=150)"
+    assert tags["metric.image_to_graph/pool_128/top10"] == "0.7500"
+    assert tags["metric.image_to_graph/pool_all/top1"] == "0.1250"
+    assert "mrr" not in " ".join(tags)
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"]}
+    proc = subprocess.run([sys.executable, "-c", _FRESH_LOAD, json.dumps(molecules)], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.split("RESULT", 1)[1])
+    model, cfg, _ = _loaded(run_dir)
+    expected = embed_smiles(model, cfg, molecules)
+    assert len(rows) == len(molecules)
+    for row, (_, exp) in zip(rows, expected.iterrows()):
+        assert (row[ERROR_COLUMN] is None) == (exp[ERROR_COLUMN] is None)
+        for column in (GRAPH_COLUMN, *(modality_column(m) for m in MODALITIES)):
+            if exp[column] is None:
+                assert row[column] is None
+            else:
+                np.testing.assert_allclose(row[column], exp[column], rtol=1e-5, atol=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_http(registered, run_dir, tmp_path):
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"]}
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    log = open(tmp_path / "serve.log", "wb")
+    # Own process group: the server forks workers, and the whole group must go at the end.
+    server = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/acml-test@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                              start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "server not up: " + (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        body = json.dumps({"dataframe_split": {"columns": ["smiles"],
+                                               "data": [["CCO"], ["not a smiles"]]}}).encode()
+        request = urllib.request.Request(f"{base}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+        good, bad = answer["predictions"]
+        assert len(good[GRAPH_COLUMN]) == 16 and len(good[modality_column("image")]) == 32
+        assert good[ERROR_COLUMN] is None and good["canonical_smiles"] == "CCO"
+        assert bad[GRAPH_COLUMN] is None and bad[ERROR_COLUMN]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
