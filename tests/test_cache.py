@@ -104,6 +104,7 @@ _WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two fresh Python processes importing torch: ~10 s idle, ~35 s on a busy box
 def test_concurrent_writers_leave_a_consistent_cache(tmp_path, image, smiles) -> None:
     root = tmp_path / "cache"
     halves = [smiles[:16], smiles[8:]]  # 8 molecules written by both processes at once

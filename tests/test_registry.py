@@ -122,7 +122,8 @@ def test_register_then_load_in_fresh_process(registered, run_dir, molecules):
     model, cfg, _ = _loaded(run_dir)
     expected = embed_smiles(model, cfg, molecules)
     assert len(rows) == len(molecules)
-    for row, (_, exp) in zip(rows, expected.iterrows()):
+    # to_dict, not iterrows: pandas would turn a row's None into NaN when its other cells are str.
+    for row, exp in zip(rows, expected.to_dict("records")):
         assert (row[ERROR_COLUMN] is None) == (exp[ERROR_COLUMN] is None)
         for column in (GRAPH_COLUMN, *(modality_column(m) for m in MODALITIES)):
             if exp[column] is None:
@@ -140,8 +141,11 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_http(registered, run_dir, tmp_path):
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"]}
-    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    bin_dir = str(Path(sys.executable).parent)
+    # `mlflow models serve` execs `uvicorn` by name: the venv's bin must be on PATH (as when activated).
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"],
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    mlflow_bin = str(Path(bin_dir) / "mlflow")
     log = open(tmp_path / "serve.log", "wb")
     # Own process group: the server forks workers, and the whole group must go at the end.
     server = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/acml-test@champion",

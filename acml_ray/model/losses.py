@@ -70,14 +70,15 @@ class Temperature(nn.Module):
         if not TAU_MIN <= initial <= TAU_MAX:
             raise ValueError(f"temperature must lie in [{TAU_MIN}, {TAU_MAX}], got {initial}")
         self.learnable = learnable
-        log_tau = torch.tensor(math.log(initial), dtype=torch.float32)
+        # Shape [1], not 0-d: DeepSpeed broadcasts parameters as byte views, impossible for 0-d.
+        log_tau = torch.tensor([math.log(initial)], dtype=torch.float32)
         if learnable:
             self.log_tau = nn.Parameter(log_tau)
         else:
             self.register_buffer("log_tau", log_tau)
 
     def forward(self) -> Tensor:
-        return self.log_tau.clamp(math.log(TAU_MIN), math.log(TAU_MAX)).exp()
+        return self.log_tau.clamp(math.log(TAU_MIN), math.log(TAU_MAX)).exp().reshape(())
 
     def extra_repr(self) -> str:
         return f"tau={float(self()):.4g}, learnable={self.learnable}"

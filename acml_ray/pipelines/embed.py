@@ -380,7 +380,10 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
     timings["embed_s"] = time.perf_counter() - started
 
     t = time.perf_counter()
-    stats = pa.concat_tables(ray.get(ds.select_columns(stats_columns(names, ec.keep_columns)).to_arrow_refs()))
+    parts = ray.get(ds.select_columns(stats_columns(names, ec.keep_columns)).to_arrow_refs())
+    if not parts or sum(p.num_rows for p in parts) == 0:
+        raise ValueError(f"no rows read from {ec.input}")
+    stats = pa.concat_tables(parts)
     summary = summarise(stats, names, ec.keep_columns)
     paths = {split: f"{out_path}/{split}" for split in ("train", "val")}
     for split, path in paths.items():
