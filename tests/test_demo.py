@@ -26,7 +26,7 @@ def test_demo_writes_summary_and_reuses_embeddings(tmp_path, ray_local, capsys) 
     summary = json.loads(summary_path.read_text())
 
     retrieval = summary["retrieval"]
-    assert set(retrieval) == {"image->graph", "graph->image"}
+    assert set(retrieval) == {"image->graph", "graph->image", "smiles->graph", "graph->smiles"}
     for direction in retrieval.values():
         assert set(direction) == {"pool_128", "pool_all"}
         for pool in direction.values():
@@ -39,14 +39,16 @@ def test_demo_writes_summary_and_reuses_embeddings(tmp_path, ray_local, capsys) 
 
     counts = summary["data"]
     assert counts["input"] == 400
-    # One modality: every dropped row (size filter, duplicate, failed depiction) is quarantined.
-    assert counts["quarantined"] == counts["input"] - counts["usable"]
+    # Every row dropped before embedding (size filter, unparsable, duplicate) is quarantined.
+    assert counts["quarantined"] >= counts["input"] - counts["usable"] > 0
     assert summary["quarantined_by_reason"]  # ChEMBL drugs include > 50 heavy atoms molecules
-    first = summary["embedding"]["image"]
-    assert first["encoded"] == counts["usable"] and first["cache_hits"] == 0
+    for modality in ("image", "smiles"):
+        first = summary["embedding"][modality]
+        assert first["encoded"] == counts["usable"] and first["cache_hits"] == 0
 
     # Second run on the same data: every vector comes from the cache, no forward pass.
     assert main(["demo", "--out", str(out), *SMALL]) == 0
-    second = json.loads(summary_path.read_text())["embedding"]["image"]
-    assert second["forward_passes"] == 0 and second["encoded"] == 0
-    assert second["cache_hits"] == counts["usable"]
+    for modality in ("image", "smiles"):
+        second = json.loads(summary_path.read_text())["embedding"][modality]
+        assert second["forward_passes"] == 0 and second["encoded"] == 0
+        assert second["cache_hits"] == counts["usable"]
