@@ -212,6 +212,31 @@ class TrackingConfig(_Strict):
     uri: str | None = None
     experiment: str = "acml"
     artifact_location: str | None = Field(None, description="for a new experiment; default OUTPUT/mlartifacts")
+    parent_run_id: str | None = Field(None, description="open runs nested under this run (set by `acml tune`)")
+
+
+class TuneConfig(_Strict):
+    """`acml tune`: a Ray Tune study over distributed training (HyperOpt search, ASHA stopping).
+
+    Each trial is one training run (``train.num_workers`` workers of ``train.cpus_per_worker``
+    CPUs each, GPUs with ``train.use_gpu``); ``max_concurrent_trials`` bounds how many share
+    the cluster at once.
+    """
+
+    name: str = Field("study", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="study folder under storage_path; the same name resumes it")
+    storage_path: str | None = Field(None, description="study storage (path or s3://); default OUTPUT")
+    num_samples: int = Field(20, ge=1, description="trials in the study")
+    max_concurrent_trials: int = Field(2, ge=1)
+    seed: int = Field(0, description="HyperOpt's random state")
+    n_initial_points: int = Field(10, ge=1, description="random trials before TPE takes over")
+    start_from_base: bool = Field(True, description="first trial = the base config (projected into the space)")
+    metric: str = "val/score"
+    mode: Literal["max", "min"] = "max"
+    max_t: int | None = Field(None, ge=1, description="epochs per trial at most; default train.epochs")
+    grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
+    reduction_factor: float = Field(2.0, gt=1.0)
+    driver_cpus: float = Field(0.0, ge=0.0, description="CPUs reserved for each trial's driver (it only waits)")
 
 
 class EvalConfig(_Strict):
@@ -244,6 +269,7 @@ class ACMLConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     output_dir: str = "runs/acml"
     cache_dir: str | None = Field(None, description="embedding cache root; default OUTPUT/cache")
 

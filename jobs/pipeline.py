@@ -52,7 +52,9 @@ def run_pipeline(cfg: ACMLConfig, name: str, alias: str = "champion", run_name: 
     print(f"[pipeline] evaluated: {(out / 'evaluation' / 'report.md').resolve()}", flush=True)
 
     # The run folder now holds model/ and evaluation/report.json (the metrics tagged).
-    registered = register_run(str(out), name, alias=alias, tracking_uri=tracking_uri)
+    location = cfg.tracking.artifact_location
+    registered = register_run(str(out), name, alias=alias, tracking_uri=tracking_uri,
+                              artifact_location=f"{location.rstrip('/')}/registry" if location else None)
     print(f"[pipeline] registered: {registered.model_uri} (version {registered.version})", flush=True)
     return {"train_table": embedded.train_path, "val_table": embedded.val_path, "run_uri": trained.run_uri,
             "mlflow_run_id": trained.mlflow_run_id, "report": str(out / "evaluation" / "report.json"),

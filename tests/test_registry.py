@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from acml_ray.config import load_config

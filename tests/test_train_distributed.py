@@ -2,9 +2,9 @@
 mask, MLflow records, early stopping and the best marker, resume of a stopped run, cross-worker
 negatives (2 workers == 1 process on the concatenated batch), and a killed worker.
 
-Tables are real ChEMBL approved drugs with cheap deterministic modality vectors computed here:
-RDKit Morgan count fingerprints ("morgan", every molecule) and MACCS keys ("maccs", missing for
-about a third of the molecules).
+Tables (the `tables` fixture in tests/conftest.py) are real ChEMBL approved drugs with cheap
+deterministic modality vectors: RDKit Morgan count fingerprints ("morgan", every molecule) and
+MACCS keys ("maccs", missing for about a third of the molecules).
 """
 
 from __future__ import annotations
@@ -18,42 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from acml_ray.chem import GraphFeaturizer, MolGraph
 from acml_ray.config import ACMLConfig, load_config
-from acml_ray.data.paired import PairedExamples, build_table
+from acml_ray.data.paired import PairedExamples
 
 pytestmark = pytest.mark.slow
 
-N_TRAIN, N_VAL = 160, 40
 TINY = {"graph_encoder.hidden_dim": 16, "graph_encoder.num_layers": 2, "projection.dims": [16],
         "loss.kind": "infonce", "loss.temperature": 0.1, "train.batch_size": 16,
         "eval.pool_size": 16, "eval.top_k": [1, 5]}
 MODALITIES = [{"name": "morgan", "weight": 1.0}, {"name": "maccs", "weight": 0.5}]
-
-
-def _vectors(graphs: list[MolGraph]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from rdkit import Chem
-    from rdkit.Chem import MACCSkeys, rdFingerprintGenerator
-
-    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=128)
-    mols = [Chem.MolFromSmiles(g.smiles) for g in graphs]
-    morgan = np.log1p(np.stack([gen.GetCountFingerprintAsNumPy(m) for m in mols]).astype(np.float32))
-    maccs = np.stack([np.array(list(MACCSkeys.GenMACCSKeys(m)), np.float32) for m in mols])
-    has_maccs = np.random.default_rng(0).random(len(graphs)) > 0.33
-    return {"morgan": (morgan, np.ones(len(graphs), bool)), "maccs": (maccs, has_maccs)}
-
-
-@pytest.fixture(scope="session")
-def tables(tmp_path_factory, chembl_drugs) -> dict[str, str]:
-    """train/val Parquet tables (160/40 real molecules, two modalities)."""
-    featurizer = GraphFeaturizer()
-    graphs = [g for g in featurizer.featurize_batch(chembl_drugs["smiles"].tolist()[:400])
-              if isinstance(g, MolGraph)][:N_TRAIN + N_VAL]
-    table = build_table(graphs, _vectors(graphs))
-    out = tmp_path_factory.mktemp("tables")
-    pq.write_table(table.slice(0, N_TRAIN), out / "train.parquet")
-    pq.write_table(table.slice(N_TRAIN), out / "val.parquet")
-    return {"train": str(out / "train.parquet"), "val": str(out / "val.parquet")}
 
 
 def _cfg(tmp_path: Path, tables: dict[str, str], **overrides) -> ACMLConfig:

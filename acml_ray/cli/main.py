@@ -10,7 +10,7 @@ import os
 import sys
 
 # Subcommand modules, in the order `acml --help` lists them.
-COMMANDS: tuple[str, ...] = ("demo", "embed", "evaluate", "register", "train")
+COMMANDS: tuple[str, ...] = ("demo", "embed", "evaluate", "register", "train", "tune")
 
 # Loopback-only, no telemetry, no hub downloads: defaults for every entry point (env wins).
 QUIET_ENV = {

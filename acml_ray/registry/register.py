@@ -121,7 +121,7 @@ def _model_tags(cfg: Any, model: Any, extra: dict) -> dict[str, str]:
 
 
 def register_run(run: str, name: str, alias: str = "champion", tracking_uri: str | None = None,
-                 description: str | None = None) -> RegisteredModel:
+                 description: str | None = None, artifact_location: str | None = None) -> RegisteredModel:
     """Log RUN's model as an `ACMLEmbedder` pyfunc, register it as a new version of `name`, tag it, set `alias`.
 
     RUN is a run folder (``model/model.pt``, optionally ``summary.json`` and
@@ -135,6 +135,8 @@ def register_run(run: str, name: str, alias: str = "champion", tracking_uri: str
     from acml_ray.evaluate.suite import resolve_model
     from acml_ray.model.serialization import load_model
 
+    # `artifact_location` (e.g. s3://bucket/mlartifacts/registry) applies when the registry
+    # experiment is first created; by default artifacts go beside a sqlite store.
     uri = resolve_tracking_uri(run, tracking_uri)
     client = MlflowClient(tracking_uri=uri)
     source_run_id = None
@@ -168,7 +170,7 @@ def register_run(run: str, name: str, alias: str = "champion", tracking_uri: str
             if source_run_id:
                 active = mlflow.start_run(run_id=source_run_id)
             else:
-                active = mlflow.start_run(experiment_id=_registry_experiment(client, uri, run),
+                active = mlflow.start_run(experiment_id=_registry_experiment(client, uri, artifact_location),
                                           run_name=f"register-{name}")
             with active:
                 mlflow.set_tags(tags)
@@ -194,13 +196,13 @@ def register_run(run: str, name: str, alias: str = "champion", tracking_uri: str
                            run_id=run_id, tags=tags)
 
 
-def _registry_experiment(client: Any, uri: str, run: str) -> str:
+def _registry_experiment(client: Any, uri: str, artifact_location: str | None) -> str:
     """The experiment registration runs go to; with a sqlite store its artifacts live beside
     the database (MLflow's default would be ./mlruns under whatever the working directory is)."""
     experiment = client.get_experiment_by_name(REGISTRY_EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
+    location = artifact_location
+    if location is None and uri.startswith("sqlite:///"):
         location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
     return client.create_experiment(REGISTRY_EXPERIMENT, artifact_location=location)

@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
 from acml_ray.config import ACMLConfig
@@ -116,7 +116,8 @@ def _log_split(tracking: TrackingRun, train: str, val: str) -> None:
 
 def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = None,
         modality_dims: dict[str, int] | None = None, run_name: str | None = None,
-        resume: bool = False, hooks: DebugHooks | None = None) -> TrainResult:
+        resume: bool = False, hooks: DebugHooks | None = None,
+        callbacks: list[UserCallback] | None = None) -> TrainResult:
     """Train with Ray Train + DeepSpeed on Parquet training tables (paths, dirs or s3:// URIs).
 
     Args:
@@ -126,6 +127,8 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
         resume: continue the run `run_name` from its latest checkpoint; without it an existing
             run folder is an error (Ray would silently resume it).
         hooks: test hooks (fault injection, consumed-batch log).
+        callbacks: Ray Train controller callbacks, e.g. Tune's `TuneReportCallback`, which
+            forwards every report (rank 0's epoch metrics) to the enclosing Tune trial.
     """
     train, val = table_locations(cfg, train_data, val_data)
     names = [m.name for m in cfg.modalities]
@@ -139,6 +142,8 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
     if exists and not resume:
         raise FileExistsError(f"run {run_name!r} already exists at {run_uri}; resume it or pick another name")
     tracking = start_run(cfg, run_name, resume=resume) if cfg.tracking.enabled else None
+    if tracking is not None and cfg.tracking.parent_run_id:  # a Tune trial: nest under the study's run
+        tracking.set_tags({"mlflow.parentRunId": cfg.tracking.parent_run_id})
     if tracking is not None and not resume:
         _log_split(tracking, train, val)
 
@@ -157,6 +162,7 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
             # The latest checkpoint is always kept for resume; the best model lives in <run>/best.
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=callbacks or [],
         ),
         datasets={"train": _read_parquet(train), "val": _read_parquet(val)},
         # Not split: every worker holds the table and takes its slice of each global batch

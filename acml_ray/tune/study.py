@@ -1,0 +1,362 @@
+"""A Ray Tune study over distributed ACML training.
+
+Each trial is a Tune function trainable that builds and fits its own `TorchTrainer` through
+`acml_ray.train.fit` (Ray Train V2's pattern for Tune: the trial is the Train *driver*, the
+workers come from ``train.num_workers``), with Tune's `TuneReportCallback` forwarding every
+epoch report (rank 0's validation metrics) to Tune. HyperOpt (seeded, first trial = the base
+config) proposes configs under a `ConcurrencyLimiter`; ASHA stops weak trials at epoch rungs.
+
+Layout of a study ``<tune.storage_path or OUTPUT>/<tune.name>``::
+
+    <study>/                 Tune experiment state (Tuner.restore resumes from here)
+    <study>/trial_<id>/      Tune's per-trial results (result.json, progress.csv)
+    <study>/train/<name>-<id>/   the trial's Train run: checkpoints and best/ (model.pt)
+    <study>/acml_study.yaml  base config + space, checked when the study is resumed
+    OUTPUT/best/             the best trial: model/ (model.pt, BEST.json), config.yaml, trial.json
+
+MLflow: one parent run per study (tagged with the study name), each trial's training run
+nested under it (``mlflow.parentRunId``) with the trial's full config as params and its
+step/epoch metrics; the best trial's files are logged to the parent under ``best/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import yaml
+
+from acml_ray.config import ACMLConfig
+from acml_ray.storage.filesystem import join, resolve_filesystem
+from acml_ray.tune.space import SearchSpace, with_overrides
+
+logger = logging.getLogger(__name__)
+
+SPEC_FILE = "acml_study.yaml"
+TRIAL_PREFIX = "trial_"
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What every trial needs besides its sampled params (picklable: travels to trial actors)."""
+
+    name: str
+    study_uri: str
+    output_dir: str  # absolute; trials write OUTPUT/trials/<id>/model when they finish
+    train_table: str
+    val_table: str
+    modality_dims: dict[str, int]
+    max_t: int
+    metric: str
+    mode: str
+    tracking_uri: str | None = None  # None: tracking disabled
+    parent_run_id: str | None = None
+
+    def run_name(self, trial_id: str) -> str:
+        """The trial's Train run folder and MLflow run name."""
+        return f"{self.name}-{trial_id}"
+
+    def trial_config(self, base: ACMLConfig, overrides: dict[str, Any], trial_id: str) -> ACMLConfig:
+        """The full config a trial trains with: base + sampled overrides + the study's plumbing."""
+        plumbing: dict[str, Any] = {
+            "train.epochs": self.max_t,
+            # Each trial keeps its best epoch by the metric the study ranks trials on.
+            "train.early_stopping_metric": self.metric,
+            "train.early_stopping_mode": self.mode,
+            "train.storage_path": join(self.study_uri, "train"),
+            "train.train_table": self.train_table,
+            "train.val_table": self.val_table,
+            "output_dir": str(Path(self.output_dir) / "trials" / trial_id),
+            "tracking.enabled": self.tracking_uri is not None,
+        }
+        if self.tracking_uri is not None:
+            plumbing.update({"tracking.uri": self.tracking_uri, "tracking.parent_run_id": self.parent_run_id})
+        return with_overrides(base, {**overrides, **plumbing})
+
+    def best_config(self, base: ACMLConfig, overrides: dict[str, Any]) -> ACMLConfig:
+        """The winning config as a user would train it again: base + overrides, epochs = max_t."""
+        return with_overrides(base, {**overrides, "train.epochs": self.max_t})
+
+
+def _run_trial(params: dict[str, Any], base: dict[str, Any], space: SearchSpace, plan: StudyPlan) -> None:
+    """Tune function trainable: one distributed training run (runs in the trial's actor)."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from acml_ray.train import fit, run_location
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = plan.trial_config(ACMLConfig.model_validate(base), space.overrides(params), trial_id)
+    run_name = plan.run_name(trial_id)
+    fs, path = resolve_filesystem(run_location(cfg, run_name))
+    # A trial restarted by Tuner.restore continues its Train run from the latest checkpoint.
+    resume = fs.get_file_info(path).type != pafs.FileType.NotFound
+    fit(cfg, plan.train_table, plan.val_table, plan.modality_dims, run_name=run_name, resume=resume,
+        callbacks=[TuneReportCallback()])
+
+
+def _trial_dirname(trial: Any) -> str:
+    """Short trial folders (Tune's default embeds every param value in the name)."""
+    return f"{TRIAL_PREFIX}{trial.trial_id}"
+
+
+@dataclass
+class TrialSummary:
+    """Tune's record of one trial."""
+
+    trial_id: str
+    params: dict[str, Any]  # config overrides the trial ran with
+    epochs: int  # epochs reported to Tune (ASHA's time attribute)
+    score: float | None  # best value of the study metric over the trial's epochs
+    last_score: float | None
+    stopped_early: bool  # ended before max_t epochs (ASHA, or the trial's own patience)
+    error: str | None = None
+
+
+@dataclass
+class StudyResult:
+    """Outcome of `run_study`; `complete` is False when the study was interrupted."""
+
+    study_uri: str
+    complete: bool
+    trials: list[TrialSummary]
+    best: TrialSummary | None = None
+    best_dir: Path | None = None  # OUTPUT/best: model/model.pt, config.yaml, trial.json
+    best_config: ACMLConfig | None = None
+    parent_run_id: str | None = None
+    resumed: bool = False
+    moved_start: list[str] = field(default_factory=list)  # base values moved into the space
+
+
+def _read_text(uri: str) -> str | None:
+    fs, path = resolve_filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def _write_text(uri: str, text: str) -> None:
+    fs, path = resolve_filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
+def _study_spec(cfg: ACMLConfig, space: SearchSpace) -> str:
+    """What must not change when a study is resumed: the base config (less the study's own
+    settings, which Tune restores from its state) and the space."""
+    base = cfg.model_dump(mode="json")
+    base.pop("tune")
+    parameters = {path: asdict(p) for path, p in space.parameters.items()}
+    return yaml.safe_dump({"base": base, "space": parameters}, sort_keys=True)
+
+
+def _summaries(results: Any, space: SearchSpace, plan: StudyPlan) -> list[TrialSummary]:
+    """One `TrialSummary` per Tune trial, from Tune's own results."""
+    sign = 1.0 if plan.mode == "max" else -1.0
+    summaries = []
+    for result in results:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix(TRIAL_PREFIX)
+        scores = []
+        frame = result.metrics_dataframe
+        if frame is not None and plan.metric in frame:
+            scores = [float(s) for s in frame[plan.metric] if s is not None and math.isfinite(float(s))]
+        epochs = int(metrics.get("epoch", 0) or 0)
+        summaries.append(TrialSummary(
+            trial_id=trial_id,
+            params=space.overrides(result.config) if result.config else {},
+            epochs=epochs,
+            score=(max(scores, key=lambda s: sign * s) if scores else None),
+            last_score=metrics.get(plan.metric),
+            stopped_early=result.error is None and epochs < plan.max_t,
+            error=None if result.error is None else str(result.error).splitlines()[0][:500]))
+    return sorted(summaries, key=lambda s: s.trial_id)
+
+
+def _open_parent_run(cfg: ACMLConfig, space: SearchSpace, resume: bool):
+    """The study's MLflow run (reopened when the study resumes); logs the space."""
+    from acml_ray.tracking import start_run
+
+    parent = start_run(cfg, cfg.tune.name, resume=resume)
+    parent.set_tags({"acml.tune.study": cfg.tune.name, "acml.tune.space": space.source,
+                     "acml.tune.metric": cfg.tune.metric, "acml.tune.mode": cfg.tune.mode})
+    with tempfile.TemporaryDirectory() as tmp:
+        parameters = {path: asdict(p) for path, p in space.parameters.items()}
+        Path(tmp, "space.yaml").write_text(yaml.safe_dump(
+            {"source": space.source, "description": space.description, "parameters": parameters}, sort_keys=False))
+        parent.log_artifacts(tmp)
+    return parent
+
+
+def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary], status: str | None) -> None:
+    """Tag each trial's nested MLflow run with Tune's verdict; runs left RUNNING (ASHA killed
+    the trial, or the study was interrupted) get `status` (None: leave them)."""
+    from mlflow.tracking import MlflowClient
+
+    from acml_ray.tracking.mlflow_run import RUN_NAME_TAG
+
+    client = MlflowClient(plan.tracking_uri)
+    runs = client.search_runs(
+        [client.get_run(plan.parent_run_id).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{plan.parent_run_id}'", max_results=10000)
+    by_name = {r.data.tags.get(RUN_NAME_TAG): r for r in runs}
+    for trial in trials:
+        run = by_name.get(plan.run_name(trial.trial_id))
+        if run is None:
+            continue
+        client.set_tag(run.info.run_id, "acml.tune.trial_id", trial.trial_id)
+        client.set_tag(run.info.run_id, "acml.tune.epochs", str(trial.epochs))
+        client.set_tag(run.info.run_id, "acml.tune.stopped_early", str(trial.stopped_early))
+        if status and run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status)
+
+
+def _export_best(best: TrialSummary, cfg: ACMLConfig, plan: StudyPlan, parent: Any) -> tuple[Path, ACMLConfig]:
+    """Copy the best trial's best-epoch model to OUTPUT/best/model and write its config,
+    i.e. a run folder `acml register` takes; log it to the parent run under ``best/``."""
+    from acml_ray.train import run_location
+
+    trial_cfg = plan.trial_config(cfg, best.params, best.trial_id)
+    source = join(run_location(trial_cfg, plan.run_name(best.trial_id)), "best")
+    target = Path(cfg.output_dir) / "best"
+    if target.exists():
+        shutil.rmtree(target)
+    (target / "model").mkdir(parents=True)
+    fs, path = resolve_filesystem(source)
+    pafs.copy_files(path, str(target / "model"), source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem())
+    best_cfg = plan.best_config(cfg, best.params)
+    (target / "config.yaml").write_text(yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
+    (target / "trial.json").write_text(json.dumps(
+        {"study": plan.name, "study_uri": plan.study_uri, "train_run": source.rsplit("/", 1)[0],
+         **asdict(best)}, indent=1, default=str))
+    if parent is not None:
+        parent.log_artifacts(target, "best")
+    return target, best_cfg
+
+
+def run_study(cfg: ACMLConfig, space: SearchSpace, train_data: str | None = None,
+              val_data: str | None = None, callbacks: list | None = None) -> StudyResult:
+    """Run (or resume) the Tune study ``cfg.tune.name``; export the best trial when it completes.
+
+    Args:
+        cfg: the base configuration; the space's parameters override it per trial.
+        space: the validated search space (`acml_ray.tune.space.load_space`).
+        train_data, val_data: training tables (default: ``train.*_table`` or OUTPUT/data).
+        callbacks: extra driver-side Tune callbacks (kept in the study state on resume).
+
+    A study folder that Tune can restore is resumed: finished trials are kept, unfinished
+    ones restart and their Train runs continue from their latest checkpoints. Resuming with a
+    different base config or space is an error.
+    """
+    import ray.tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    from acml_ray.tracking import resolve_tracking_uri
+    from acml_ray.train.trainer import modality_dims_from_table, table_locations
+
+    t = cfg.tune
+    output_dir = Path(cfg.output_dir).resolve()
+    cfg = with_overrides(cfg, {"output_dir": str(output_dir)})
+    storage = t.storage_path or str(output_dir)
+    study_uri = join(storage, t.name)
+    fs, study_path = resolve_filesystem(study_uri)
+    spec_uri = join(study_uri, SPEC_FILE)
+    resume = ray.tune.Tuner.can_restore(study_path, storage_filesystem=fs)
+    spec = _study_spec(cfg, space)
+    if resume:
+        previous = _read_text(spec_uri)
+        if previous is not None and previous != spec:
+            raise ValueError(f"study {t.name!r} at {study_uri} was started with another base config or "
+                             f"search space; resume it unchanged or pick another tune.name")
+    else:
+        _write_text(spec_uri, spec)
+
+    train_table, val_table = table_locations(cfg, train_data, val_data)
+    modality_dims = modality_dims_from_table(train_table, [m.name for m in cfg.modalities])
+    parent = _open_parent_run(cfg, space, resume) if cfg.tracking.enabled else None
+    plan = StudyPlan(name=t.name, study_uri=study_uri, output_dir=str(output_dir), train_table=train_table,
+                     val_table=val_table, modality_dims=modality_dims, max_t=t.max_t or cfg.train.epochs,
+                     metric=t.metric, mode=t.mode,
+                     tracking_uri=resolve_tracking_uri(cfg) if parent is not None else None,
+                     parent_run_id=parent.run_id if parent is not None else None)
+    # The trial actor only drives its Train run (the workers reserve their own CPUs/GPUs). Tune
+    # rejects an all-zero request, so with driver_cpus 0 it reserves 1 MiB of Ray's memory
+    # resource instead of a CPU that the trial's workers would then lack.
+    driver = {"CPU": t.driver_cpus} if t.driver_cpus > 0 else {"memory": 2**20}
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(_run_trial, base=cfg.model_dump(mode="json"), space=space, plan=plan), driver)
+
+    moved: list[str] = []
+    if resume:
+        logger.info("resuming study %s at %s", t.name, study_uri)
+        tuner = ray.tune.Tuner.restore(study_path, trainable, resume_unfinished=True, storage_filesystem=fs)
+    else:
+        start, moved = space.start_point(cfg) if t.start_from_base else ({}, [])
+        if moved:
+            logger.warning("base config values outside the search space, moved in for the first trial: %s",
+                           "; ".join(moved))
+        searcher = HyperOptSearch(space.hyperopt_space(), metric=t.metric, mode=t.mode,
+                                  points_to_evaluate=[start] if start else None,
+                                  n_initial_points=t.n_initial_points, random_state_seed=t.seed)
+        tuner = ray.tune.Tuner(
+            trainable,
+            tune_config=ray.tune.TuneConfig(
+                metric=t.metric, mode=t.mode, num_samples=t.num_samples,
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=t.max_concurrent_trials),
+                # "epoch" (not Tune's report count) so that a resumed trial keeps its place in the rungs.
+                scheduler=ASHAScheduler(time_attr="epoch", max_t=plan.max_t, grace_period=t.grace_period,
+                                        reduction_factor=t.reduction_factor),
+                trial_dirname_creator=_trial_dirname, reuse_actors=False),
+            run_config=ray.tune.RunConfig(name=t.name, storage_path=study_path, storage_filesystem=fs,
+                                          callbacks=callbacks, verbose=1))
+    try:
+        results = tuner.fit()
+    except BaseException:
+        if parent is not None:
+            parent.finish("FAILED")
+        raise
+
+    trials = _summaries(results, space, plan)
+    finished = results.num_terminated + results.num_errors
+    complete = finished >= t.num_samples and len(results) >= t.num_samples
+    study = StudyResult(study_uri=study_uri, complete=complete, trials=trials, resumed=resume,
+                        parent_run_id=plan.parent_run_id, moved_start=moved)
+    if parent is not None:
+        _close_trial_runs(plan, trials, "FINISHED" if complete else "KILLED")
+    if not complete:
+        logger.warning("study %s interrupted after %d of %d trials; run it again to resume",
+                       t.name, finished, t.num_samples)
+        if parent is not None:
+            parent.finish("KILLED")
+        return study
+
+    sign = 1.0 if t.mode == "max" else -1.0
+    ranked = [s for s in trials if s.score is not None]
+    if ranked:
+        study.best = max(ranked, key=lambda s: sign * s.score)
+        study.best_dir, study.best_config = _export_best(study.best, cfg, plan, parent)
+    if parent is not None:
+        summary = {"tune/trials": len(trials), "tune/stopped_early": sum(s.stopped_early for s in trials),
+                   "tune/errors": sum(s.error is not None for s in trials)}
+        if study.best is not None:
+            summary["best/" + t.metric.replace("/", "_")] = study.best.score
+            parent.set_tags({"acml.tune.best_trial": study.best.trial_id,
+                             "acml.tune.best_run": plan.run_name(study.best.trial_id)})
+        parent.log_metrics([(0, summary)])
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "trials.json").write_text(json.dumps([asdict(s) for s in trials], indent=1, default=str))
+            parent.log_artifacts(tmp)
+        parent.finish()
+    return study
