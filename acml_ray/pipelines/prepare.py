@@ -65,7 +65,7 @@ def prepare(cfg: ACMLConfig, progress: bool = True) -> PreparedData:
     table = InchikeyDeduper()(pa.concat_tables(chunks))
 
     prepared = PreparedData("", "", "", {})
-    live = table.num_rows - table.column("reason").null_count
+    live = table.column("reason").null_count  # rows with no rejection reason get embedded
     for modality in modalities:
         bar = tqdm(total=live, desc=f"embed {modality.name}", unit="mol", disable=not progress)
         embedder = CachedEmbedder(modality, cfg.resolved_cache_dir(), progress=bar.update)

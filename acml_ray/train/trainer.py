@@ -28,6 +28,8 @@ from acml_ray.train.loop import BEST_MARKER, SORT_KEYS, STATE_FILE, DebugHooks, 
 WORKER_ENV = {
     "DS_ACCELERATOR": "cpu",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    # Ray Train V2 routes print() through its logger as well, so every line showed up twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "GLOO_SOCKET_IFNAME": "lo",
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",

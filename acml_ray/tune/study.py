@@ -319,7 +319,7 @@ def run_study(cfg: ACMLConfig, space: SearchSpace, train_data: str | None = None
                 scheduler=ASHAScheduler(time_attr="epoch", max_t=plan.max_t, grace_period=t.grace_period,
                                         reduction_factor=t.reduction_factor),
                 trial_dirname_creator=_trial_dirname, reuse_actors=False),
-            run_config=ray.tune.RunConfig(name=t.name, storage_path=study_path, storage_filesystem=fs,
+            run_config=ray.tune.RunConfig(name=t.name, storage_path=study_path.rsplit("/", 1)[0], storage_filesystem=fs,
                                           callbacks=callbacks, verbose=1))
     try:
         results = tuner.fit()
