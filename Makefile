@@ -19,7 +19,7 @@ demo: setup  ## the whole pipeline on shipped real molecules -> runs/demo/summar
 	$(VENV)/bin/acml demo --out runs/demo
 
 test: setup-test  ## every test, slow ones included (what CI runs)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: setup-test  ## skip tests marked slow (Ray/DeepSpeed end-to-end)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"

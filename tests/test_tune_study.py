@@ -73,14 +73,20 @@ def test_study_asha_mlflow_export_and_resume(ray_local, tables, tmp_path):
     assert base.params["optimizer.lr"] == 1e-2 and base.params["graph_encoder.hidden_dim"] == 16
 
     # ASHA stopped the lr-1e-6 trials at the first rung: Tune's own record of each trial.
-    results = ray.tune.Tuner.restore(study.study_uri, trainable=lambda c: None).get_results()
-    iterations = {r.metrics["trial_id"]: (r.metrics["epoch"], r.metrics["training_iteration"]) for r in results}
+    analysis = ray.tune.ExperimentAnalysis(study.study_uri)
+    assert {t.status for t in analysis.trials} == {"TERMINATED"}
+    iterations = {t.trial_id: (t.last_result["epoch"], t.last_result["training_iteration"]) for t in analysis.trials}
     weak = [t.trial_id for t in study.trials if t.params["optimizer.lr"] == 1e-6]
     assert weak, "the seeded search drew no lr 1e-6 trial"
     for trial_id in weak:
         assert iterations[trial_id][0] < MAX_T and iterations[trial_id][1] < MAX_T
     assert sum(t.stopped_early for t in study.trials) >= 1
     assert iterations[done_first][0] == MAX_T
+    # Killed trials' worker placement groups were released (else later trials would starve).
+    from ray.util.placement_group import placement_group_table
+
+    job = ray.get_runtime_context().get_job_id()
+    assert [k for k, v in placement_group_table().items() if k.endswith(job) and v["state"] != "REMOVED"] == []
 
     # The best trial, exported and reloadable.
     assert study.best.score == max(t.score for t in study.trials if t.score is not None)

@@ -49,6 +49,9 @@ SCORE_METRIC = "val/score"
 CKPT_TAG = "engine"  # DeepSpeed tag (sub-folder) inside every Ray checkpoint
 STATE_FILE = "train_state.json"
 BEST_MARKER = "BEST.json"
+# Reported (not logged) with every checkpoint: the worker group's placement group, so that a
+# Tune study can free it when ASHA kills the trial (see acml_ray.tune.study).
+PLACEMENT_GROUP_KEY = "ray/placement_group"
 SORT_KEYS = ("inchikey", "smiles")
 
 
@@ -163,7 +166,9 @@ def _save_checkpoint(engine, state: TrainState, metrics: dict[str, float], rank:
         torch.save(_rng_state(), Path(tmp, f"rng_rank{rank}.pt"))
         if rank == 0:
             Path(tmp, STATE_FILE).write_text(json.dumps(asdict(state)))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+        pg = ray.util.get_current_placement_group()
+        ray.train.report({**metrics, PLACEMENT_GROUP_KEY: pg.id.hex() if pg else None},
+                         checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=f"checkpoint_{state.global_step:09d}")
 
 

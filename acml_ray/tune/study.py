@@ -32,9 +32,11 @@ from typing import Any
 
 import pyarrow.fs as pafs
 import yaml
+from ray.tune import Callback
 
 from acml_ray.config import ACMLConfig
 from acml_ray.storage.filesystem import join, resolve_filesystem
+from acml_ray.train.loop import PLACEMENT_GROUP_KEY
 from acml_ray.tune.space import SearchSpace, with_overrides
 
 logger = logging.getLogger(__name__)
@@ -102,9 +104,51 @@ def _run_trial(params: dict[str, Any], base: dict[str, Any], space: SearchSpace,
         callbacks=[TuneReportCallback()])
 
 
+def _remove_placement_group(pg_hex: str) -> None:
+    """Remove a placement group by id unless it is gone already."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    if placement_group_table().get(pg_hex, {}).get("state") not in (None, "REMOVED"):
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_hex))))
+
+
+def _release_job_placement_groups() -> None:
+    """Remove every placement group this job still holds (call when no trial runs): those of
+    trials stopped before their first report. Placement group ids end with their job's id."""
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    job = ray.get_runtime_context().get_job_id()
+    for pg_hex, info in placement_group_table().items():
+        if pg_hex.endswith(job) and info.get("state") != "REMOVED":
+            _remove_placement_group(pg_hex)
+
+
 def _trial_dirname(trial: Any) -> str:
     """Short trial folders (Tune's default embeds every param value in the name)."""
     return f"{TRIAL_PREFIX}{trial.trial_id}"
+
+
+class ReleaseTrialPlacementGroups(Callback):
+    """Free the workers' placement group of a trial that Tune stopped (ASHA) or that failed.
+
+    Why: Ray Train V2 creates each run's placement group from its controller actor, which dies
+    with the trial actor when Tune kills it; the group then lives as long as the job, and
+    Train's cleaner actor can only notice through the dashboard's State API. Without one, the
+    CPUs stay reserved and the next trials starve. Each epoch report carries the group's id.
+    """
+
+    def _release(self, trial: Any) -> None:
+        pg_hex = (trial.last_result or {}).get(PLACEMENT_GROUP_KEY)
+        if pg_hex:
+            _remove_placement_group(pg_hex)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._release(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._release(trial)
 
 
 @dataclass
@@ -197,9 +241,10 @@ def _open_parent_run(cfg: ACMLConfig, space: SearchSpace, resume: bool):
     return parent
 
 
-def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary], status: str | None) -> None:
-    """Tag each trial's nested MLflow run with Tune's verdict; runs left RUNNING (ASHA killed
-    the trial, or the study was interrupted) get `status` (None: leave them)."""
+def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary], complete: bool) -> None:
+    """Tag each trial's nested MLflow run with Tune's verdict and close the runs whose trial
+    was killed (by ASHA, or by an interruption): KILLED while the study is unfinished (a
+    resumed trial reopens its run), FINISHED once the study is complete."""
     from mlflow.tracking import MlflowClient
 
     from acml_ray.tracking.mlflow_run import RUN_NAME_TAG
@@ -216,8 +261,12 @@ def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary], status: str |
         client.set_tag(run.info.run_id, "acml.tune.trial_id", trial.trial_id)
         client.set_tag(run.info.run_id, "acml.tune.epochs", str(trial.epochs))
         client.set_tag(run.info.run_id, "acml.tune.stopped_early", str(trial.stopped_early))
-        if status and run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, status)
+        # A stopped trial's run may also read FAILED: freeing its placement group can fail the
+        # run just before Tune kills it. Tune's verdict (no error) is what counts.
+        if complete and trial.error is None and run.info.status != "FINISHED":
+            client.set_terminated(run.info.run_id, "FINISHED")
+        elif not complete and run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 def _export_best(best: TrialSummary, cfg: ACMLConfig, plan: StudyPlan, parent: Any) -> tuple[Path, ACMLConfig]:
@@ -315,18 +364,23 @@ def run_study(cfg: ACMLConfig, space: SearchSpace, train_data: str | None = None
             tune_config=ray.tune.TuneConfig(
                 metric=t.metric, mode=t.mode, num_samples=t.num_samples,
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=t.max_concurrent_trials),
-                # "epoch" (not Tune's report count) so that a resumed trial keeps its place in the rungs.
+                # "epoch" (not Tune's report count) so that a resumed trial keeps its place in the
+                # rungs; a trial at max_t ends by itself (stop_last_trials=False), so that its
+                # training run closes normally (final MLflow logging, model copy).
                 scheduler=ASHAScheduler(time_attr="epoch", max_t=plan.max_t, grace_period=t.grace_period,
-                                        reduction_factor=t.reduction_factor),
+                                        reduction_factor=t.reduction_factor, stop_last_trials=False),
                 trial_dirname_creator=_trial_dirname, reuse_actors=False),
             run_config=ray.tune.RunConfig(name=t.name, storage_path=study_path.rsplit("/", 1)[0], storage_filesystem=fs,
-                                          callbacks=callbacks, verbose=1))
+                                          callbacks=[ReleaseTrialPlacementGroups(), *(callbacks or [])],
+                                          verbose=1))
     try:
         results = tuner.fit()
     except BaseException:
         if parent is not None:
             parent.finish("FAILED")
         raise
+    finally:
+        _release_job_placement_groups()
 
     trials = _summaries(results, space, plan)
     finished = results.num_terminated + results.num_errors
@@ -334,7 +388,7 @@ def run_study(cfg: ACMLConfig, space: SearchSpace, train_data: str | None = None
     study = StudyResult(study_uri=study_uri, complete=complete, trials=trials, resumed=resume,
                         parent_run_id=plan.parent_run_id, moved_start=moved)
     if parent is not None:
-        _close_trial_runs(plan, trials, "FINISHED" if complete else "KILLED")
+        _close_trial_runs(plan, trials, complete)
     if not complete:
         logger.warning("study %s interrupted after %d of %d trials; run it again to resume",
                        t.name, finished, t.num_samples)
