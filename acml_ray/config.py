@@ -282,6 +282,16 @@ class ACMLConfig(_Strict):
             raise ValueError("at least one modality is required")
         return self
 
+    @field_validator("output_dir")
+    @classmethod
+    def _local_output_dir(cls, v: str) -> str:
+        if "://" in v:
+            raise ValueError(
+                f"output_dir must be a local folder, got {v!r}: it holds the local MLflow store and "
+                "the copy of the best model; put tables, cache and checkpoints on object storage "
+                "with embed.output, cache_dir and train.storage_path")
+        return v
+
     def resolved_cache_dir(self) -> str:
         """The embedding cache root (point several runs at one root to share it)."""
         return self.cache_dir or str(Path(self.output_dir) / "cache")

@@ -14,13 +14,12 @@ folder: it receives the best model copy, the evaluation report and, by default, 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 from acml_ray.cli.common import add_config_arguments, config_from_args
-from acml_ray.cli.main import QUIET_ENV
+from acml_ray.environment import apply_defaults
 from acml_ray.config import ACMLConfig
 
 
@@ -71,11 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alias", default="champion")
     parser.add_argument("--run-name", help="training run name (default pipeline-<timestamp>)")
     args = parser.parse_args(argv)
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    if args.input:
-        args.set = [*(args.set or []), f"embed.input={args.input}"]
-    result = run_pipeline(config_from_args(args), args.name, args.alias, args.run_name)
+    apply_defaults()
+    cfg = config_from_args(args, extra={"embed.input": args.input})
+    result = run_pipeline(cfg, args.name, args.alias, args.run_name)
     print(f"model uri: {result['model_uri']}")
     return 0
 

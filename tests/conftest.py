@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import os
 
-# Set before Ray, MLflow, boto3 or DeepSpeed are imported anywhere in the test process.
-for _key, _value in {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "GLOO_SOCKET_IFNAME": "lo",
-    "DS_ACCELERATOR": "cpu",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_key, _value)
+from acml_ray.environment import apply_defaults
+
+# Set before Ray, MLflow, boto3 or DeepSpeed are imported anywhere in the test process: tests
+# always run on loopback, even where RAY_ADDRESS happens to be set.
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+apply_defaults(local=True)
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402

@@ -87,3 +87,14 @@ def test_cli_train_parser():
     train.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "--config", "c.yaml", "--resume", "run-1", "--set", "train.epochs=2"])
     assert args.command == "train" and args.resume == "run-1" and args.set == ["train.epochs=2"]
+
+
+def test_config_logged_to_mlflow_has_no_uri_credentials() -> None:
+    from acml_ray.tracking.mlflow_run import redact_credentials
+
+    dumped = {"tracking": {"uri": "https://alice:s3cr3t@mlflow.example:5000"},
+              "train": {"storage_path": "s3://bucket/runs", "tables": ["http://u:p@h/t", 3]}}
+    clean = redact_credentials(dumped)
+    assert "s3cr3t" not in str(clean) and "u:p@" not in str(clean)
+    assert clean["tracking"]["uri"] == "https://***@mlflow.example:5000"
+    assert clean["train"]["storage_path"] == "s3://bucket/runs"

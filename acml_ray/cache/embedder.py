@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EmbedReport:
-    """Counts for one `embed` call (summed by pipelines)."""
+    """Counts for one `embed` call."""
 
     rows: int = 0
     cache_hits: int = 0
@@ -32,15 +32,6 @@ class EmbedReport:
     forward_passes: int = 0
     rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
-
-    def merge(self, other: EmbedReport) -> None:
-        self.rows += other.rows
-        self.cache_hits += other.cache_hits
-        self.encoded += other.encoded
-        self.forward_passes += other.forward_passes
-        self.rejected += other.rejected
-        for reason, count in other.reasons.items():
-            self.reasons[reason] = self.reasons.get(reason, 0) + count
 
 
 @dataclass

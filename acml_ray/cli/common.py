@@ -29,10 +29,12 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def config_from_args(args: argparse.Namespace, default: str | None = None) -> ACMLConfig:
-    """The config a command runs with: YAML file (or packaged default), then --set, then --out."""
+def config_from_args(args: argparse.Namespace, default: str | None = None,
+                     extra: dict[str, Any] | None = None) -> ACMLConfig:
+    """The config a command runs with: YAML file (or packaged default), then --set, then the
+    command's own flags in `extra` (taken verbatim: a path named `yes` stays a string), then --out."""
     path = args.config or (packaged_config(default) if default else None)
-    overrides = parse_overrides(args.set or [])
+    overrides = {**parse_overrides(args.set or []), **{k: v for k, v in (extra or {}).items() if v is not None}}
     if getattr(args, "out", None):
         overrides["output_dir"] = args.out
     return load_config(path, overrides)

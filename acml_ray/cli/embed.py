@@ -22,10 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from acml_ray.storage import StorageError
     from acml_ray.train import init_ray
 
-    for flag, key in (("input", "embed.input"), ("output", "embed.output")):
-        if getattr(args, flag):
-            args.set = [*(args.set or []), f"{key}={getattr(args, flag)}"]
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, extra={"embed.input": args.input, "embed.output": args.output})
     use_gpu = cfg.embed.num_gpus_per_actor > 0
     try:
         init_ray(num_cpus=None, use_gpu=use_gpu)

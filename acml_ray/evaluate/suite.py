@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from acml_ray.chem import GraphFeaturizer, Rejected
 from acml_ray.config import ACMLConfig, DataSourceConfig, EvalConfig
@@ -82,6 +82,23 @@ def resolve_model(ref: str, workdir: str | Path, tracking_uri: str | None = None
     raise FileNotFoundError(f"no {MODEL_FILE} in {ref} or {ref}/model")
 
 
+def _prepared_table(location: str) -> pa.Table | None:
+    """A Parquet file or folder of shards (path or s3://), or None if `location` is not one."""
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    from acml_ray.storage import resolve_filesystem
+
+    fs, path = resolve_filesystem(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory or (info.type == pafs.FileType.File and path.endswith(".parquet")):
+        try:
+            return pads.dataset(path, filesystem=fs, format="parquet").to_table()
+        except (pa.ArrowInvalid, OSError):  # a folder of CSV molecules, not a prepared table
+            return None
+    return None
+
+
 def held_out_examples(data: str | None, run_dir: Path | None, run_cfg: ACMLConfig,
                       cache_dir: str | None) -> tuple[PairedExamples, list[str], str]:
     """Held-out molecules for retrieval and interpretability -> (examples, smiles, description).
@@ -90,15 +107,18 @@ def held_out_examples(data: str | None, run_dir: Path | None, run_cfg: ACMLConfi
     URI with a `smiles` column, or a shipped source name; default: the run's ``data/val.parquet``.
     """
     if data is None:
-        if run_dir is None or not (run_dir / "data" / "val.parquet").is_file():
-            raise FileNotFoundError("no held-out data: pass --data (the run has no data/val.parquet)")
-        data = str(run_dir / "data" / "val.parquet")
-    if data.endswith(".parquet") and "://" not in data and Path(data).is_file():
-        table = pq.read_table(data)
-        names = [m for m in run_cfg.modalities if emb_column(m.name) in table.column_names]
+        if run_dir is not None and (run_dir / "data" / "val.parquet").is_file():
+            data = str(run_dir / "data" / "val.parquet")
+        elif run_cfg.train.val_table:
+            data = run_cfg.train.val_table  # the table the run validated on (path or s3://)
+        else:
+            raise FileNotFoundError("no held-out data: pass --data (the run has no data/val.parquet "
+                                    "and no train.val_table)")
+    table = _prepared_table(data) if data not in SHIPPED_SOURCES else None
+    if table is not None:
+        names = [m.name for m in run_cfg.modalities if emb_column(m.name) in table.column_names]
         if names:
-            return (PairedExamples.from_table(table, [m.name for m in names]),
-                    table.column("smiles").to_pylist(), data)
+            return PairedExamples.from_table(table, names), table.column("smiles").to_pylist(), data
     source = (DataSourceConfig(name=data) if data in SHIPPED_SOURCES
               else DataSourceConfig(name=Path(data).stem, path=data))
     smiles = load_source(source)["smiles"].tolist()

@@ -95,6 +95,21 @@ class TrackingRun:
         self._client().set_terminated(self.run_id, status)
 
 
+_URI_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_credentials(value: Any) -> Any:
+    """Copy of a config dump with ``user:password@`` removed from every URI (e.g. a tracking
+    URI with a token), so nothing secret reaches MLflow params or artifacts."""
+    if isinstance(value, dict):
+        return {k: redact_credentials(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_credentials(v) for v in value]
+    if isinstance(value, str):
+        return _URI_USERINFO.sub(r"\1***@", value)
+    return value
+
+
 def start_run(cfg: ACMLConfig, run_name: str, resume: bool = False) -> TrackingRun:
     """Open (or, with `resume`, reopen the run tagged `run_name`) and log params, the full
     config as ``config.yaml`` and the git commit."""
@@ -119,13 +134,14 @@ def start_run(cfg: ACMLConfig, run_name: str, resume: bool = False) -> TrackingR
             return TrackingRun(uri, found[0].info.run_id)
     run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
     tracking = TrackingRun(uri, run.info.run_id)
-    params = [Param(k, v) for k, v in _flatten(cfg.model_dump(mode="json")).items()]
+    dumped = redact_credentials(cfg.model_dump(mode="json"))
+    params = [Param(k, v) for k, v in _flatten(dumped).items()]
     for start in range(0, len(params), 100):  # MLflow's batch limit
         client.log_batch(run.info.run_id, params=params[start:start + 100])
     commit = git_commit(Path(__file__).resolve().parent)
     if commit:
         client.set_tag(run.info.run_id, "mlflow.source.git.commit", commit)
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        Path(tmp, "config.yaml").write_text(yaml.safe_dump(dumped, sort_keys=False))
         client.log_artifacts(run.info.run_id, tmp)
     return tracking

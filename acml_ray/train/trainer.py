@@ -20,38 +20,27 @@ from ray.train.torch import TorchTrainer
 
 from acml_ray.config import ACMLConfig
 from acml_ray.data.paired import emb_column
+from acml_ray.environment import apply_defaults, default_env, is_local
 from acml_ray.storage.filesystem import join, resolve_filesystem
 from acml_ray.tracking import TrackingRun, start_run
 from acml_ray.train.loop import BEST_MARKER, SORT_KEYS, STATE_FILE, DebugHooks, train_loop_per_worker
 
 # Workers must stay on loopback and quiet, wherever the driver was started from.
-WORKER_ENV = {
-    "DS_ACCELERATOR": "cpu",
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    # Ray Train V2 routes print() through its logger as well, so every line showed up twice.
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    "GLOO_SOCKET_IFNAME": "lo",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 
 
 def init_ray(num_cpus: int | None = None, use_gpu: bool = False) -> None:
     """Connect to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``), or start a
-    local Ray on loopback; workers get `WORKER_ENV` (caller's values win)."""
+    local Ray on loopback; workers get the environment defaults (caller's values win)."""
     if ray.is_initialized():
         return
-    env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
-    if use_gpu:
-        env.pop("DS_ACCELERATOR")
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env})
+    local = is_local()
+    apply_defaults(local)
+    env = default_env(local)
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = os.environ.get("DS_ACCELERATOR", "cpu")
+    if not local:
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env})
         return
-    # Without this Ray may swap 127.0.0.1 for the first NIC's address.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": env}, configure_logging=True, logging_level="WARNING")
 
@@ -149,54 +138,59 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
     if tracking is not None and not resume:
         _log_split(tracking, train, val)
 
-    storage_fs, storage_path = resolve_filesystem(run_uri.rsplit("/", 1)[0])
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"acml": cfg.model_dump(mode="json"), "modality_dims": modality_dims,
-                           "best_uri": join(run_uri, "best"), "tracking": tracking,
-                           "hooks": asdict(hooks or DebugHooks())},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **cfg.train.resources_per_worker},
-        ),
-        run_config=RunConfig(
-            name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
-            # The latest checkpoint is always kept for resume; the best model lives in <run>/best.
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            callbacks=callbacks or [],
-        ),
-        datasets={"train": _read_parquet(train), "val": _read_parquet(val)},
-        # Not split: every worker holds the table and takes its slice of each global batch
-        # (deterministic, so resume replays the same order; see acml_ray.train.loop).
-        dataset_config=DataConfig(datasets_to_split=[]),
-    )
+    # Everything after the MLflow run starts is inside this block, so a failure anywhere
+    # (bad table, lost cluster, missing best model) marks the run FAILED instead of RUNNING.
     try:
+        storage_fs, storage_path = resolve_filesystem(run_uri.rsplit("/", 1)[0])
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"acml": cfg.model_dump(mode="json"), "modality_dims": modality_dims,
+                               "best_uri": join(run_uri, "best"), "tracking": tracking,
+                               "hooks": asdict(hooks or DebugHooks())},
+            scaling_config=ScalingConfig(
+                num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                resources_per_worker={"CPU": cfg.train.cpus_per_worker, **cfg.train.resources_per_worker},
+            ),
+            run_config=RunConfig(
+                name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+                # The latest checkpoint is always kept for resume; the best model lives in <run>/best.
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                callbacks=callbacks or [],
+            ),
+            datasets={"train": _read_parquet(train), "val": _read_parquet(val)},
+            # Not split: every worker holds the table and takes its slice of each global batch
+            # (deterministic, so resume replays the same order; see acml_ray.train.loop).
+            dataset_config=DataConfig(datasets_to_split=[]),
+        )
         result = trainer.fit()
         if result.error is not None:
             raise result.error
+
+        target = Path(cfg.output_dir) / "model"
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        best_fs, best_path = resolve_filesystem(join(run_uri, "best"))
+        pafs.copy_files(best_path, str(target), source_filesystem=best_fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        with result.checkpoint.as_directory() as directory:
+            state = json.loads(Path(directory, STATE_FILE).read_text())
+        history = state["history"]
+        if not (target / BEST_MARKER).is_file():
+            raise RuntimeError(f"no epoch produced a finite {cfg.train.early_stopping_metric!r}: check "
+                               "train.early_stopping_metric against the metrics the run reports")
+        marker = json.loads((target / BEST_MARKER).read_text())
+        if tracking is not None:
+            tracking.log_artifacts(target, "model")
+            tracking.set_tags({"best_epoch": marker["epoch"], "best_score": marker["score"],
+                               "best_metric": marker["metric"], "stopped_early": state["stopped_early"],
+                               "run_uri": run_uri})
+            tracking.finish()
     except BaseException:
         if tracking is not None:
             tracking.finish("FAILED")
         raise
-
-    target = Path(cfg.output_dir) / "model"
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    best_fs, best_path = resolve_filesystem(join(run_uri, "best"))
-    pafs.copy_files(best_path, str(target), source_filesystem=best_fs,
-                    destination_filesystem=pafs.LocalFileSystem())
-    with result.checkpoint.as_directory() as directory:
-        state = json.loads(Path(directory, STATE_FILE).read_text())
-    history = state["history"]
-    marker = json.loads((target / BEST_MARKER).read_text())
-    if tracking is not None:
-        tracking.log_artifacts(target, "model")
-        tracking.set_tags({"best_epoch": marker["epoch"], "best_score": marker["score"],
-                           "best_metric": marker["metric"], "stopped_early": state["stopped_early"],
-                           "run_uri": run_uri})
-        tracking.finish()
     return TrainResult(best_model_dir=target, history=history, best_metrics=marker["metrics"],
                        final_metrics=history[-1] if history else {}, run_uri=run_uri,
                        mlflow_run_id=tracking.run_id if tracking else None,

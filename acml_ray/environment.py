@@ -1,0 +1,48 @@
+"""Process environment defaults for every entry point (CLI, jobs, tests, Ray workers).
+
+Two groups, because what is right on a laptop or CI box is wrong on a cluster:
+- `QUIET_ENV` (always): no telemetry, no hub downloads, no progress-bar spam in logs;
+- `LOOPBACK_ENV` (only when no cluster is named in ``RAY_ADDRESS``): keep gloo and Ray on
+  127.0.0.1 and stop boto/pyarrow probing the EC2 metadata address. On a cluster these would
+  break multi-node rendezvous and IAM-role credentials, so they are never applied there.
+Values already in the environment always win.
+"""
+
+from __future__ import annotations
+
+import os
+
+QUIET_ENV: dict[str, str] = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    # Ray Train V2 routes print() through its logger as well, so every line showed up twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+LOOPBACK_ENV: dict[str, str] = {
+    "GLOO_SOCKET_IFNAME": "lo",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+
+
+def is_local() -> bool:
+    """True unless a Ray cluster address is given (as `ray job submit` does)."""
+    return not os.environ.get("RAY_ADDRESS")
+
+
+def default_env(local: bool | None = None) -> dict[str, str]:
+    """The defaults that apply here, with values already set in the environment winning."""
+    local = is_local() if local is None else local
+    defaults = {**QUIET_ENV, **(LOOPBACK_ENV if local else {})}
+    return {key: os.environ.get(key, value) for key, value in defaults.items()}
+
+
+def apply_defaults(local: bool | None = None) -> None:
+    """Set the defaults in this process (existing values are kept)."""
+    for key, value in default_env(local).items():
+        os.environ.setdefault(key, value)
