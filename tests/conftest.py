@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from acml_ray.environment import apply_defaults
 
@@ -13,6 +14,24 @@ apply_defaults(local=True)
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow_tracking():
+    """MLflow keeps the tracking URI process-global and exports it as MLFLOW_TRACKING_URI; a
+    test that sets it must not redirect the runs and registry look-ups of every later test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(before)  # None also removes the environment variable
+    elif before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(scope="session")

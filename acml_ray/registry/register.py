@@ -146,7 +146,9 @@ def register_run(run: str, name: str, alias: str = "champion", tracking_uri: str
     elif run.startswith("runs:/"):
         source_run_id = run.removeprefix("runs:/").split("/", 1)[0]
 
-    previous_uri = mlflow.get_tracking_uri()
+    # None when unset: restoring MLflow's *default* URI would pin it (and MLFLOW_TRACKING_URI)
+    # to a cwd-relative sqlite file for everything that runs after us in this process.
+    previous_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, run_dir = resolve_model(ref, tmp, uri)
         model, cfg, extra = load_model(model_dir)
