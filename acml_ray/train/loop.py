@@ -20,7 +20,6 @@ to ``<run>/best`` (marked by ``BEST.json``).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import signal
@@ -210,8 +209,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Train one worker. `loop_config`: ``acml`` (an ACMLConfig dump), ``modality_dims``
     (name -> cached vector width), ``best_uri`` (where rank 0 keeps the best model),
     ``tracking`` (a `TrackingRun` or None) and ``hooks`` (a `DebugHooks` dict)."""
-    # Ray Train logs every report and checkpoint at INFO; our own epoch line says what matters.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = ACMLConfig.model_validate(loop_config["acml"])
     modality_dims: dict[str, int] = loop_config["modality_dims"]
     tracking = loop_config.get("tracking")

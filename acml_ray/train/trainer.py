@@ -15,7 +15,9 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train import (
+    CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback,
+)
 from ray.train.torch import TorchTrainer
 
 from acml_ray.config import ACMLConfig
@@ -124,6 +126,12 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
     train, val = table_locations(cfg, train_data, val_data)
     names = [m.name for m in cfg.modalities]
     modality_dims = modality_dims or modality_dims_from_table(train, names)
+    global_batch = cfg.train.batch_size * cfg.train.num_workers
+    rows = _dataset(train).count_rows()
+    if cfg.train.drop_last and rows < global_batch:  # fail here, not inside every worker
+        raise ValueError(f"{rows} training rows in {train} give no full global batch of "
+                         f"{cfg.train.batch_size} x {cfg.train.num_workers} workers: lower "
+                         "train.batch_size or add data")
     run_name = run_name or time.strftime("train-%Y%m%d-%H%M%S")
     run_uri = run_location(cfg, run_name)
     fs, run_path = resolve_filesystem(run_uri)
@@ -157,6 +165,8 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                 callbacks=callbacks or [],
+                # Ray Train logs every report and checkpoint at INFO; our epoch line is enough.
+                logging_config=LoggingConfig(log_level="WARNING"),
             ),
             datasets={"train": _read_parquet(train), "val": _read_parquet(val)},
             # Not split: every worker holds the table and takes its slice of each global batch
