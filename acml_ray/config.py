@@ -311,13 +311,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         data = loaded or {}
-    for dotted, value in (overrides or {}).items():
+    return ACMLConfig.model_validate(apply_overrides(data, overrides or {}))
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted-path values (``{"train.epochs": 5}``) in a nested config mapping, in place."""
+    for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    return ACMLConfig.model_validate(data)
+    return data
 
 
 def packaged_config(name: str) -> Path:

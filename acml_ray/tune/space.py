@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from acml_ray.config import ACMLConfig
+from acml_ray.config import ACMLConfig, apply_overrides
 
 Kind = Literal["choice", "uniform", "loguniform", "quniform", "qloguniform"]
 _RANGE_ARITY = {"uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3}
@@ -83,14 +83,7 @@ def field_annotation(path: str) -> Any:
 
 def with_overrides(cfg: ACMLConfig, overrides: dict[str, Any]) -> ACMLConfig:
     """A validated copy of `cfg` with dotted-path overrides applied (pydantic errors propagate)."""
-    data = cfg.model_dump(mode="json")
-    for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return ACMLConfig.model_validate(data)
+    return ACMLConfig.model_validate(apply_overrides(cfg.model_dump(mode="json"), overrides))
 
 
 def _label(option: Any) -> Any:
