@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import sys
 
 from acml_ray.environment import apply_defaults
@@ -32,6 +35,23 @@ def isolated_mlflow_tracking():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture(scope="session")
+def stop_process_group():
+    """Stop a server started with ``start_new_session=True``: SIGTERM to its whole process group,
+    SIGKILL after `grace` seconds; a server that already died is fine."""
+
+    def stop(proc: subprocess.Popen, grace: float) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    return stop
 
 
 @pytest.fixture(scope="session")

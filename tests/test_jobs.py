@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -52,7 +50,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head(tmp_path, stop_process_group):
     """A private single-node Ray cluster on loopback with token auth and its own temp dir.
 
     Started with ``--block`` in a new session and stopped by killing that process group:
@@ -93,13 +91,7 @@ def ray_head(tmp_path):
             time.sleep(1)
         yield {"address": address, "env": env, "ray": ray_bin}
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        stop_process_group(head, grace=30)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

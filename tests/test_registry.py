@@ -3,10 +3,8 @@ fresh process, and `mlflow models serve` answering HTTP on loopback."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -139,7 +137,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_http(registered, run_dir, tmp_path):
+def test_mlflow_models_serve_answers_http(registered, run_dir, tmp_path, stop_process_group):
     port = _free_port()
     bin_dir = str(Path(sys.executable).parent)
     # `mlflow models serve` execs `uvicorn` by name: the venv's bin must be on PATH (as when activated).
@@ -176,11 +174,5 @@ def test_mlflow_models_serve_answers_http(registered, run_dir, tmp_path):
         assert good[ERROR_COLUMN] is None and good["canonical_smiles"] == "CCO"
         assert bad[GRAPH_COLUMN] is None and bad[ERROR_COLUMN]
     finally:
-        with contextlib.suppress(ProcessLookupError):  # the server may have died on its own
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, grace=20)
         log.close()
