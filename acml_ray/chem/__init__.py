@@ -4,20 +4,6 @@ The feature vocabularies live in `acml_ray.chem.features`; `GraphFeaturizer` app
 reference ACML molecule filter and gives every graph its canonical SMILES and InChIKey.
 """
 
-from acml_ray.chem.featurizer import (
-    FeaturizationError,
-    GraphFeaturizer,
-    MolGraph,
-    Rejected,
-    canonical_identity,
-    row_arrow_schema,
-)
-
-__all__ = [
-    "FeaturizationError",
-    "GraphFeaturizer",
-    "MolGraph",
-    "Rejected",
-    "canonical_identity",
-    "row_arrow_schema",
-]
+# The featuriser module's public names are this package's; its __all__ is the one list of them.
+from acml_ray.chem.featurizer import *  # noqa: F403
+from acml_ray.chem.featurizer import __all__  # noqa: F401
