@@ -177,3 +177,43 @@ def test_wrong_credentials_fail_fast_naming_the_bucket(s3_server, monkeypatch) -
     with pytest.raises(StorageError, match="bucket 'acml-test'.*cannot connect"):
         check_access(f"s3://{s3_server['bucket']}/cache")
     assert time.monotonic() - started < 60
+
+
+def test_expiring_credentials_are_not_frozen_into_the_filesystem(s3_server, monkeypatch, tmp_path) -> None:
+    """Credentials with an expiry (here a real `credential_process`, as IAM roles and SSO give)
+    are resolved and refreshed by pyarrow's own AWS chain, so they never travel in the pickled
+    filesystem and never go stale mid-job; static keys keep working as before."""
+    import datetime as dt
+
+    from acml_ray.storage import resolve_filesystem
+
+    calls = tmp_path / "calls"
+    expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    script = tmp_path / "creds.py"
+    script.write_text(
+        f"import json, pathlib\n"
+        f"with open({str(calls)!r}, 'a') as f: f.write('x')\n"
+        f"print(json.dumps({{'Version': 1, 'AccessKeyId': {s3_server['access_key']!r}, "
+        f"'SecretAccessKey': {s3_server['secret_key']!r}, 'Expiration': {expires!r}}}))\n"
+    )
+    config = tmp_path / "aws_config"
+    config.write_text(f"[default]\ncredential_process = {sys.executable} {script}\n")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no_credentials_file"))
+    monkeypatch.setenv("AWS_REGION", s3_server["region"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server["endpoint"])
+
+    location = f"s3://{s3_server['bucket']}/expiring"
+    fs, _ = resolve_filesystem(location)
+    assert not fs.__reduce__()[1][0]["secret_key"]  # nothing frozen, nothing pickled
+    before = calls.read_text() if calls.exists() else ""
+    check_access(location, write=True)  # pyarrow ran the credential process itself
+    assert len(calls.read_text()) > len(before)
+
+    # Static keys from the environment are still handed over as they are.
+    _s3_env(monkeypatch, s3_server)
+    fs, _ = resolve_filesystem(location)
+    assert fs.__reduce__()[1][0]["access_key"] == s3_server["access_key"]
+    check_access(location, write=True)

@@ -1,8 +1,9 @@
 """Resolve a local path or an ``s3://`` URI to a pyarrow filesystem and a path inside it.
 
-S3 credentials come from the standard boto3 chain (environment, shared config, instance
-role); an S3-compatible endpoint (SeaweedFS, MinIO, Ceph) is set with ``AWS_ENDPOINT_URL_S3``
-or ``AWS_ENDPOINT_URL``. Credentials are never put into URIs, configs or error messages.
+S3 credentials come from the standard AWS chain (environment, shared config, credential
+process, web identity, container or instance role); an S3-compatible endpoint (SeaweedFS,
+MinIO, Ceph) is set with ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``. Credentials are never
+put into URIs, configs or error messages.
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ class StorageError(RuntimeError):
 
 def _s3_filesystem() -> pafs.S3FileSystem:
     import boto3
+    from botocore.credentials import RefreshableCredentials
 
     session = boto3.Session()
     creds = session.get_credentials()
     kwargs: dict = {"region": session.region_name or os.environ.get("AWS_REGION", "us-east-1")}
-    if creds is not None:
+    # Static keys (environment, credentials file) are handed over as they are. Expiring ones
+    # (instance or container role, web identity, SSO, a credential process) are not: frozen,
+    # they would die with their token in the middle of a long job, and they would travel inside
+    # every pickled filesystem. pyarrow's own AWS chain then finds and refreshes them, on each
+    # node for itself.
+    if creds is not None and not isinstance(creds, RefreshableCredentials):
         frozen = creds.get_frozen_credentials()
         kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key,
                       session_token=frozen.token)
