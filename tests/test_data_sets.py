@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-SETS = Path(__file__).parents[1] / "data" / "sets"
+SETS = Path(__file__).parents[1] / "acml_ray" / "data" / "sets"
 
 
 def _provenance() -> dict:
     path = SETS / "PROVENANCE.json"
     if not path.is_file():
-        pytest.skip("data/sets not built (python data/build.py)")
+        pytest.skip("acml_ray/data/sets not built (python data/build.py)")
     return json.loads(path.read_text())["sets"]
 
 
@@ -60,3 +60,36 @@ def test_simulated_spectra_are_plausible():
     row = frame.iloc[0]
     mol = Chem.MolFromSmiles(row["smiles"])
     assert len(row["nmr13c"]) == sum(a.GetSymbol() == "C" for a in mol.GetAtoms())
+
+
+def test_wheel_carries_the_sets_and_configs(tmp_path):
+    """A wheel install (not a checkout) still finds every shipped set and the packaged configs."""
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(__file__).parents[1]
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("acml_ray-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = (
+        "import acml_ray, sys\n"
+        "from acml_ray.config import packaged_config\n"
+        "from acml_ray.data.sources import load_source\n"
+        f"assert acml_ray.__file__.startswith({str(site)!r}), acml_ray.__file__\n"
+        "packaged_config('demo')\n"
+        "for name in ('qm9_isomers', 'moses_sample', 'chembl_nmr'):\n"
+        "    assert len(load_source(name)) > 0, name\n"
+        "print('ok')\n"
+    )
+    # Run from an empty folder with only the unpacked wheel on the path, so the checkout's
+    # files cannot stand in for missing package data.
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

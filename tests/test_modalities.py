@@ -381,9 +381,9 @@ def test_encode_real_spectra_and_round_trip_through_a_table(tmp_path, pesticides
 
 
 def test_shipped_simulated_nmr_spectra_encode(tmp_path):
-    path = Path(__file__).parents[1] / "data" / "sets" / "nmr_chembl.parquet"
+    path = Path(__file__).parents[1] / "acml_ray" / "data" / "sets" / "nmr_chembl.parquet"
     if not path.is_file():
-        pytest.skip("data/sets/nmr_chembl.parquet not built (python data/build.py --only nmr)")
+        pytest.skip("acml_ray/data/sets/nmr_chembl.parquet not built (python data/build.py --only nmr)")
     import pandas as pd
 
     frame = pd.read_parquet(path).head(16)

@@ -104,20 +104,20 @@ SHIPPED_SOURCES: dict[str, ShippedSource] = {
     "b3db_regression": ShippedSource(
         "B3DB", "B3DB_regression.tsv", "SMILES", "B3DB logBB regression (1,058)", _read_tsv,
     ),
-    # Sets built by data/build.py into the repository's data/sets/ (next to the acml_ray
-    # package in a checkout or a Ray job's working_dir); see data/sets/PROVENANCE.json.
+    # Sets built by data/build.py into acml_ray/data/sets/, package data of this very package, so
+    # they travel with a wheel as well as a checkout; see acml_ray/data/sets/PROVENANCE.json.
     "chembl_nmr": ShippedSource(
-        "acml_ray", "../data/sets/nmr_chembl.parquet", "smiles",
+        "acml_ray", "data/sets/nmr_chembl.parquet", "smiles",
         "ChEMBL approved drugs with csp5-simulated 13C (`nmr13c`) and 1H (`nmr1h`) shift lists",
         pd.read_parquet,
     ),
     "qm9_isomers": ShippedSource(
-        "acml_ray", "../data/sets/qm9_isomers.parquet", "smiles",
+        "acml_ray", "data/sets/qm9_isomers.parquet", "smiles",
         "QM9 formulas with >= 2 constitutional isomers (`formula` groups, <= 20 per formula)",
         pd.read_parquet,
     ),
     "moses_sample": ShippedSource(
-        "acml_ray", "../data/sets/moses_sample.parquet", "smiles",
+        "acml_ray", "data/sets/moses_sample.parquet", "smiles",
         "10,000 MOSES training SMILES (seeded sample)", pd.read_parquet,
     ),
 }

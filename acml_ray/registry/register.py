@@ -163,10 +163,11 @@ def register_run(run: str, name: str, alias: str = "champion", tracking_uri: str
             tags["acml.source"] = str(Path(run).resolve()) if Path(run).exists() else run
         tags |= {f"metric.{k}": f"{v:.4f}" for k, v in metrics.items()}
 
-        # Ship the package code with the model so a consumer needs only the pinned requirements.
+        # Ship the package code with the model so a consumer needs only the pinned requirements
+        # (not the demo/evaluation data sets the package also carries: serving never reads them).
         code = Path(tmp) / "code" / "acml_ray"
         shutil.copytree(Path(__file__).resolve().parents[1], code,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sets"))
         try:
             mlflow.set_tracking_uri(uri)
             if source_run_id:
