@@ -341,6 +341,43 @@ def test_from_config(batch: Batch) -> None:
     assert out2["loss"].item() == pytest.approx(expected2.item(), rel=1e-6)
 
 
+def test_saved_model_round_trip_and_safe_load(batch: Batch, tmp_path) -> None:
+    import pickle
+
+    from acml_ray.model.serialization import MODEL_FILE, load_model, save_model
+
+    torch.manual_seed(0)
+    cfg = ACMLConfig.model_validate(
+        {"graph_encoder": {"num_layers": 2, "hidden_dim": 8}, "projection": {"dims": [6]},
+         "modalities": [{"name": "image"}]}
+    )
+    model = ACMLModel.from_config(cfg, {"image": 10}).eval()
+    save_model(model, cfg, tmp_path / "m", extra={"epoch": 3, "metrics": {"val/score": 0.5}})
+    loaded, loaded_cfg, extra = load_model(tmp_path / "m")
+    assert loaded_cfg == cfg and extra == {"epoch": 3, "metrics": {"val/score": 0.5}}
+    assert not loaded.training
+    with torch.no_grad():
+        assert torch.equal(loaded.project_graph(batch, "image"), model.project_graph(batch, "image"))
+
+    # A configuration from a newer release (a key this version does not know): a clear error.
+    blob = torch.load(tmp_path / "m" / MODEL_FILE, weights_only=True)
+    blob["config"]["graph_encoder"]["virtual_node"] = True
+    blob["acml_ray_version"] = "9.9.0"
+    torch.save(blob, tmp_path / "m" / MODEL_FILE)
+    with pytest.raises(ValueError, match=r"saved by acml-ray 9\.9\.0.*cannot read"):
+        load_model(tmp_path / "m")
+
+    # A model file that would run code when unpickled is refused, not executed.
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "evil").mkdir()
+    torch.save({"config": cfg.model_dump(mode="json"), "payload": Payload()}, tmp_path / "evil" / MODEL_FILE)
+    with pytest.raises(pickle.UnpicklingError):
+        load_model(tmp_path / "evil")
+
+
 # ----------------------------------------------------------------------------- temperature
 
 
