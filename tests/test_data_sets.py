@@ -68,9 +68,16 @@ def test_wheel_carries_the_sets_and_configs(tmp_path):
     import sys
     import zipfile
 
-    repo = Path(__file__).parents[1]
+    import shutil
+
+    # Build from a copy: setuptools writes build/ and *.egg-info next to the sources it builds.
+    repo, src = Path(__file__).parents[1], tmp_path / "src"
+    shutil.copytree(repo / "acml_ray", src / "acml_ray",
+                    ignore=shutil.ignore_patterns("__pycache__", ".nmr_partial.json"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(repo / name, src / name)
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
          "-q", "-w", str(tmp_path / "dist")],
         capture_output=True, text=True, timeout=300,
     )
