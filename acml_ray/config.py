@@ -2,7 +2,8 @@
 
 Defaults reproduce the reference ACML setup (Xu et al., JCIM 2025): 5-layer GIN, hidden 64,
 dropout 0.2, sum pooling, projection cells [512, 512], soft-target CLIP loss at tau = 1.0,
-AdamW lr 1e-3 wd 1e-3, batch 128 (drop_last), 100 epochs, random 80/20 split with seed 4.
+AdamW lr 1e-3 wd 1e-3, batch 128 (drop_last), 100 epochs, random 80/20 split with seed 4
+(a seeded hash of each InChIKey decides its side; see `acml_ray.data.paired.validation_mask`).
 YAML files only need to name what differs from these defaults.
 """
 

@@ -83,6 +83,25 @@ def test_prepare_uses_the_blocks_and_the_cache(tmp_path) -> None:
     a, b = pq.read_table(first.train_path), pq.read_table(second.train_path)
     assert a.equals(b)
     assert len(PairedExamples.from_table(b, ["image"])) == first.counts["train"]
+    # One split rule: `prepare` puts every molecule on the side `acml embed` would.
+    from acml_ray.data.paired import validation_mask
+
+    train_keys = a.column("inchikey").to_pylist()
+    val_keys = pq.read_table(first.val_path).column("inchikey").to_pylist()
+    assert validation_mask(val_keys, 0.2, 4).all() and not validation_mask(train_keys, 0.2, 4).any()
+
+
+def test_validation_mask_is_a_stable_seeded_partition(chembl_drugs) -> None:
+    from acml_ray.data.paired import validation_mask
+
+    keys = chembl_drugs["molecule_chembl_id"].tolist()  # any stable per-molecule key
+    mask = validation_mask(keys, 0.2, 4)
+    assert abs(mask.mean() - 0.2) < 0.03  # ~20% of ~3,000 molecules
+    # A molecule's side depends on its key alone: not on order, neighbours or data growth.
+    assert (validation_mask(keys[::-1], 0.2, 4) == mask[::-1]).all()
+    assert (validation_mask(keys[:100], 0.2, 4) == mask[:100]).all()
+    assert (validation_mask(keys, 0.3, 4) >= mask).all()  # a larger fraction only adds molecules
+    assert (validation_mask(keys, 0.2, 5) != mask).any()  # the seed picks another split
 
 
 def _embed_args(input_uri: str, output_uri: str, cache_uri: str, out_dir: str) -> list[str]:

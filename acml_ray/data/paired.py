@@ -9,7 +9,8 @@ Column contract (read by training, written by the embedding pipeline):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,11 +52,16 @@ def build_table(graphs: Sequence[MolGraph], embeddings: Mapping[str, tuple[np.nd
     return pa.table(columns)
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random train/validation split (the reference: 80/20, seed 4), sorted indices."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * val_fraction)))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+def validation_mask(inchikeys: Iterable[str | None], val_fraction: float, seed: int) -> np.ndarray:
+    """True for the molecules of the validation split (the reference: 80/20, seed 4).
+
+    Each molecule's side is a seeded hash of its InChIKey, not a draw over the whole list: the
+    same molecule lands on the same side in every pipeline (`acml demo`, `acml embed`), in
+    every shard and batch, and stays there as the data set grows. Missing keys count as "".
+    """
+    fractions = [int.from_bytes(hashlib.sha256(f"{seed}:{key or ''}".encode()).digest()[:8], "big") / 2**64
+                 for key in inchikeys]
+    return np.array(fractions, dtype=np.float64) < val_fraction
 
 
 @dataclass

@@ -19,7 +19,6 @@ encoder as an actor pool, and write Parquet shards split train/val by a hash of 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -36,7 +35,7 @@ import pyarrow.parquet as pq
 from acml_ray.cache import CachedEmbedder, EmbeddingCache
 from acml_ray.chem import GraphFeaturizer, MolGraph, Rejected, row_arrow_schema
 from acml_ray.config import ACMLConfig, ModalityConfig
-from acml_ray.data.paired import emb_column, mask_column
+from acml_ray.data.paired import emb_column, mask_column, validation_mask
 from acml_ray.modalities import Modality, build_modality
 from acml_ray.storage import check_access, join
 
@@ -165,17 +164,11 @@ def embed_table(table: pa.Table, embedder: CachedEmbedder, input_column: str = "
     return table
 
 
-def _hash_fraction(keys: Iterable[str], seed: int) -> np.ndarray:
-    """A stable number in [0, 1) per key: the split of a molecule never changes as data grows."""
-    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:8], "big") / 2**64
-                     for k in keys])
-
-
 def training_rows(table: pa.Table, modalities: Sequence[str], keep_columns: Sequence[str] = (),
                   split: str | None = None, val_fraction: float = 0.2, seed: int = 4) -> pa.Table:
     """Rows training can use (no upstream rejection, at least one modality) and their columns.
 
-    With `split` ("train" or "val") only that side of the InChIKey hash split is returned.
+    With `split` ("train" or "val") only that side of the split (`validation_mask`) is returned.
     """
     usable = pc.is_null(table.column("reason"))
     any_modality = None
@@ -184,7 +177,7 @@ def training_rows(table: pa.Table, modalities: Sequence[str], keep_columns: Sequ
         any_modality = has if any_modality is None else pc.or_(any_modality, has)
     mask = pc.and_(usable, any_modality)
     if split is not None:
-        in_val = _hash_fraction(table.column("inchikey").fill_null("").to_pylist(), seed) < val_fraction
+        in_val = validation_mask(table.column("inchikey").to_pylist(), val_fraction, seed)
         mask = pc.and_(mask, pa.array(in_val if split == "val" else ~in_val))
     names = ["mol_id", *row_arrow_schema().names]
     for m in modalities:

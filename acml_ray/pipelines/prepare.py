@@ -1,6 +1,6 @@
 """Prepare a training table in the driver (small data, `acml demo`): load sources, then the
 building blocks of `acml_ray.pipelines.embed` (featurise, deduplicate, embed every modality
-through the cache), a random split, and Parquet that training reads directly. Rejected rows
+through the cache), the train/validation split, and Parquet that training reads directly. Rejected rows
 are kept in a quarantine table, with reasons. Large data goes through `acml embed` (Ray Data)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 from acml_ray.cache import CachedEmbedder
 from acml_ray.chem import GraphFeaturizer
 from acml_ray.config import ACMLConfig
-from acml_ray.data.paired import split_indices
+from acml_ray.data.paired import validation_mask
 from acml_ray.data.sources import load_sources
 from acml_ray.modalities import build_modality
 from acml_ray.pipelines.embed import (
@@ -78,7 +79,12 @@ def prepare(cfg: ACMLConfig, progress: bool = True) -> PreparedData:
 
     summary = summarise(table.select(stats_columns(names, keep)), names, keep)
     usable = training_rows(table, names, keep)
-    train_idx, val_idx = split_indices(usable.num_rows, cfg.data.val_fraction, cfg.data.split_seed)
+    in_val = validation_mask(usable.column("inchikey").to_pylist(), cfg.data.val_fraction,
+                             cfg.data.split_seed)
+    train_idx, val_idx = np.flatnonzero(~in_val), np.flatnonzero(in_val)
+    if not len(train_idx) or not len(val_idx):
+        raise ValueError(f"{usable.num_rows} usable molecules leave the {'validation' if not len(val_idx) else 'training'} "
+                         f"split empty at data.val_fraction={cfg.data.val_fraction}: add molecules")
     prepared.train_path = str(out / "train.parquet")
     prepared.val_path = str(out / "val.parquet")
     prepared.quarantine_path = str(out / "quarantine.parquet")
