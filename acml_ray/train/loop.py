@@ -20,6 +20,7 @@ to ``<run>/best`` (marked by ``BEST.json``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -205,10 +206,22 @@ def _improved(score: float, best: float | None, cfg: ACMLConfig) -> bool:
     return score > best + delta if cfg.train.early_stopping_mode == "max" else score < best - delta
 
 
+def _quiet_report_log() -> None:
+    # Ray Train 2.x logs every `ray.train.report` at INFO through a logger named after its
+    # source file, outside the "ray.train" tree that RunConfig's LoggingConfig sets; our own
+    # epoch line says the same. Best effort: the module is internal and may move.
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Train one worker. `loop_config`: ``acml`` (an ACMLConfig dump), ``modality_dims``
     (name -> cached vector width), ``best_uri`` (where rank 0 keeps the best model),
     ``tracking`` (a `TrackingRun` or None) and ``hooks`` (a `DebugHooks` dict)."""
+    _quiet_report_log()
     cfg = ACMLConfig.model_validate(loop_config["acml"])
     modality_dims: dict[str, int] = loop_config["modality_dims"]
     tracking = loop_config.get("tracking")
