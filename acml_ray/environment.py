@@ -27,6 +27,9 @@ LOOPBACK_ENV: dict[str, str] = {
     "GLOO_SOCKET_IFNAME": "lo",
     "AWS_EC2_METADATA_DISABLED": "true",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # Ray >= 2.60 turns token auth on for a new local cluster and warns so at every start;
+    # naming the mode keeps the protection and drops the warning.
+    "RAY_AUTH_MODE": "token",
 }
 
 
