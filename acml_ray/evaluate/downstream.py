@@ -184,6 +184,11 @@ def ecfp(smiles: Sequence[str], n_bits: int = 2048) -> np.ndarray:
         return np.stack([generator.GetFingerprintAsNumPy(Chem.MolFromSmiles(s)) for s in smiles])
 
 
+# Methods whose fit does not depend on the seed (lbfgs logistic regression, closed-form ridge
+# on a fixed split): fitted once, their score stands for every seed.
+_DETERMINISTIC = frozenset({"linear_probe", "ecfp_linear"})
+
+
 def _fit_sklearn(kind: str, estimator: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
                  seed: int, trees: int) -> np.ndarray:
     """One model per task column on its labelled rows -> test scores/predictions [n_test, T]."""
@@ -320,6 +325,9 @@ def run_task(model: ACMLModel, run_cfg: ACMLConfig, task: TaskConfig, cfg: Downs
     for method in cfg.methods:
         per_seed = []
         for s in cfg.seeds:
+            if per_seed and method in _DETERMINISTIC:  # same fit for every seed: reuse it
+                per_seed.append(per_seed[0])
+                continue
             if method == "linear_probe":
                 pred = _fit_sklearn(data.kind, "linear", frozen[train], labels[train], frozen[test], s, cfg.rf_trees)
             elif method in ("ecfp_rf", "ecfp_linear"):

@@ -8,7 +8,7 @@ components of the standardised embeddings, (b) a cross-validated linear read-out
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from rdkit import Chem
@@ -59,11 +59,13 @@ def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def interpret_report(embeddings: np.ndarray, smiles: Sequence[str], n_components: int = 5,
-                     cv_folds: int = 5, seed: int = 0) -> dict:
+                     cv_folds: int = 5, seed: int = 0,
+                     descriptors: Mapping[str, np.ndarray] | None = None) -> dict:
     """``{"pcs": {"PC1": {desc: {pearson, spearman}}}, "readout": {desc: {...}},
-    "explained_variance": [...], "n": n}``."""
+    "explained_variance": [...], "n": n}``. Pass `descriptors` (`descriptor_table(smiles)`)
+    when the caller already has them."""
     emb = StandardScaler().fit_transform(np.asarray(embeddings, np.float64))
-    desc = descriptor_table(smiles)
+    desc = descriptor_table(smiles) if descriptors is None else descriptors
     n_comp = min(n_components, emb.shape[0], emb.shape[1])
     pca = PCA(n_components=n_comp, random_state=seed).fit(emb)
     pcs = pca.transform(emb)

@@ -184,9 +184,11 @@ def evaluate_run(model_ref: str, cfg: EvalConfig, out_dir: str | Path, data: str
         else:
             graphs, ismiles = examples.graphs, smiles
         emb = graph_embeddings(model, graphs)
-        report["interpret"] = interpret_report(emb, ismiles, icfg.n_components, icfg.cv_folds, cfg.seed)
+        descriptors = descriptor_table(ismiles)
+        report["interpret"] = interpret_report(emb, ismiles, icfg.n_components, icfg.cv_folds, cfg.seed,
+                                               descriptors=descriptors)
         plot_correlation_heatmap(report["interpret"], out / "correlation_heatmap.png")
-        colour = descriptor_table(ismiles).get(icfg.colour_by)
+        colour = descriptors.get(icfg.colour_by)
         if colour is None:
             raise ValueError(f"interpret.colour_by {icfg.colour_by!r} is not a descriptor")
         plot_projection(emb, colour, icfg.colour_by, out / "embedding_projection.png")
