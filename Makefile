@@ -24,5 +24,5 @@ test: setup-test  ## every test, slow ones included (what CI runs)
 test-fast: setup-test  ## skip tests marked slow (Ray/DeepSpeed end-to-end)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
-bench: setup-test  ## speed goals, each printing `ratio: X.XX`
+bench: setup-test  ## speed goals (`ratio: X.XX` lines) and the retrieval time/memory figure
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

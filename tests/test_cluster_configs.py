@@ -88,6 +88,16 @@ def test_aws_launcher_config():
     assert "scripts/bootstrap.sh" in setup and "download.pytorch.org/whl/cu" in setup
     assert (ROOT / "scripts" / "bootstrap.sh").is_file()
     assert set(cfg["file_mounts"].values()) == {"."}
+    # Python >= 3.11 on every node (Ray's py311 image) on a driver + container-toolkit host AMI.
+    assert "py311" in cfg["docker"]["image"] and "2.60.0" in cfg["docker"]["image"]
+    assert all(t["node_config"]["ImageId"].startswith("resolve:ssm:/aws/service/deeplearning/")
+               for t in types.values())
+
+
+def test_docker_build_context_leaves_out_host_environments():
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".venv", "runs", ".git"} <= ignored
 
 
 def test_kuberay_manifest():

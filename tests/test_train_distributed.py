@@ -48,8 +48,11 @@ def test_two_modalities_tracking_early_stop_and_resume(ray_local, tables, tmp_pa
     assert [h["step"] for h in first.history] == [10, 20]
     assert all(np.isfinite(h["val/loss"]) for h in first.history)
     assert {"val/morgan->graph/pool_16/top5", "val/maccs->graph/pool_16/top5"} <= set(first.history[-1])
-    model, _, extra = load_model(first.best_model_dir)
+    model, saved, extra = load_model(first.best_model_dir)
     assert model.modalities == ["morgan", "maccs"] and model.loss_weights["maccs"] == 0.5
+    # The saved config names the tables the run used (evaluate falls back to train.val_table).
+    assert (saved.train.train_table, saved.train.val_table) == (
+        str(Path(tables["train"]).resolve()), str(Path(tables["val"]).resolve()))
     marker = json.loads((first.best_model_dir / "BEST.json").read_text())
     assert marker["epoch"] == extra["epoch"] and marker["metric"] == "val/score"
 

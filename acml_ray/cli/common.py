@@ -12,7 +12,8 @@ from acml_ray.config import ACMLConfig, load_config, packaged_config
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--config / --set / --quiet, the options every config-driven command takes."""
-    parser.add_argument("--config", help="YAML config (default: the packaged one for this command)")
+    parser.add_argument("--config", help="YAML config (default: `acml demo` uses the packaged demo "
+                                         "config, every other command the built-in defaults)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

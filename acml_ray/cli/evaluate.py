@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="run folder, model folder (with model.pt), s3:// location, or runs:/ / models:/ URI")
     parser.add_argument("--data", help="held-out molecules: prepared table (.parquet with emb__ columns), "
                                        "molecule CSV/Parquet path or URI, or a shipped source name "
-                                       "(default: the run's data/val.parquet)")
+                                       "(default: the run's data/val.parquet, else the run config's "
+                                       "train.val_table)")
     parser.add_argument("--task", action="append", metavar="NAME_OR_PATH",
                         help="downstream task: shipped name (b3db_classification, b3db_regression, freesolv, "
                              "solubility) or a MoleculeNet/TDC CSV path (repeatable; replaces the defaults)")

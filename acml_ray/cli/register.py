@@ -8,7 +8,7 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "register", help="register a trained run in the MLflow model registry (models:/NAME@ALIAS)",
-        description="RUN is a run folder (model/ and summary.json), a model folder, an s3:// run, or "
+        description="RUN is a run folder (model/, optionally summary.json), a model folder, an s3:// run, or "
                     "an MLflow run id / runs:/ID/model URI whose artifacts hold the model.")
     parser.add_argument("run", metavar="RUN", help="run folder, s3:// location or MLflow run id")
     parser.add_argument("--name", required=True, help="registered model name")

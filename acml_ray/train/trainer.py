@@ -65,11 +65,18 @@ class TrainResult:
 
 
 def table_locations(cfg: ACMLConfig, train_data: str | None, val_data: str | None) -> tuple[str, str]:
-    """Training/validation table locations: arguments > ``train.*_table`` > OUTPUT/data/*.parquet."""
+    """Training/validation table locations: arguments > ``train.*_table`` > OUTPUT/data/*.parquet.
+
+    Local paths come back absolute, so that a config recording them stays valid from any folder.
+    """
     default = Path(cfg.output_dir) / "data"
     train = train_data or cfg.train.train_table or str(default / "train.parquet")
     val = val_data or cfg.train.val_table or str(default / "val.parquet")
-    return train, val
+    return _absolute(train), _absolute(val)
+
+
+def _absolute(location: str) -> str:
+    return location if "://" in location else os.path.abspath(location)
 
 
 def _dataset(location: str) -> pads.Dataset:
@@ -128,6 +135,9 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
             forwards every report (rank 0's epoch metrics) to the enclosing Tune trial.
     """
     train, val = table_locations(cfg, train_data, val_data)
+    # The run's config (MLflow, model.pt) names the tables it used: `acml evaluate` falls back to
+    # train.val_table, and retraining from the config finds the same data.
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"train_table": train, "val_table": val})})
     names = [m.name for m in cfg.modalities]
     modality_dims = modality_dims or modality_dims_from_table(train, names)
     global_batch = cfg.train.batch_size * cfg.train.num_workers
