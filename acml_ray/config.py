@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -304,25 +304,56 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     `overrides` uses dotted keys, e.g. ``{"train.epochs": 5}``.
     """
     data: dict[str, Any] = {}
+    source = "the default config"
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
+        source = str(path)
+        loaded = read_yaml(path, "config file")
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         data = loaded or {}
-    return ACMLConfig.model_validate(apply_overrides(data, overrides or {}))
+    if overrides:
+        source += " with overrides"
+    try:
+        return ACMLConfig.model_validate(apply_overrides(data, overrides or {}))
+    except ValidationError as err:
+        raise ValueError(f"invalid configuration ({source}): {validation_summary(err)}") from None
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """Parse a YAML file; a missing, unreadable or malformed file is a one-line error naming it."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory, not a YAML file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def validation_summary(err: ValidationError) -> str:
+    """Pydantic's errors as one line: ``train.batch_size: Input should be greater than 0; ...``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in err.errors())
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Set dotted-path values (``{"train.epochs": 5}``) in a nested config mapping, in place."""
     for dotted, value in overrides.items():
+        keys = dotted.split(".")
+        if not all(keys):
+            raise ValueError(f"bad config key {dotted!r}: expected dotted names like train.epochs")
         node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+        for depth, key in enumerate(keys[:-1]):
+            if node.get(key) is None:  # absent, or left empty in YAML (`train:`)
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, dict):
+                raise ValueError(f"cannot set {dotted!r}: {'.'.join(keys[:depth + 1])} is "
+                                 f"{type(node).__name__} {node!r}, not a section")
+        node[keys[-1]] = value
     return data
 
 

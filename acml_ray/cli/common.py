@@ -26,7 +26,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ValueError(f"--set expects KEY=VALUE (e.g. train.epochs=5), got {pair!r}")
         key, value = pair.split("=", 1)
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {pair!r}: the value is not valid YAML "
+                             f"({' '.join(str(exc).split())})") from None
     return overrides
 
 

@@ -25,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, extra={"embed.input": args.input, "embed.output": args.output})
     use_gpu = cfg.embed.num_gpus_per_actor > 0
     try:
+        if not cfg.embed.input:  # before Ray starts (seconds): the pipeline checks the rest early
+            raise ValueError("embed.input is required: --input or embed.input in the config")
         init_ray(num_cpus=None, use_gpu=use_gpu)
         result = run_embed_pipeline(cfg)
     except StorageError as exc:  # names the location, never the credentials

@@ -22,14 +22,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message for an error caused by the user's input or setup, else None.
+
+    Ray re-raises a task's error as a RayTaskError whose text carries the remote traceback; the
+    original error (its `cause`) says what went wrong. MLflow's errors (unknown run, registry
+    URI, reserved alias) are about what the user asked for.
+    """
+    ray_exceptions = sys.modules.get("ray.exceptions")  # only set when Ray was used at all
+    while ray_exceptions is not None and isinstance(exc, ray_exceptions.RayTaskError):
+        if not isinstance(exc.cause, BaseException):
+            break
+        exc = exc.cause
+    if isinstance(exc, (OSError, ValueError, StorageError)):
+        return str(exc)
+    if type(exc).__module__.startswith("mlflow."):
+        return getattr(exc, "message", None) or str(exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     apply_defaults()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Their INFO lines (credential lookups, sqlite schema set-up) are not ours to show.
+    for noisy in ("botocore", "urllib3", "filelock", "mlflow.store.db.utils", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (OSError, ValueError, StorageError) as exc:  # bad input or location: no traceback
-        print(f"acml: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # bad input or location: one line, no traceback
+        message = user_error(exc)
+        if message is None:
+            raise
+        print(f"acml: error: {message}", file=sys.stderr)
         return 2
 
 

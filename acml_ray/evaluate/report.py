@@ -76,7 +76,8 @@ def render_markdown(report: dict) -> str:
     ks = report.get("top_k", [])
     if report.get("retrieval"):
         lines += ["## Cross-modal retrieval", "",
-                  f"Held-out molecules: {report.get('held_out_molecules')}. Cosine similarity; ties "
+                  f"Held-out molecules: {report.get('held_out_molecules')} "
+                  f"({report.get('held_out_rejected', 0)} input rows rejected). Cosine similarity; ties "
                   "count against the query. Pool 128 = random pools averaged; pool all = whole held-out set.", "",
                   "| direction | pool | " + " | ".join(f"top{k}" for k in ks) + " | mean rank | MRR |",
                   "|---|---|" + "---|" * (len(ks) + 2)]

@@ -100,11 +100,13 @@ def _prepared_table(location: str) -> pa.Table | None:
 
 
 def held_out_examples(data: str | None, run_dir: Path | None, run_cfg: ACMLConfig,
-                      cache_dir: str | None) -> tuple[PairedExamples, list[str], str]:
-    """Held-out molecules for retrieval and interpretability -> (examples, smiles, description).
+                      cache_dir: str | None) -> tuple[PairedExamples, list[str], str, int]:
+    """Held-out molecules for retrieval and interpretability -> (examples, smiles, description,
+    number of input rows rejected by the featuriser or every modality).
 
     `data` may be a prepared table (``emb__<modality>`` columns), a molecule table by path or
     URI with a `smiles` column, or a shipped source name; default: the run's ``data/val.parquet``.
+    Fewer than two usable molecules is an error: no ranking means anything then.
     """
     if data is None:
         if run_dir is not None and (run_dir / "data" / "val.parquet").is_file():
@@ -118,12 +120,23 @@ def held_out_examples(data: str | None, run_dir: Path | None, run_cfg: ACMLConfi
     if table is not None:
         names = [m.name for m in run_cfg.modalities if emb_column(m.name) in table.column_names]
         if names:
-            return PairedExamples.from_table(table, names), table.column("smiles").to_pylist(), data
-    source = (DataSourceConfig(name=data) if data in SHIPPED_SOURCES
-              else DataSourceConfig(name=Path(data).stem, path=data))
-    smiles = load_source(source)["smiles"].tolist()
-    examples, kept = paired_from_smiles(smiles, run_cfg, cache_dir)
-    return examples, [smiles[i] for i in kept], data
+            examples, smiles, rejected = (PairedExamples.from_table(table, names),
+                                          table.column("smiles").to_pylist(), 0)
+        else:
+            table = None
+    if table is None:
+        source = (DataSourceConfig(name=data) if data in SHIPPED_SOURCES
+                  else DataSourceConfig(name=Path(data).stem, path=data))
+        given = load_source(source)["smiles"].tolist()
+        examples, kept = paired_from_smiles(given, run_cfg, cache_dir)
+        smiles, rejected = [given[i] for i in kept], len(given) - len(kept)
+    if len(examples) < 2:
+        raise ValueError(f"{data}: {len(examples)} usable held-out molecule(s) "
+                         f"({rejected} rejected); retrieval needs at least 2")
+    if rejected:
+        log.warning("%s: %d of %d held-out rows rejected (unparsable, filtered or without any "
+                    "modality input)", data, rejected, rejected + len(examples))
+    return examples, smiles, data, rejected
 
 
 def _fingerprint_check(run_dir: Path | None, run_cfg: ACMLConfig) -> dict:
@@ -144,11 +157,11 @@ def evaluate_run(model_ref: str, cfg: EvalConfig, out_dir: str | Path, data: str
     """Run the configured sections and write ``report.json``, ``report.md``, PNGs and
     ``splits/`` under `out_dir`; returns the report (with ``mlflow_run_id`` when logged)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, run_dir = resolve_model(model_ref, tmp, cfg.tracking_uri)
         model, run_cfg, extra = load_model(model_dir)
+    out.mkdir(parents=True, exist_ok=True)  # only once the model is known to load
     report: dict = {"model": model_ref, "model_epoch": extra.get("epoch"), "modalities": model.modalities,
                     "top_k": cfg.top_k, "pool_size": cfg.pool_size, "eval_config": cfg.model_dump(mode="json"),
                     "encoder_fingerprints": _fingerprint_check(run_dir, run_cfg), "plots": []}
@@ -157,8 +170,9 @@ def evaluate_run(model_ref: str, cfg: EvalConfig, out_dir: str | Path, data: str
     needs_held_out = {"retrieval", "interpret"} & set(cfg.sections)
     examples = smiles = None
     if needs_held_out:
-        examples, smiles, described = held_out_examples(data, run_dir, run_cfg, cache)
+        examples, smiles, described, rejected = held_out_examples(data, run_dir, run_cfg, cache)
         report["held_out"], report["held_out_molecules"] = described, len(examples)
+        report["held_out_rejected"] = rejected
 
     if "retrieval" in cfg.sections:
         t = time.perf_counter()

@@ -318,6 +318,33 @@ def _input_format(fs: pafs.FileSystem, path: str, declared: str) -> str:
     return "parquet"
 
 
+def check_input_columns(fs: pafs.FileSystem, path: str, fmt: str, location: str, wanted: Sequence[str]) -> None:
+    """Read only the input's schema, on the driver, and name what is wrong before Ray starts.
+
+    An empty or corrupt file, or a missing column, would otherwise surface from inside a Ray
+    task as a long remote traceback.
+    """
+    import pyarrow.dataset as pads
+
+    source: str | list[str] = path
+    if fmt == "csv" and fs.get_file_info(path).type == pafs.FileType.Directory:
+        source = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                        if i.is_file and i.path.lower().endswith((".csv", ".gz")))  # as read_csv
+        if not source:
+            raise ValueError(f"no csv data files in {location}")
+    try:
+        schema = pads.dataset(source, filesystem=fs, format=fmt).schema
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"cannot read {location} as {fmt}: {exc}") from None
+    if not schema.names:
+        raise ValueError(f"no {fmt} data files in {location}")
+    missing = [c for c in wanted if c not in schema.names]
+    if missing:
+        raise ValueError(f"{location}: no column {', '.join(map(repr, missing))} "
+                         f"(columns: {schema.names}); set embed.smiles_column / embed.id_column / "
+                         "the modality input columns to match the file")
+
+
 def _say(message: str) -> None:
     print(f"[acml embed] {message}", flush=True)
 
@@ -345,6 +372,7 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
     passthrough = list(dict.fromkeys([*ec.keep_columns, *modality_input_columns(modalities)]))
     fmt = _input_format(in_fs, in_path, ec.input_format)
     wanted = list(dict.fromkeys([ec.smiles_column, *([ec.id_column] if ec.id_column else []), *passthrough]))
+    check_input_columns(in_fs, in_path, fmt, ec.input, wanted)
 
     # Deterministic output order: the deduplicator keeps the first occurrence in input order.
     DataContext.get_current().execution_options.preserve_order = True
@@ -412,4 +440,7 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
              f"forward passes {r['forward_passes']}, rejected {r['rejected']}")
     _say(f"quarantined by reason: {summary.quarantined_by_reason}")
     _say(f"wrote {result.train_path}, {result.val_path}, {result.quarantine_path} in {timings['total_s']:.1f} s")
+    if c["usable"] == 0:  # the report and quarantine above say why; no training table exists
+        raise ValueError(f"no usable molecules in {ec.input}: all {c['input']} rows quarantined "
+                         f"{summary.quarantined_by_reason}; see {result.quarantine_path}")
     return result

@@ -120,6 +120,16 @@ def _model_tags(cfg: Any, model: Any, extra: dict) -> dict[str, str]:
     return tags
 
 
+def check_names(name: str, alias: str) -> None:
+    """Reject a model name or alias the registry would refuse, before anything is written."""
+    if not name.strip():
+        raise ValueError("--name: the registered model name is empty")
+    # MLflow reserves "latest" and version-like "v<N>" aliases; they would fail after registration.
+    if not alias or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ValueError(f"--alias {alias!r} is reserved or empty in the MLflow registry "
+                         "(use e.g. champion, staging)")
+
+
 def register_run(run: str, name: str, alias: str = "champion", tracking_uri: str | None = None,
                  description: str | None = None, artifact_location: str | None = None) -> RegisteredModel:
     """Log RUN's model as an `ACMLEmbedder` pyfunc, register it as a new version of `name`, tag it, set `alias`.
@@ -135,6 +145,7 @@ def register_run(run: str, name: str, alias: str = "champion", tracking_uri: str
     from acml_ray.evaluate.suite import resolve_model
     from acml_ray.model.serialization import load_model
 
+    check_names(name, alias)  # before anything is logged: a refused alias must not leave a version
     # `artifact_location` (e.g. s3://bucket/mlartifacts/registry) applies when the registry
     # experiment is first created; by default artifacts go beside a sqlite store.
     uri = resolve_tracking_uri(run, tracking_uri)

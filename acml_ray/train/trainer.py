@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
@@ -80,8 +81,15 @@ def _absolute(location: str) -> str:
 
 
 def _dataset(location: str) -> pads.Dataset:
+    """A training table (file or folder of Parquet shards); missing or unreadable is a clear error."""
     fs, path = resolve_filesystem(location)
-    return pads.dataset(path, filesystem=fs, format="parquet")
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"table not found: {location} (see --train/--val or train.train_table/"
+                                "train.val_table)")
+    try:
+        return pads.dataset(path, filesystem=fs, format="parquet")
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"cannot read {location} as Parquet: {exc}") from None
 
 
 def modality_dims_from_table(location: str, modalities: list[str]) -> dict[str, int]:
@@ -142,6 +150,7 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
     modality_dims = modality_dims or modality_dims_from_table(train, names)
     global_batch = cfg.train.batch_size * cfg.train.num_workers
     rows = _dataset(train).count_rows()
+    _dataset(val)  # exists and is Parquet: checked before any run is opened
     if cfg.train.drop_last and rows < global_batch:  # fail here, not inside every worker
         raise ValueError(f"{rows} training rows in {train} give no full global batch of "
                          f"{cfg.train.batch_size} x {cfg.train.num_workers} workers: lower "
@@ -155,14 +164,14 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
     if exists and not resume:
         raise FileExistsError(f"run {run_name!r} already exists at {run_uri}; resume it or pick another name")
     tracking = start_run(cfg, run_name, resume=resume) if cfg.tracking.enabled else None
-    if tracking is not None and cfg.tracking.parent_run_id:  # a Tune trial: nest under the study's run
-        tracking.set_tags({"mlflow.parentRunId": cfg.tracking.parent_run_id})
-    if tracking is not None and not resume:
-        _log_split(tracking, train, val)
 
     # Everything after the MLflow run starts is inside this block, so a failure anywhere
     # (bad table, lost cluster, missing best model) marks the run FAILED instead of RUNNING.
     try:
+        if tracking is not None and cfg.tracking.parent_run_id:  # a Tune trial: nest under the study's run
+            tracking.set_tags({"mlflow.parentRunId": cfg.tracking.parent_run_id})
+        if tracking is not None and not resume:
+            _log_split(tracking, train, val)
         storage_fs, storage_path = resolve_filesystem(run_uri.rsplit("/", 1)[0])
         trainer = TorchTrainer(
             train_loop_per_worker,

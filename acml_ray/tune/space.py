@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from acml_ray.config import ACMLConfig, apply_overrides
+from acml_ray.config import ACMLConfig, apply_overrides, read_yaml
 
 Kind = Literal["choice", "uniform", "loguniform", "quniform", "qloguniform"]
 _RANGE_ARITY = {"uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3}
@@ -270,6 +270,4 @@ def parse_space(data: Any, base: ACMLConfig | None = None, source: str = "<space
 def load_space(path: str | Path, base: ACMLConfig | None = None) -> SearchSpace:
     """Load and validate a search space YAML file (see the module docstring for the format)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"search space file not found: {path}")
-    return parse_space(yaml.safe_load(path.read_text()), base, source=str(path))
+    return parse_space(read_yaml(path, "search space file"), base, source=str(path))
