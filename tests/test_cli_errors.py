@@ -101,3 +101,13 @@ def test_unknown_mlflow_run_is_one_line(tmp_path, capsys) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     err = _error(capsys, ["register", "0" * 32, "--name", "m", "--tracking-uri", uri])
     assert "0" * 32 in err
+
+
+def test_evaluate_rejects_unknown_tasks_and_empty_sections_before_any_work(tmp_path, capsys) -> None:
+    out = tmp_path / "evaluation"
+    args = ["evaluate", "--model", str(tmp_path / "no-model"), "--out", str(out)]
+    assert "unknown task 'tox99'" in _error(capsys, [*args, "--task", "tox99"])
+    assert "task file not found" in _error(capsys, [*args, "--task", str(tmp_path / "t.csv")])
+    assert "--sections is empty" in _error(capsys, [*args, "--sections", " , "])
+    assert "no model.pt" in _error(capsys, args)  # then the model; nothing was written on the way
+    assert not out.exists()

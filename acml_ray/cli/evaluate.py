@@ -42,8 +42,11 @@ def run(args: argparse.Namespace) -> int:
     if outside:
         raise ValueError(f"acml evaluate only takes eval.* overrides, got {outside}")
     cfg = load_config(args.config, overrides).eval
-    if args.sections:
-        cfg = cfg.model_validate(cfg.model_dump() | {"sections": [s.strip() for s in args.sections.split(",")]})
+    if args.sections is not None:
+        sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+        if not sections:
+            raise ValueError("--sections is empty: name at least one of retrieval,isomers,interpret,downstream")
+        cfg = cfg.model_validate(cfg.model_dump() | {"sections": sections})
     if args.task:
         tasks = [TaskConfig(name=Path(t).stem, path=t) if ("/" in t or "." in t) else TaskConfig(name=t)
                  for t in args.task]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 import torch
 from rdkit import Chem
 from rdkit.Chem import rdFingerprintGenerator
@@ -70,6 +71,20 @@ class TaskData:
     labels: np.ndarray  # float [n, n_tasks]
     task_names: list[str]
     kind: str  # "classification" | "regression"
+
+
+def check_tasks(tasks: Sequence[TaskConfig]) -> None:
+    """Fail now, not after the other evaluation sections, on an unknown name or a missing file."""
+    from acml_ray.storage import check_access
+
+    for task in tasks:
+        if task.path is None:
+            if task.name not in BUILTIN_TASKS:
+                raise ValueError(f"unknown task {task.name!r}: give a path, or one of {sorted(BUILTIN_TASKS)}")
+            continue
+        fs, path = check_access(task.path)
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"task file not found: {task.path}")
 
 
 def load_task(task: TaskConfig, seed: int = 0) -> TaskData:

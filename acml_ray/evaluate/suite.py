@@ -20,7 +20,7 @@ from acml_ray.chem import GraphFeaturizer, Rejected
 from acml_ray.config import ACMLConfig, DataSourceConfig, EvalConfig
 from acml_ray.data.paired import PairedExamples, emb_column
 from acml_ray.data.sources import SHIPPED_SOURCES, load_source
-from acml_ray.evaluate.downstream import downstream_report
+from acml_ray.evaluate.downstream import check_tasks, downstream_report
 from acml_ray.evaluate.embeddings import graph_embeddings, paired_from_smiles, project_examples
 from acml_ray.evaluate.interpret import descriptor_table, interpret_report
 from acml_ray.evaluate.isomers import build_isomer_sets, isomer_report
@@ -158,6 +158,8 @@ def evaluate_run(model_ref: str, cfg: EvalConfig, out_dir: str | Path, data: str
     ``splits/`` under `out_dir`; returns the report (with ``mlflow_run_id`` when logged)."""
     out = Path(out_dir)
     timings: dict[str, float] = {}
+    if "downstream" in cfg.sections:
+        check_tasks(cfg.downstream.tasks)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, run_dir = resolve_model(model_ref, tmp, cfg.tracking_uri)
         model, run_cfg, extra = load_model(model_dir)
