@@ -28,6 +28,7 @@ def run_pipeline(cfg: ACMLConfig, name: str, alias: str = "champion", run_name: 
     from acml_ray.evaluate.suite import evaluate_run
     from acml_ray.pipelines.embed import run_embed_pipeline
     from acml_ray.registry import register_run
+    from acml_ray.storage import join
     from acml_ray.tracking import resolve_tracking_uri
     from acml_ray.train import fit, init_ray
 
@@ -53,7 +54,7 @@ def run_pipeline(cfg: ACMLConfig, name: str, alias: str = "champion", run_name: 
     # The run folder now holds model/ and evaluation/report.json (the metrics tagged).
     location = cfg.tracking.artifact_location
     registered = register_run(str(out), name, alias=alias, tracking_uri=tracking_uri,
-                              artifact_location=f"{location.rstrip('/')}/registry" if location else None)
+                              artifact_location=join(location, "registry") if location else None)
     print(f"[pipeline] registered: {registered.model_uri} (version {registered.version})", flush=True)
     return {"train_table": embedded.train_path, "val_table": embedded.val_path, "run_uri": trained.run_uri,
             "mlflow_run_id": trained.mlflow_run_id, "report": str(out / "evaluation" / "report.json"),

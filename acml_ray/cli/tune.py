@@ -24,12 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from acml_ray.train import init_ray
-    from acml_ray.tune import load_space, run_study, with_overrides
+    from acml_ray.tune import load_space, run_study
 
-    cfg = config_from_args(args)
-    overrides = {k: v for k, v in {"tune.name": args.name, "tune.num_samples": args.samples}.items()
-                 if v is not None}
-    cfg = with_overrides(cfg, overrides) if overrides else cfg
+    cfg = config_from_args(args, extra={"tune.name": args.name, "tune.num_samples": args.samples})
     space = load_space(args.space, cfg)  # validate before starting Ray
     init_ray(use_gpu=cfg.train.use_gpu)
     study = run_study(cfg, space, args.train, args.val)

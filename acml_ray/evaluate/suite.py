@@ -117,14 +117,10 @@ def held_out_examples(data: str | None, run_dir: Path | None, run_cfg: ACMLConfi
             raise FileNotFoundError("no held-out data: pass --data (the run has no data/val.parquet "
                                     "and no train.val_table)")
     table = _prepared_table(data) if data not in SHIPPED_SOURCES else None
-    if table is not None:
-        names = [m.name for m in run_cfg.modalities if emb_column(m.name) in table.column_names]
-        if names:
-            examples, smiles, rejected = (PairedExamples.from_table(table, names),
-                                          table.column("smiles").to_pylist(), 0)
-        else:
-            table = None
-    if table is None:
+    names = [m.name for m in run_cfg.modalities if table is not None and emb_column(m.name) in table.column_names]
+    if names:  # a prepared table: its cached vectors are the held-out examples
+        examples, smiles, rejected = PairedExamples.from_table(table, names), table.column("smiles").to_pylist(), 0
+    else:  # molecules: featurise and embed them like the run did
         source = (DataSourceConfig(name=data) if data in SHIPPED_SOURCES
                   else DataSourceConfig(name=Path(data).stem, path=data))
         given = load_source(source)["smiles"].tolist()

@@ -1,5 +1,5 @@
 """Where data, caches, checkpoints and artifacts live: local paths or object storage URIs."""
 
-from acml_ray.storage.filesystem import StorageError, check_access, join, resolve_filesystem
+from acml_ray.storage.filesystem import StorageError, check_access, download, join, resolve_filesystem
 
-__all__ = ["StorageError", "check_access", "join", "resolve_filesystem"]
+__all__ = ["StorageError", "check_access", "download", "join", "resolve_filesystem"]

@@ -9,6 +9,8 @@ put into URIs, configs or error messages.
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -101,3 +103,14 @@ def check_access(location: str, write: bool = False) -> tuple[pafs.FileSystem, s
 def join(location: str, *parts: str) -> str:
     """Join path segments onto a local path or URI with '/'."""
     return "/".join([location.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def download(location: str, target: str | Path) -> Path:
+    """Replace the local folder `target` with a copy of the folder at `location` (path or s3://)."""
+    target = Path(target)
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    fs, path = resolve_filesystem(location)
+    pafs.copy_files(path, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return target

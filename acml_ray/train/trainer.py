@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ from ray.train.torch import TorchTrainer
 from acml_ray.config import ACMLConfig
 from acml_ray.data.paired import emb_column
 from acml_ray.environment import apply_defaults, default_env, is_local
-from acml_ray.storage.filesystem import join, resolve_filesystem
+from acml_ray.storage.filesystem import download, join, resolve_filesystem
 from acml_ray.tracking import TrackingRun, start_run
 from acml_ray.train.loop import BEST_MARKER, SORT_KEYS, STATE_FILE, DebugHooks, train_loop_per_worker
 
@@ -92,9 +91,11 @@ def _dataset(location: str) -> pads.Dataset:
         raise ValueError(f"cannot read {location} as Parquet: {exc}") from None
 
 
-def modality_dims_from_table(location: str, modalities: list[str]) -> dict[str, int]:
-    """Cached vector width per configured modality, read from the table's schema."""
-    schema = _dataset(location).schema
+def modality_dims_from_table(location: str, modalities: list[str],
+                             dataset: pads.Dataset | None = None) -> dict[str, int]:
+    """Cached vector width per configured modality, read from the table's schema (pass the
+    already opened `dataset` of `location` to skip opening it again)."""
+    schema = (dataset or _dataset(location)).schema
     dims: dict[str, int] = {}
     for name in modalities:
         column = emb_column(name)
@@ -116,11 +117,10 @@ def _read_parquet(location: str) -> ray.data.Dataset:
     return ray.data.read_parquet(path, filesystem=fs)
 
 
-def _log_split(tracking: TrackingRun, train: str, val: str) -> None:
+def _log_split(tracking: TrackingRun, tables: dict[str, pads.Dataset]) -> None:
     """The molecules of each split (keys + SMILES) as MLflow artifacts ``split/*.csv``."""
     with tempfile.TemporaryDirectory() as tmp:
-        for name, location in (("train", train), ("val", val)):
-            dataset = _dataset(location)
+        for name, dataset in tables.items():
             columns = [c for c in SORT_KEYS if c in dataset.schema.names]
             pacsv.write_csv(dataset.to_table(columns=columns), Path(tmp, f"{name}_ids.csv"))
         tracking.log_artifacts(tmp, "split")
@@ -128,7 +128,7 @@ def _log_split(tracking: TrackingRun, train: str, val: str) -> None:
 
 def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = None,
         modality_dims: dict[str, int] | None = None, run_name: str | None = None,
-        resume: bool = False, hooks: DebugHooks | None = None,
+        resume: bool | None = False, hooks: DebugHooks | None = None,
         callbacks: list[UserCallback] | None = None) -> TrainResult:
     """Train with Ray Train + DeepSpeed on Parquet training tables (paths, dirs or s3:// URIs).
 
@@ -137,7 +137,8 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
         modality_dims: cached vector width per modality (default: read from the table schema).
         run_name: the run's folder under the storage path (default: ``train-<timestamp>``).
         resume: continue the run `run_name` from its latest checkpoint; without it an existing
-            run folder is an error (Ray would silently resume it).
+            run folder is an error (Ray would silently resume it). None: resume if the run
+            exists, else start it (a Tune trial restarted by `Tuner.restore`).
         hooks: test hooks (fault injection, consumed-batch log).
         callbacks: Ray Train controller callbacks, e.g. Tune's `TuneReportCallback`, which
             forwards every report (rank 0's epoch metrics) to the enclosing Tune trial.
@@ -147,10 +148,11 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
     # train.val_table, and retraining from the config finds the same data.
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"train_table": train, "val_table": val})})
     names = [m.name for m in cfg.modalities]
-    modality_dims = modality_dims or modality_dims_from_table(train, names)
+    # Opened once, before any run is: both tables must exist and be Parquet.
+    tables = {"train": _dataset(train), "val": _dataset(val)}
+    modality_dims = modality_dims or modality_dims_from_table(train, names, tables["train"])
     global_batch = cfg.train.batch_size * cfg.train.num_workers
-    rows = _dataset(train).count_rows()
-    _dataset(val)  # exists and is Parquet: checked before any run is opened
+    rows = tables["train"].count_rows()
     if cfg.train.drop_last and rows < global_batch:  # fail here, not inside every worker
         raise ValueError(f"{rows} training rows in {train} give no full global batch of "
                          f"{cfg.train.batch_size} x {cfg.train.num_workers} workers: lower "
@@ -159,6 +161,8 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
     run_uri = run_location(cfg, run_name)
     fs, run_path = resolve_filesystem(run_uri)
     exists = fs.get_file_info(run_path).type != pafs.FileType.NotFound
+    if resume is None:
+        resume = exists
     if resume and not exists:
         raise FileNotFoundError(f"no run to resume at {run_uri}")
     if exists and not resume:
@@ -171,7 +175,7 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
         if tracking is not None and cfg.tracking.parent_run_id:  # a Tune trial: nest under the study's run
             tracking.set_tags({"mlflow.parentRunId": cfg.tracking.parent_run_id})
         if tracking is not None and not resume:
-            _log_split(tracking, train, val)
+            _log_split(tracking, tables)
         storage_fs, storage_path = resolve_filesystem(run_uri.rsplit("/", 1)[0])
         trainer = TorchTrainer(
             train_loop_per_worker,
@@ -200,13 +204,7 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
         if result.error is not None:
             raise result.error
 
-        target = Path(cfg.output_dir) / "model"
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
-        best_fs, best_path = resolve_filesystem(join(run_uri, "best"))
-        pafs.copy_files(best_path, str(target), source_filesystem=best_fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        target = download(join(run_uri, "best"), Path(cfg.output_dir) / "model")
         with result.checkpoint.as_directory() as directory:
             state = json.loads(Path(directory, STATE_FILE).read_text())
         history = state["history"]

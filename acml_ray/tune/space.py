@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -158,6 +158,10 @@ class SearchSpace:
     source: str = "<space>"
     description: str = ""
 
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """``{dotted path: parameter fields}``, for YAML (MLflow artifact, resume check)."""
+        return {path: asdict(p) for path, p in self.parameters.items()}
+
     def hyperopt_space(self) -> dict[str, Any]:
         """Flat ``{dotted path: hyperopt expression}`` for `HyperOptSearch`."""
         return {path: p.hyperopt() for path, p in self.parameters.items()}
@@ -195,8 +199,8 @@ def _number(path: str, kind: str, name: str, value: Any) -> float:
 
 def _parameter(path: str, spec: Any) -> Parameter:
     """Parse one ``{kind: args}`` entry (types and ranges only; config values are checked later)."""
-    if path.split(".")[0] in _RESERVED or path in _RESERVED:
-        reason = _RESERVED.get(path) or _RESERVED[path.split(".")[0]]
+    reason = _RESERVED.get(path) or _RESERVED.get(path.split(".")[0])
+    if reason:
         raise ValueError(f"parameter {path!r} cannot be tuned ({reason})")
     annotation = field_annotation(path)
     if not isinstance(spec, dict) or len(spec) != 1:

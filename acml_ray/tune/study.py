@@ -35,7 +35,7 @@ import yaml
 from ray.tune import Callback
 
 from acml_ray.config import ACMLConfig
-from acml_ray.storage.filesystem import join, resolve_filesystem
+from acml_ray.storage.filesystem import download, join, resolve_filesystem
 from acml_ray.train.loop import PLACEMENT_GROUP_KEY
 from acml_ray.tune.space import SearchSpace, with_overrides
 
@@ -65,6 +65,10 @@ class StudyPlan:
         """The trial's Train run folder and MLflow run name."""
         return f"{self.name}-{trial_id}"
 
+    def run_uri(self, trial_id: str) -> str:
+        """The trial's Train run folder (checkpoints, best/), as `trial_config` places it."""
+        return join(self.study_uri, "train", self.run_name(trial_id))
+
     def trial_config(self, base: ACMLConfig, overrides: dict[str, Any], trial_id: str) -> ACMLConfig:
         """The full config a trial trains with: base + sampled overrides + the study's plumbing."""
         plumbing: dict[str, Any] = {
@@ -92,24 +96,23 @@ def _run_trial(params: dict[str, Any], base: dict[str, Any], space: SearchSpace,
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from acml_ray.train import fit, run_location
+    from acml_ray.train import fit
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = plan.trial_config(ACMLConfig.model_validate(base), space.overrides(params), trial_id)
-    run_name = plan.run_name(trial_id)
-    fs, path = resolve_filesystem(run_location(cfg, run_name))
-    # A trial restarted by Tuner.restore continues its Train run from the latest checkpoint.
-    resume = fs.get_file_info(path).type != pafs.FileType.NotFound
-    fit(cfg, plan.train_table, plan.val_table, plan.modality_dims, run_name=run_name, resume=resume,
-        callbacks=[TuneReportCallback()])
+    # resume=None: a trial restarted by Tuner.restore continues its Train run from the latest checkpoint.
+    fit(cfg, plan.train_table, plan.val_table, plan.modality_dims, run_name=plan.run_name(trial_id),
+        resume=None, callbacks=[TuneReportCallback()])
 
 
-def _remove_placement_group(pg_hex: str) -> None:
-    """Remove a placement group by id unless it is gone already."""
+def _remove_placement_group(pg_hex: str, table: dict | None = None) -> None:
+    """Remove a placement group by id unless it is gone already (`table`: a fresh
+    `placement_group_table()`, when the caller has one)."""
     import ray
     from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
-    if placement_group_table().get(pg_hex, {}).get("state") not in (None, "REMOVED"):
+    table = placement_group_table() if table is None else table
+    if table.get(pg_hex, {}).get("state") not in (None, "REMOVED"):
         remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_hex))))
 
 
@@ -120,9 +123,15 @@ def _release_job_placement_groups() -> None:
     from ray.util.placement_group import placement_group_table
 
     job = ray.get_runtime_context().get_job_id()
-    for pg_hex, info in placement_group_table().items():
-        if pg_hex.endswith(job) and info.get("state") != "REMOVED":
-            _remove_placement_group(pg_hex)
+    table = placement_group_table()
+    for pg_hex in table:
+        if pg_hex.endswith(job):
+            _remove_placement_group(pg_hex, table)
+
+
+def _best(items: list, key: Any, mode: str) -> Any:
+    """The first of `items` with the highest (mode "max") or lowest (mode "min") key."""
+    return (max if mode == "max" else min)(items, key=key)
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -199,13 +208,12 @@ def _study_spec(cfg: ACMLConfig, space: SearchSpace) -> str:
     settings, which Tune restores from its state) and the space."""
     base = cfg.model_dump(mode="json")
     base.pop("tune")
-    parameters = {path: asdict(p) for path, p in space.parameters.items()}
+    parameters = space.as_dict()
     return yaml.safe_dump({"base": base, "space": parameters}, sort_keys=True)
 
 
 def _summaries(results: Any, space: SearchSpace, plan: StudyPlan) -> list[TrialSummary]:
     """One `TrialSummary` per Tune trial, from Tune's own results."""
-    sign = 1.0 if plan.mode == "max" else -1.0
     summaries = []
     for result in results:
         metrics = result.metrics or {}
@@ -219,7 +227,7 @@ def _summaries(results: Any, space: SearchSpace, plan: StudyPlan) -> list[TrialS
             trial_id=trial_id,
             params=space.overrides(result.config) if result.config else {},
             epochs=epochs,
-            score=(max(scores, key=lambda s: sign * s) if scores else None),
+            score=(_best(scores, lambda s: s, plan.mode) if scores else None),
             last_score=metrics.get(plan.metric),
             stopped_early=result.error is None and epochs < plan.max_t,
             error=None if result.error is None else str(result.error).splitlines()[0][:500]))
@@ -234,7 +242,7 @@ def _open_parent_run(cfg: ACMLConfig, space: SearchSpace, resume: bool):
     parent.set_tags({"acml.tune.study": cfg.tune.name, "acml.tune.space": space.source,
                      "acml.tune.metric": cfg.tune.metric, "acml.tune.mode": cfg.tune.mode})
     with tempfile.TemporaryDirectory() as tmp:
-        parameters = {path: asdict(p) for path, p in space.parameters.items()}
+        parameters = space.as_dict()
         Path(tmp, "space.yaml").write_text(yaml.safe_dump(
             {"source": space.source, "description": space.description, "parameters": parameters}, sort_keys=False))
         parent.log_artifacts(tmp)
@@ -272,21 +280,14 @@ def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary], complete: boo
 def _export_best(best: TrialSummary, cfg: ACMLConfig, plan: StudyPlan, parent: Any) -> tuple[Path, ACMLConfig]:
     """Copy the best trial's best-epoch model to OUTPUT/best/model and write its config,
     i.e. a run folder `acml register` takes; log it to the parent run under ``best/``."""
-    from acml_ray.train import run_location
-
-    trial_cfg = plan.trial_config(cfg, best.params, best.trial_id)
-    source = join(run_location(trial_cfg, plan.run_name(best.trial_id)), "best")
+    run = plan.run_uri(best.trial_id)
     target = Path(cfg.output_dir) / "best"
-    if target.exists():
-        shutil.rmtree(target)
-    (target / "model").mkdir(parents=True)
-    fs, path = resolve_filesystem(source)
-    pafs.copy_files(path, str(target / "model"), source_filesystem=fs,
-                    destination_filesystem=pafs.LocalFileSystem())
+    shutil.rmtree(target, ignore_errors=True)
+    download(join(run, "best"), target / "model")
     best_cfg = plan.best_config(cfg, best.params)
     (target / "config.yaml").write_text(yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
     (target / "trial.json").write_text(json.dumps(
-        {"study": plan.name, "study_uri": plan.study_uri, "train_run": source.rsplit("/", 1)[0],
+        {"study": plan.name, "study_uri": plan.study_uri, "train_run": run,
          **asdict(best)}, indent=1, default=str))
     if parent is not None:
         parent.log_artifacts(target, "best")
@@ -396,10 +397,9 @@ def run_study(cfg: ACMLConfig, space: SearchSpace, train_data: str | None = None
             parent.finish("KILLED")
         return study
 
-    sign = 1.0 if t.mode == "max" else -1.0
     ranked = [s for s in trials if s.score is not None]
     if ranked:
-        study.best = max(ranked, key=lambda s: sign * s.score)
+        study.best = _best(ranked, lambda s: s.score, t.mode)
         study.best_dir, study.best_config = _export_best(study.best, cfg, plan, parent)
     if parent is not None:
         summary = {"tune/trials": len(trials), "tune/stopped_early": sum(s.stopped_early for s in trials),
