@@ -149,6 +149,43 @@ def test_trial_config_plumbing(tmp_path):
     assert untracked.trial_config(base, {}, "t1").tracking.enabled is False
 
 
+def test_study_owns_trial_run_status(tmp_path):
+    """The study sets each nested run's final status from Tune's verdict, whatever the trial
+    wrote (a stopped trial's run can read FAILED, or still RUNNING, when the study ends)."""
+    from mlflow.tracking import MlflowClient
+
+    from acml_ray.tracking import start_run
+    from acml_ray.tune.study import TrialSummary, _close_trial_runs
+
+    cfg = load_config(overrides={"output_dir": str(tmp_path)})
+    parent = start_run(cfg, "s")
+    plan = StudyPlan(name="s", study_uri=str(tmp_path / "s"), output_dir=str(tmp_path), train_table="t",
+                     val_table="v", modality_dims={}, max_t=3, metric="val/score", mode="max",
+                     tracking_uri=parent.uri, parent_run_id=parent.run_id)
+    client = MlflowClient(parent.uri)
+    runs = {}
+    for trial_id, status in [("done", "FINISHED"), ("stopped", "FAILED"), ("open", "RUNNING"), ("broken", "RUNNING")]:
+        run = start_run(cfg, plan.run_name(trial_id))
+        run.set_tags({"mlflow.parentRunId": parent.run_id})
+        if status != "RUNNING":
+            run.finish(status)
+        runs[trial_id] = run.run_id
+    trials = [TrialSummary("done", {}, 3, 0.5, 0.5, False), TrialSummary("stopped", {}, 1, 0.1, 0.1, True),
+              TrialSummary("open", {}, 1, 0.2, 0.2, True), TrialSummary("broken", {}, 0, None, None, False, "boom")]
+
+    def statuses():
+        return {t: client.get_run(r).info.status for t, r in runs.items()}
+
+    _close_trial_runs(plan, trials, complete=False)
+    assert statuses() == {"done": "FINISHED", "stopped": "FAILED", "open": "KILLED", "broken": "FAILED"}
+    assert client.get_run(runs["open"]).data.tags["acml.tune.stopped_early"] == "True"
+    _close_trial_runs(plan, trials, complete=True)
+    assert statuses() == {"done": "FINISHED", "stopped": "FINISHED", "open": "FINISHED", "broken": "FAILED"}
+    client.update_run(runs["open"], status="RUNNING")  # Tune itself failed mid-study
+    _close_trial_runs(plan, None, complete=False)
+    assert statuses()["open"] == "KILLED" and statuses()["done"] == "FINISHED"
+
+
 def test_tune_config_section():
     cfg = load_config(overrides={"tune.num_samples": 4, "tune.max_t": 3})
     assert cfg.tune.metric == "val/score" and cfg.tune.mode == "max" and cfg.tune.max_concurrent_trials == 2

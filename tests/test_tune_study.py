@@ -111,7 +111,7 @@ def test_study_asha_mlflow_export_and_resume(ray_local, tables, tmp_path):
     nested = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{study.parent_run_id}'")
     by_trial = {r.data.tags["acml.tune.trial_id"]: r for r in nested}
     assert len(nested) == 4 and set(by_trial) == {t.trial_id for t in study.trials}
-    assert all(r.info.status == "FINISHED" for r in nested)
+    assert {t: r.info.status for t, r in by_trial.items()} == {t: "FINISHED" for t in by_trial}
     for trial in study.trials:
         run = by_trial[trial.trial_id]
         assert float(run.data.params["optimizer.lr"]) == trial.params["optimizer.lr"]

@@ -129,7 +129,7 @@ def _log_split(tracking: TrackingRun, tables: dict[str, pads.Dataset]) -> None:
 def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = None,
         modality_dims: dict[str, int] | None = None, run_name: str | None = None,
         resume: bool | None = False, hooks: DebugHooks | None = None,
-        callbacks: list[UserCallback] | None = None) -> TrainResult:
+        callbacks: list[UserCallback] | None = None, mark_failed: bool = True) -> TrainResult:
     """Train with Ray Train + DeepSpeed on Parquet training tables (paths, dirs or s3:// URIs).
 
     Args:
@@ -142,6 +142,9 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
         hooks: test hooks (fault injection, consumed-batch log).
         callbacks: Ray Train controller callbacks, e.g. Tune's `TuneReportCallback`, which
             forwards every report (rank 0's epoch metrics) to the enclosing Tune trial.
+        mark_failed: close the MLflow run as FAILED when training raises. A Tune trial passes
+            False: its study closes the run with Tune's verdict instead (a trial stopped by ASHA
+            fails here when Tune frees it, possibly after the study closed the run).
     """
     train, val = table_locations(cfg, train_data, val_data)
     # The run's config (MLflow, model.pt) names the tables it used: `acml evaluate` falls back to
@@ -219,7 +222,7 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
                                "run_uri": run_uri})
             tracking.finish()
     except BaseException:
-        if tracking is not None:
+        if tracking is not None and mark_failed:
             tracking.finish("FAILED")
         raise
     return TrainResult(best_model_dir=target, history=history, best_metrics=marker["metrics"],

@@ -101,8 +101,9 @@ def _run_trial(params: dict[str, Any], base: dict[str, Any], space: SearchSpace,
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = plan.trial_config(ACMLConfig.model_validate(base), space.overrides(params), trial_id)
     # resume=None: a trial restarted by Tuner.restore continues its Train run from the latest checkpoint.
+    # mark_failed=False: the study owns the run's final status (`_close_trial_runs`).
     fit(cfg, plan.train_table, plan.val_table, plan.modality_dims, run_name=plan.run_name(trial_id),
-        resume=None, callbacks=[TuneReportCallback()])
+        resume=None, callbacks=[TuneReportCallback()], mark_failed=False)
 
 
 def _remove_placement_group(pg_hex: str, table: dict | None = None) -> None:
@@ -249,10 +250,8 @@ def _open_parent_run(cfg: ACMLConfig, space: SearchSpace, resume: bool):
     return parent
 
 
-def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary], complete: bool) -> None:
-    """Tag each trial's nested MLflow run with Tune's verdict and close the runs whose trial
-    was killed (by ASHA, or by an interruption): KILLED while the study is unfinished (a
-    resumed trial reopens its run), FINISHED once the study is complete."""
+def _trial_runs(plan: StudyPlan) -> dict[str, Any]:
+    """The study's nested MLflow runs by run name."""
     from mlflow.tracking import MlflowClient
 
     from acml_ray.tracking.mlflow_run import RUN_NAME_TAG
@@ -261,7 +260,28 @@ def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary], complete: boo
     runs = client.search_runs(
         [client.get_run(plan.parent_run_id).info.experiment_id],
         f"tags.`mlflow.parentRunId` = '{plan.parent_run_id}'", max_results=10000)
-    by_name = {r.data.tags.get(RUN_NAME_TAG): r for r in runs}
+    return {r.data.tags.get(RUN_NAME_TAG): r for r in runs}
+
+
+def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary] | None, complete: bool) -> None:
+    """Tag each trial's nested MLflow run with Tune's verdict and set its final status.
+
+    The study, not the trial, owns that status: a trial that ASHA stops sees its Train run
+    fail when Tune frees its workers, and that can happen after Tune has moved on. So: FAILED
+    for a trial with an error; FINISHED for every other trial of a complete study (reaching
+    max_t and being stopped early are both normal ends); KILLED for a run still open in an
+    unfinished study (a resumed trial reopens it). `trials` None (Tune itself failed): every
+    open run is KILLED.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(plan.tracking_uri)
+    by_name = _trial_runs(plan)
+    if trials is None:
+        for run in by_name.values():
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "KILLED")
+        return
     for trial in trials:
         run = by_name.get(plan.run_name(trial.trial_id))
         if run is None:
@@ -269,12 +289,14 @@ def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary], complete: boo
         client.set_tag(run.info.run_id, "acml.tune.trial_id", trial.trial_id)
         client.set_tag(run.info.run_id, "acml.tune.epochs", str(trial.epochs))
         client.set_tag(run.info.run_id, "acml.tune.stopped_early", str(trial.stopped_early))
-        # A stopped trial's run may also read FAILED: freeing its placement group can fail the
-        # run just before Tune kills it. Tune's verdict (no error) is what counts.
-        if complete and trial.error is None and run.info.status != "FINISHED":
-            client.set_terminated(run.info.run_id, "FINISHED")
-        elif not complete and run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, "KILLED")
+        if trial.error is not None:
+            status = "FAILED"
+        elif complete:
+            status = "FINISHED"
+        else:
+            status = "KILLED" if run.info.status == "RUNNING" else run.info.status
+        if run.info.status != status:
+            client.set_terminated(run.info.run_id, status)
 
 
 def _export_best(best: TrialSummary, cfg: ACMLConfig, plan: StudyPlan, parent: Any) -> tuple[Path, ACMLConfig]:
@@ -378,6 +400,10 @@ def run_study(cfg: ACMLConfig, space: SearchSpace, train_data: str | None = None
         results = tuner.fit()
     except BaseException:
         if parent is not None:
+            try:
+                _close_trial_runs(plan, None, complete=False)
+            except Exception as exc:  # the study's own error is the one to raise
+                logger.warning("could not close the trials' MLflow runs: %s", exc)
             parent.finish("FAILED")
         raise
     finally:
