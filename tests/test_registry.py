@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -130,15 +129,9 @@ def test_register_then_load_in_fresh_process(registered, run_dir, molecules):
                 np.testing.assert_allclose(row[column], exp[column], rtol=1e-5, atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_http(registered, run_dir, tmp_path, stop_process_group):
-    port = _free_port()
+def test_mlflow_models_serve_answers_http(registered, run_dir, tmp_path, stop_process_group, free_ports):
+    (port,) = free_ports(1)
     bin_dir = str(Path(sys.executable).parent)
     # `mlflow models serve` execs `uvicorn` by name: the venv's bin must be on PATH (as when activated).
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"],

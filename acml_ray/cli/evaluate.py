@@ -35,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
 
     from acml_ray.cli.common import parse_overrides
     from acml_ray.config import TaskConfig, load_config
-    from acml_ray.evaluate.suite import evaluate_run
 
     overrides = parse_overrides(args.set or [])
     outside = [k for k in overrides if not k.startswith("eval.")]
@@ -52,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
                  for t in args.task]
         cfg.downstream = cfg.downstream.model_copy(update={"tasks": tasks})
     out = args.out or (str(Path(args.model) / "evaluation") if Path(args.model).is_dir() else "evaluation")
+    from acml_ray.evaluate.suite import evaluate_run  # torch, RDKit, MLflow: only once the arguments are valid
+
     report = evaluate_run(args.model, cfg, out, data=args.data, cache_dir=args.cache_dir)
     print(f"report: {(Path(out) / 'report.md').resolve()}")
     if not args.quiet and report.get("mlflow_run_id"):

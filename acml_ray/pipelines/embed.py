@@ -375,11 +375,17 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
     check_input_columns(in_fs, in_path, fmt, ec.input, wanted)
 
     # Deterministic output order: the deduplicator keeps the first occurrence in input order.
-    DataContext.get_current().execution_options.preserve_order = True
-    if fmt == "csv":
-        ds = ray.data.read_csv(in_path, filesystem=in_fs, file_extensions=["csv", "gz"]).select_columns(wanted)
-    else:
-        ds = ray.data.read_parquet(in_path, filesystem=in_fs, columns=wanted)
+    # The dataset keeps a copy of the context it was read with; the caller's stays as it was.
+    context = DataContext.get_current()
+    previous = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True
+    try:
+        if fmt == "csv":
+            ds = ray.data.read_csv(in_path, filesystem=in_fs, file_extensions=["csv", "gz"]).select_columns(wanted)
+        else:
+            ds = ray.data.read_parquet(in_path, filesystem=in_fs, columns=wanted)
+    finally:
+        context.execution_options.preserve_order = previous
     _say(f"reading {fmt} from {ec.input}; modalities {names}; cache {cfg.resolved_cache_dir()}")
     ds = ds.map_batches(featurise_table, batch_format="pyarrow", batch_size=ec.featurize_batch_size,
                         fn_kwargs={"featurizer": GraphFeaturizer(cfg.featurizer),

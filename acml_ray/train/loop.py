@@ -14,7 +14,7 @@ Checkpoints. Every ``checkpoint_every_steps`` and at every epoch end, all ranks 
 data position and early-stopping state, and every rank reports it to Ray (the files of all
 ranks land in one checkpoint directory). On restart the loop loads `ray.train.get_checkpoint()`
 and skips the batches already consumed. Rank 0 validates every epoch and writes the best model
-to ``<run>/best`` (marked by ``BEST.json``).
+to ``<run>/best`` (`acml_ray.train.best`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import ray.train
 import torch
 
@@ -41,14 +40,12 @@ from acml_ray.data.paired import PairedExamples
 from acml_ray.evaluate.embeddings import project_examples
 from acml_ray.evaluate.retrieval import pooled_ranks, topk_from_ranks
 from acml_ray.model.acml import ACMLModel
-from acml_ray.model.serialization import save_model
-from acml_ray.storage.filesystem import resolve_filesystem
+from acml_ray.train.best import save_best
 from acml_ray.train.engine import build_engine
 
 SCORE_METRIC = "val/score"
 CKPT_TAG = "engine"  # DeepSpeed tag (sub-folder) inside every Ray checkpoint
 STATE_FILE = "train_state.json"
-BEST_MARKER = "BEST.json"
 # Reported (not logged) with every checkpoint: the worker group's placement group, so that a
 # Tune study can free it when ASHA kills the trial (see acml_ray.tune.study).
 PLACEMENT_GROUP_KEY = "ray/placement_group"
@@ -186,19 +183,6 @@ def _restore(engine, rank: int) -> TrainState:
     return state
 
 
-def _save_best(model: ACMLModel, cfg: ACMLConfig, best_uri: str, marker: dict[str, Any],
-               history: list[dict[str, float]]) -> None:
-    """Write the best model to ``best_uri`` (local or s3://), marked by ``BEST.json``."""
-    fs, path = resolve_filesystem(best_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_model(model, cfg, tmp, extra=marker)
-        Path(tmp, "history.json").write_text(json.dumps(history, indent=1))
-        Path(tmp, BEST_MARKER).write_text(json.dumps(marker, indent=1))
-        fs.create_dir(path, recursive=True)
-        fs.delete_dir_contents(path, missing_dir_ok=True)
-        pafs.copy_files(tmp, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-
-
 def _improved(score: float, best: float | None, cfg: ACMLConfig) -> bool:
     if best is None:
         return np.isfinite(score)
@@ -311,7 +295,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state.history.append(metrics)
             if _improved(score, state.best_score, cfg):
                 state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
-                _save_best(engine.module, cfg, loop_config["best_uri"],
+                save_best(engine.module, cfg, loop_config["best_uri"],
                            {"epoch": epoch + 1, "step": state.global_step, "metric": t.early_stopping_metric,
                             "score": score, "metrics": metrics}, state.history)
             else:

@@ -23,9 +23,10 @@ from ray.train.torch import TorchTrainer
 from acml_ray.config import ACMLConfig
 from acml_ray.data.paired import emb_column
 from acml_ray.environment import apply_defaults, default_env, is_local
-from acml_ray.storage.filesystem import download, join, resolve_filesystem
+from acml_ray.storage.filesystem import join, resolve_filesystem
 from acml_ray.tracking import TrackingRun, start_run
-from acml_ray.train.loop import BEST_MARKER, SORT_KEYS, STATE_FILE, DebugHooks, train_loop_per_worker
+from acml_ray.train.best import download_best
+from acml_ray.train.loop import SORT_KEYS, STATE_FILE, DebugHooks, train_loop_per_worker
 
 # Workers must stay on loopback and quiet, wherever the driver was started from.
 
@@ -164,13 +165,16 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
     run_uri = run_location(cfg, run_name)
     fs, run_path = resolve_filesystem(run_uri)
     exists = fs.get_file_info(run_path).type != pafs.FileType.NotFound
+    # resume=None (a Tune trial): reopen the trial's MLflow run even when its Train folder is
+    # missing (the study stopped between opening the run and Ray creating the folder).
+    reopen = resume is None or resume
     if resume is None:
         resume = exists
     if resume and not exists:
         raise FileNotFoundError(f"no run to resume at {run_uri}")
     if exists and not resume:
         raise FileExistsError(f"run {run_name!r} already exists at {run_uri}; resume it or pick another name")
-    tracking = start_run(cfg, run_name, resume=resume) if cfg.tracking.enabled else None
+    tracking = start_run(cfg, run_name, resume=reopen) if cfg.tracking.enabled else None
 
     # Everything after the MLflow run starts is inside this block, so a failure anywhere
     # (bad table, lost cluster, missing best model) marks the run FAILED instead of RUNNING.
@@ -207,14 +211,14 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
         if result.error is not None:
             raise result.error
 
-        target = download(join(run_uri, "best"), Path(cfg.output_dir) / "model")
+        target = Path(cfg.output_dir) / "model"
+        marker = download_best(join(run_uri, "best"), target)
         with result.checkpoint.as_directory() as directory:
             state = json.loads(Path(directory, STATE_FILE).read_text())
         history = state["history"]
-        if not (target / BEST_MARKER).is_file():
+        if marker is None:
             raise RuntimeError(f"no epoch produced a finite {cfg.train.early_stopping_metric!r}: check "
                                "train.early_stopping_metric against the metrics the run reports")
-        marker = json.loads((target / BEST_MARKER).read_text())
         if tracking is not None:
             tracking.log_artifacts(target, "model")
             tracking.set_tags({"best_epoch": marker["epoch"], "best_score": marker["score"],

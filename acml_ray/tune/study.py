@@ -35,7 +35,8 @@ import yaml
 from ray.tune import Callback
 
 from acml_ray.config import ACMLConfig
-from acml_ray.storage.filesystem import download, join, resolve_filesystem
+from acml_ray.storage.filesystem import join, resolve_filesystem
+from acml_ray.train.best import download_best
 from acml_ray.train.loop import PLACEMENT_GROUP_KEY
 from acml_ray.tune.space import SearchSpace, with_overrides
 
@@ -305,7 +306,8 @@ def _export_best(best: TrialSummary, cfg: ACMLConfig, plan: StudyPlan, parent: A
     run = plan.run_uri(best.trial_id)
     target = Path(cfg.output_dir) / "best"
     shutil.rmtree(target, ignore_errors=True)
-    download(join(run, "best"), target / "model")
+    if download_best(join(run, "best"), target / "model") is None:
+        raise RuntimeError(f"trial {best.trial_id} scored {best.score} but its run {run} has no best model")
     best_cfg = plan.best_config(cfg, best.params)
     (target / "config.yaml").write_text(yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
     (target / "trial.json").write_text(json.dumps(

@@ -1,0 +1,80 @@
+"""A run's best model, ``<run>/best`` (local path or s3://), written so that no reader ever
+sees half of it.
+
+Every new best goes to its own folder ``best/epoch-NNNN/`` (model.pt, history.json,
+BEST.json); only when that folder is complete is the pointer ``best/BEST.json`` replaced, in
+one step (a rename on disk, a single-object copy on S3). A worker killed mid-write leaves the
+previous best in force, and a reader that copies the best while a straggler still trains (a
+Tune trial that ASHA stopped, freed a moment later) gets one consistent model: the writer keeps
+the previous folder besides the current one. Runs written before this layout (files directly
+in ``best/``) still read.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from acml_ray.config import ACMLConfig
+from acml_ray.model.acml import ACMLModel
+from acml_ray.model.serialization import save_model
+from acml_ray.storage.filesystem import download, join, resolve_filesystem
+
+BEST_MARKER = "BEST.json"
+_PREFIX = "epoch-"
+
+
+def _read_marker(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:
+    try:
+        with fs.open_input_stream(f"{path}/{BEST_MARKER}") as stream:
+            return json.loads(stream.read())
+    except FileNotFoundError:
+        return None
+
+
+def save_best(model: ACMLModel, cfg: ACMLConfig, best_uri: str, marker: dict[str, Any],
+              history: list[dict[str, float]]) -> None:
+    """Write the model of epoch ``marker["epoch"]`` as the run's best (rank 0 only).
+
+    Args:
+        marker: epoch, step, metric, score and metrics of that epoch (stored as BEST.json).
+        history: per-epoch metrics so far (stored as history.json).
+    """
+    fs, path = resolve_filesystem(best_uri)
+    folder = f"{_PREFIX}{int(marker['epoch']):04d}"
+    previous = (_read_marker(fs, path) or {}).get("dir")
+    pointer = {**marker, "dir": folder}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(model, cfg, tmp, extra=marker)
+        Path(tmp, "history.json").write_text(json.dumps(history, indent=1))
+        Path(tmp, BEST_MARKER).write_text(json.dumps(pointer, indent=1))
+        fs.create_dir(f"{path}/{folder}", recursive=True)
+        # A replayed epoch (resume after a crash) may find its own folder half written.
+        fs.delete_dir_contents(f"{path}/{folder}", missing_dir_ok=True)
+        pafs.copy_files(tmp, f"{path}/{folder}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    staged = f"{path}/.{BEST_MARKER}.{folder}"
+    with fs.open_output_stream(staged) as stream:
+        stream.write(json.dumps(pointer, indent=1).encode())
+    fs.move(staged, f"{path}/{BEST_MARKER}")
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith(_PREFIX) \
+                and info.base_name not in (folder, previous):
+            fs.delete_dir(info.path)
+
+
+def download_best(best_uri: str, target: str | Path) -> dict[str, Any] | None:
+    """Copy the run's best model to the local folder `target` (replaced); return its BEST.json
+    contents, or None when the run has no best model yet (`target` then holds nothing)."""
+    fs, path = resolve_filesystem(best_uri)
+    marker = _read_marker(fs, path)
+    if marker is None:
+        shutil.rmtree(target, ignore_errors=True)
+        Path(target).mkdir(parents=True)
+        return None
+    download(join(best_uri, marker["dir"]) if "dir" in marker else best_uri, target)
+    return marker
