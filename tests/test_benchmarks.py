@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -26,3 +27,18 @@ def test_featurize_contenders_see_the_same_molecules() -> None:
     # The floor pays for the identity of exactly the molecules ours keeps.
     assert (floor_made, floor_dropped) == (ours_made, ours_rejected)
     assert key_made == ours_made
+
+
+image_bench = pytest.importorskip("benchmarks.image_encoder")
+
+
+def test_image_benchmark_contenders_return_the_same_vectors() -> None:
+    from acml_ray.modalities import build_modality
+
+    smiles = image_bench.load_smiles(6, seed=0)
+    modality = build_modality("image")
+    images = torch.stack([modality.preprocess_one(s) for s in smiles])
+    whole = image_bench.encode(modality.encoder, images, batch_size=5, chunk=0)
+    chunked = image_bench.encode(modality.encoder, images, batch_size=5, chunk=2)
+    assert whole.shape == (6, 1280)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)

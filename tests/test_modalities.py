@@ -114,6 +114,23 @@ def test_fingerprint_changes_with_weights(name, tmp_path):
         build_modality(name, {"weights_path": str(tmp_path / "weights.pt"), "dim": 64}).encoder
 
 
+def test_image_encoder_chunks_on_cpu_without_changing_vectors():
+    image = build_modality("image")
+    smiles = ["CC(=O)Oc1ccccc1C(=O)O", "C[C@H](N)C(=O)O", "c1ccc2ccccc2c1", "CCN(CC)CC", "O=C(O)CCl",
+              "C/C=C/C", "Cn1cnc2c1c(=O)n(C)c(=O)n2C", "OC1CCCCC1", "c1ccncc1", "CCOC(=O)C"]
+    images = torch.stack([image.preprocess_one(s) for s in smiles])
+    encoder = image.encoder
+    assert encoder.cpu_chunk == 4
+    chunked = image.encode_tensors(images)
+    encoder.cpu_chunk = 0
+    try:
+        whole = image.encode_tensors(images)
+    finally:
+        encoder.cpu_chunk = 4
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    assert chunked.shape == (10, 1280) and not torch.allclose(chunked[0], chunked[1])
+
+
 def test_spectrum_cnn_is_seeded_not_global():
     torch.manual_seed(0)
     a = SpectrumCNN(seed=7).state_dict()
