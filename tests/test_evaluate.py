@@ -31,7 +31,7 @@ from acml_ray.evaluate.retrieval import (
 from acml_ray.evaluate.suite import log_to_mlflow, numeric_leaves, resolve_model
 from acml_ray.modalities import Modality, ModalityInputError, register_modality
 from acml_ray.model.acml import ACMLModel
-from acml_ray.model.serialization import save_model
+from acml_ray.model.serialization import load_model, save_model
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -271,6 +271,20 @@ def test_resolve_model_paths(tiny_run, tmp_path):
     assert resolve_model(str(tiny_run / "model"), tmp_path) == (tiny_run / "model", tiny_run)
     with pytest.raises(FileNotFoundError):
         resolve_model(str(tmp_path), tmp_path)
+
+
+def test_resolve_model_from_a_train_runs_best_folder(tiny_run, tmp_path):
+    from acml_ray.train.best import download_best, save_best
+
+    model, cfg, _ = load_model(tiny_run / "model")
+    best = tmp_path / "ray_results" / "train-x" / "best"
+    save_best(model, cfg, str(best), {"epoch": 3, "step": 9, "metric": "val/score", "score": 0.5,
+                                      "metrics": {}}, [])
+    resolved, run = resolve_model(str(best), tmp_path / "work")
+    assert run is None and load_model(resolved)[2]["epoch"] == 3
+    copy = tmp_path / "copy"
+    download_best(str(best), copy)  # a copied best model (OUTPUT/model) is a plain model folder
+    assert resolve_model(str(copy), tmp_path / "work2") == (copy, None)
 
 
 def test_cli_evaluate_end_to_end(tiny_run, tmp_path, chembl_drugs):

@@ -81,12 +81,16 @@ def ray_head(tmp_path, stop_process_group, free_ports):
         # The dashboard answers before the node's agent has registered, and a submission then
         # waits only 10 s for it: ready means a trivial job ran.
         for attempt in itertools.count():
-            probe = subprocess.run([ray_bin, "job", "submit", "--address", address, "--submission-id",
-                                    f"ready-{attempt}", "--", "true"], env=env, capture_output=True,
-                                   text=True, timeout=120)
-            if probe.returncode == 0:
-                break
-            assert time.monotonic() < deadline, probe.stdout[-2000:] + probe.stderr[-2000:]
+            try:
+                probe = subprocess.run([ray_bin, "job", "submit", "--address", address, "--submission-id",
+                                        f"ready-{attempt}", "--", "true"], env=env, capture_output=True,
+                                       text=True, timeout=120)
+                if probe.returncode == 0:
+                    break
+                why = probe.stdout[-2000:] + probe.stderr[-2000:]
+            except subprocess.TimeoutExpired:
+                why = "a trivial job did not finish in 120 s"
+            assert time.monotonic() < deadline, why
             time.sleep(2)
         yield {"address": address, "env": env, "ray": ray_bin}
     finally:

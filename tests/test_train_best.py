@@ -31,8 +31,9 @@ def _marker(epoch: int, score: float) -> dict:
 
 
 def _folders(best_uri: str) -> list[str]:
+    """Best-model folders by epoch (the random suffix dropped), sorted."""
     fs, path = resolve_filesystem(best_uri)
-    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path))
+    return sorted(i.base_name[:len("epoch-0000")] for i in fs.get_file_info(pafs.FileSelector(path))
                   if i.type == pafs.FileType.Directory)
 
 
@@ -46,11 +47,11 @@ def _check_best_store(best_uri: str, tmp_path: Path) -> None:
 
     # A worker killed while writing epoch 5: a folder without the pointer moving is never read.
     fs, path = resolve_filesystem(best_uri)
-    fs.create_dir(f"{path}/epoch-0005")
-    with fs.open_output_stream(f"{path}/epoch-0005/model.pt") as stream:
+    fs.create_dir(f"{path}/epoch-0005-deadbeef")
+    with fs.open_output_stream(f"{path}/epoch-0005-deadbeef/model.pt") as stream:
         stream.write(b"half a model")
     marker = download_best(best_uri, tmp_path / "copy")
-    assert marker["epoch"] == 4 and marker["dir"] == "epoch-0004"
+    assert marker["epoch"] == 4 and marker["dir"].startswith("epoch-0004-")
     assert json.loads((tmp_path / "copy" / BEST_MARKER).read_text())["epoch"] == 4
     assert len(json.loads((tmp_path / "copy" / "history.json").read_text())) == 4
     loaded, _, extra = load_model(tmp_path / "copy")
@@ -58,11 +59,16 @@ def _check_best_store(best_uri: str, tmp_path: Path) -> None:
     for name, value in models[4][0].state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
 
-    # The replayed epoch 5 (resume after that crash) overwrites the half folder; older ones go.
+    # Epoch 5 written, then replayed after a crash (resume from the epoch-4 checkpoint): the
+    # replay never writes into the folder in force; the half folder and older ones are pruned.
+    first = download_best(best_uri, tmp_path / "copy")
     model, cfg = _model(5)
     save_best(model, cfg, best_uri, _marker(5, 0.5), [])
-    assert _folders(best_uri) == ["epoch-0004", "epoch-0005"]
-    assert download_best(best_uri, tmp_path / "copy")["epoch"] == 5
+    attempt = download_best(best_uri, tmp_path / "copy")["dir"]
+    save_best(model, cfg, best_uri, _marker(5, 0.5), [])
+    replayed = download_best(best_uri, tmp_path / "copy")
+    assert replayed["dir"] != attempt and replayed["dir"] != first["dir"]
+    assert _folders(best_uri) == ["epoch-0005", "epoch-0005"]
     assert load_model(tmp_path / "copy")[2]["epoch"] == 5
 
 
@@ -83,3 +89,33 @@ def test_flat_layout_of_older_runs_still_reads(tmp_path):
     (best / BEST_MARKER).write_text(json.dumps(_marker(2, 0.2)))
     marker = download_best(join(str(tmp_path / "run"), "best"), tmp_path / "copy")
     assert marker["epoch"] == 2 and load_model(tmp_path / "copy")[2]["epoch"] == 2
+
+
+def test_reader_starts_again_when_the_pointer_moves(tmp_path, monkeypatch):
+    """A copy during which two new bests were written (its folder pruned) is taken again."""
+    import acml_ray.train.best as best
+
+    uri = str(tmp_path / "run" / "best")
+    for epoch in (1, 2):
+        save_best(*_model(epoch), uri, _marker(epoch, epoch / 10), [])
+    real_download, calls = best.download, []
+
+    def racing_download(source, target):
+        calls.append(source)
+        if len(calls) == 1:
+            for epoch in (3, 4):
+                save_best(*_model(epoch), uri, _marker(epoch, epoch / 10), [])
+        return real_download(source, target)
+
+    monkeypatch.setattr(best, "download", racing_download)
+    marker = download_best(uri, tmp_path / "copy")
+    assert len(calls) == 2 and marker["epoch"] == 4 and load_model(tmp_path / "copy")[2]["epoch"] == 4
+
+
+def test_a_pointer_to_a_folder_without_a_model_is_an_error(tmp_path):
+    uri = str(tmp_path / "run" / "best")
+    save_best(*_model(1), uri, _marker(1, 0.1), [])
+    pointer = json.loads((tmp_path / "run" / "best" / BEST_MARKER).read_text())
+    (tmp_path / "run" / "best" / pointer["dir"] / "model.pt").unlink()
+    with pytest.raises(RuntimeError, match="has no model.pt"):
+        download_best(uri, tmp_path / "copy")

@@ -51,12 +51,31 @@ def retrieval_summary(model: ACMLModel, examples: PairedExamples, cfg: EvalConfi
     return summary
 
 
+def _is_best_folder(ref: str) -> bool:
+    """True for ``<run>/best`` of a Train run: a BEST.json pointer naming the current best
+    folder, and no model file of its own (a copied best model has both)."""
+    import pyarrow.fs as pafs
+
+    from acml_ray.storage import join, resolve_filesystem
+
+    fs, path = resolve_filesystem(ref.removeprefix("file://"))
+    marker, model = fs.get_file_info([join(path, "BEST.json"), join(path, MODEL_FILE)])
+    return marker.type == pafs.FileType.File and model.type == pafs.FileType.NotFound
+
+
 def resolve_model(ref: str, workdir: str | Path, tracking_uri: str | None = None
                   ) -> tuple[Path, Path | None]:
-    """A run folder, a model folder, an ``s3://`` location or an MLflow artifact URI
-    (``runs:/ID/model``, ``models:/NAME@alias``) -> (local model dir, local run dir or None).
+    """A run folder, a model folder, a Train run's ``best`` folder, an ``s3://`` location or an
+    MLflow artifact URI (``runs:/ID/model``, ``models:/NAME@alias``) -> (local model dir, local
+    run dir or None).
 
     Remote models are copied into `workdir` (only ``model.pt`` and the held-out table)."""
+    if not ref.startswith(_MLFLOW_SCHEMES) and _is_best_folder(ref):
+        from acml_ray.train.best import download_best  # Ray: only for this kind of reference
+
+        local = Path(workdir) / "best"
+        download_best(ref, local)
+        return local, None
     if ref.startswith(_MLFLOW_SCHEMES):
         import mlflow
 

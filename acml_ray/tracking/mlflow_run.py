@@ -112,7 +112,7 @@ def redact_credentials(value: Any) -> Any:
 
 def start_run(cfg: ACMLConfig, run_name: str, resume: bool = False) -> TrackingRun:
     """Open (or, with `resume`, reopen the run tagged `run_name`) and log params, the full
-    config as ``config.yaml`` and the git commit."""
+    config as ``config.yaml`` and the git commit; nested under ``tracking.parent_run_id`` if set."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
@@ -132,7 +132,10 @@ def start_run(cfg: ACMLConfig, run_name: str, resume: bool = False) -> TrackingR
         if found:
             client.update_run(found[0].info.run_id, status="RUNNING")
             return TrackingRun(uri, found[0].info.run_id)
-    run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
+    tags = {RUN_NAME_TAG: run_name}
+    if cfg.tracking.parent_run_id:  # nested from its first moment (a Tune study finds its trials by it)
+        tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     tracking = TrackingRun(uri, run.info.run_id)
     dumped = redact_credentials(cfg.model_dump(mode="json"))
     params = [Param(k, v) for k, v in _flatten(dumped).items()]

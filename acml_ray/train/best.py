@@ -1,12 +1,12 @@
 """A run's best model, ``<run>/best`` (local path or s3://), written so that no reader ever
 sees half of it.
 
-Every new best goes to its own folder ``best/epoch-NNNN/`` (model.pt, history.json,
-BEST.json); only when that folder is complete is the pointer ``best/BEST.json`` replaced, in
-one step (a rename on disk, a single-object copy on S3). A worker killed mid-write leaves the
-previous best in force, and a reader that copies the best while a straggler still trains (a
-Tune trial that ASHA stopped, freed a moment later) gets one consistent model: the writer keeps
-the previous folder besides the current one. Runs written before this layout (files directly
+Every new best goes to a folder of its own, ``best/epoch-NNNN-<id>/`` (model.pt, history.json,
+BEST.json; never reused, so an epoch replayed after a crash does not touch the folder in force);
+only when that folder is complete is the pointer ``best/BEST.json`` replaced, in one step (a
+rename on disk, a single-object copy on S3). A worker killed mid-write leaves the previous best
+in force. The writer keeps the previous folder besides the current one, and a reader that finds
+the pointer moved while it copied starts again. Runs written before this layout (files directly
 in ``best/``) still read.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pyarrow.fs as pafs
 
 from acml_ray.config import ACMLConfig
 from acml_ray.model.acml import ACMLModel
-from acml_ray.model.serialization import save_model
+from acml_ray.model.serialization import MODEL_FILE, save_model
 from acml_ray.storage.filesystem import download, join, resolve_filesystem
 
 BEST_MARKER = "BEST.json"
@@ -30,6 +31,7 @@ _PREFIX = "epoch-"
 
 
 def _read_marker(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:
+    """The pointer ``path/BEST.json``, or None if there is none yet."""
     try:
         with fs.open_input_stream(f"{path}/{BEST_MARKER}") as stream:
             return json.loads(stream.read())
@@ -46,7 +48,7 @@ def save_best(model: ACMLModel, cfg: ACMLConfig, best_uri: str, marker: dict[str
         history: per-epoch metrics so far (stored as history.json).
     """
     fs, path = resolve_filesystem(best_uri)
-    folder = f"{_PREFIX}{int(marker['epoch']):04d}"
+    folder = f"{_PREFIX}{int(marker['epoch']):04d}-{uuid.uuid4().hex[:8]}"
     previous = (_read_marker(fs, path) or {}).get("dir")
     pointer = {**marker, "dir": folder}
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,8 +56,6 @@ def save_best(model: ACMLModel, cfg: ACMLConfig, best_uri: str, marker: dict[str
         Path(tmp, "history.json").write_text(json.dumps(history, indent=1))
         Path(tmp, BEST_MARKER).write_text(json.dumps(pointer, indent=1))
         fs.create_dir(f"{path}/{folder}", recursive=True)
-        # A replayed epoch (resume after a crash) may find its own folder half written.
-        fs.delete_dir_contents(f"{path}/{folder}", missing_dir_ok=True)
         pafs.copy_files(tmp, f"{path}/{folder}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     staged = f"{path}/.{BEST_MARKER}.{folder}"
     with fs.open_output_stream(staged) as stream:
@@ -67,14 +67,28 @@ def save_best(model: ACMLModel, cfg: ACMLConfig, best_uri: str, marker: dict[str
             fs.delete_dir(info.path)
 
 
-def download_best(best_uri: str, target: str | Path) -> dict[str, Any] | None:
+def download_best(best_uri: str, target: str | Path, attempts: int = 3) -> dict[str, Any] | None:
     """Copy the run's best model to the local folder `target` (replaced); return its BEST.json
-    contents, or None when the run has no best model yet (`target` then holds nothing)."""
+    contents, or None when the run has no best model yet (`target` then holds nothing).
+
+    Raises RuntimeError if the folder the pointer names has no model file (and the pointer did
+    not move meanwhile), or if the pointer kept moving for `attempts` copies.
+    """
     fs, path = resolve_filesystem(best_uri)
-    marker = _read_marker(fs, path)
-    if marker is None:
-        shutil.rmtree(target, ignore_errors=True)
-        Path(target).mkdir(parents=True)
-        return None
-    download(join(best_uri, marker["dir"]) if "dir" in marker else best_uri, target)
-    return marker
+    target = Path(target)
+    for _ in range(attempts):
+        marker = _read_marker(fs, path)
+        if marker is None:
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            return None
+        source = join(best_uri, marker["dir"]) if "dir" in marker else best_uri
+        try:
+            download(source, target)
+        except FileNotFoundError:
+            pass  # pruned while we copied: the pointer has moved on
+        if (target / MODEL_FILE).is_file() and _read_marker(fs, path) == marker:
+            return marker
+        if _read_marker(fs, path) == marker:
+            raise RuntimeError(f"the best model at {source} has no {MODEL_FILE}")
+    raise RuntimeError(f"the best model at {best_uri} kept changing while it was copied")

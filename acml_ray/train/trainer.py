@@ -56,7 +56,7 @@ def init_ray(num_cpus: int | None = None, use_gpu: bool = False) -> None:
 class TrainResult:
     """Where the trained model is and how it scored."""
 
-    best_model_dir: Path  # local copy of <run>/best: model.pt, history.json, BEST.json
+    best_model_dir: Path  # local copy of the run's best model (acml_ray.train.best): model.pt, history.json, BEST.json
     history: list[dict]  # per-epoch metrics (rank 0's validation included)
     best_metrics: dict
     final_metrics: dict  # the last epoch's metrics
@@ -177,10 +177,9 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
     tracking = start_run(cfg, run_name, resume=reopen) if cfg.tracking.enabled else None
 
     # Everything after the MLflow run starts is inside this block, so a failure anywhere
-    # (bad table, lost cluster, missing best model) marks the run FAILED instead of RUNNING.
+    # (bad table, lost cluster, missing best model) marks the run FAILED instead of RUNNING
+    # (unless `mark_failed` is False: a Tune study then sets the status).
     try:
-        if tracking is not None and cfg.tracking.parent_run_id:  # a Tune trial: nest under the study's run
-            tracking.set_tags({"mlflow.parentRunId": cfg.tracking.parent_run_id})
         if tracking is not None and not resume:
             _log_split(tracking, tables)
         storage_fs, storage_path = resolve_filesystem(run_uri.rsplit("/", 1)[0])

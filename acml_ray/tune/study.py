@@ -10,7 +10,7 @@ Layout of a study ``<tune.storage_path or OUTPUT>/<tune.name>``::
 
     <study>/                 Tune experiment state (Tuner.restore resumes from here)
     <study>/trial_<id>/      Tune's per-trial results (result.json, progress.csv)
-    <study>/train/<name>-<id>/   the trial's Train run: checkpoints and best/ (model.pt)
+    <study>/train/<name>-<id>/   the trial's Train run: checkpoints and best/ (acml_ray.train.best)
     <study>/acml_study.yaml  base config + space, checked when the study is resumed
     OUTPUT/best/             the best trial: model/ (model.pt, BEST.json), config.yaml, trial.json
 
