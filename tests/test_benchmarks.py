@@ -32,11 +32,9 @@ def test_featurize_contenders_see_the_same_molecules() -> None:
 image_bench = pytest.importorskip("benchmarks.image_encoder")
 
 
-def test_image_benchmark_contenders_return_the_same_vectors() -> None:
-    from acml_ray.modalities import build_modality
-
+def test_image_benchmark_contenders_return_the_same_vectors(depiction_modality) -> None:
     smiles = image_bench.load_smiles(6, seed=0)
-    modality = build_modality("image")
+    modality = depiction_modality
     images = torch.stack([modality.preprocess_one(s) for s in smiles])
     whole = image_bench.encode(modality.encoder, images, batch_size=5, chunk=0)
     chunked = image_bench.encode(modality.encoder, images, batch_size=5, chunk=2)

@@ -163,9 +163,8 @@ def test_embed_pipeline_local_rerun_and_growth(tmp_path, molecules, ray_local, c
 
 
 @pytest.mark.slow
-def test_embed_pipeline_on_s3(tmp_path, molecules, ray_local, s3_server, monkeypatch, capsys) -> None:
-    for key, value in s3_server["env"].items():
-        monkeypatch.setenv(key, value)
+def test_embed_pipeline_on_s3(tmp_path, molecules, ray_local, s3_env, monkeypatch, capsys) -> None:
+    s3_server = s3_env
     bucket, client = s3_server["bucket"], s3_server["client"]
     client.put_object(Bucket=bucket, Key="pipeline/in/molecules.csv",
                       Body=molecules.to_csv(index=False).encode())

@@ -114,8 +114,8 @@ def test_fingerprint_changes_with_weights(name, tmp_path):
         build_modality(name, {"weights_path": str(tmp_path / "weights.pt"), "dim": 64}).encoder
 
 
-def test_image_encoder_chunks_on_cpu_without_changing_vectors():
-    image = build_modality("image")
+def test_image_encoder_chunks_on_cpu_without_changing_vectors(depiction_modality):
+    image = depiction_modality
     smiles = ["CC(=O)Oc1ccccc1C(=O)O", "C[C@H](N)C(=O)O", "c1ccc2ccccc2c1", "CCN(CC)CC", "O=C(O)CCl",
               "C/C=C/C", "Cn1cnc2c1c(=O)n(C)c(=O)n2C", "OC1CCCCC1", "c1ccncc1", "CCOC(=O)C"]
     images = torch.stack([image.preprocess_one(s) for s in smiles])
@@ -187,9 +187,8 @@ def test_default_minilm_is_384d_and_matches_sentence_transformers(minilm):
     np.testing.assert_allclose(vectors, reference, atol=2e-5)
 
 
-def test_smiles_s3_model_loads_like_the_local_copy(tiny_bert, s3_server, monkeypatch, tmp_path):
-    for key, value in s3_server["env"].items():
-        monkeypatch.setenv(key, value)
+def test_smiles_s3_model_loads_like_the_local_copy(tiny_bert, s3_env, tmp_path):
+    s3_server = s3_env
     prefix = "models/tiny-bert"
     for file in tiny_bert.iterdir():
         s3_server["client"].upload_file(str(file), s3_server["bucket"], f"{prefix}/{file.name}")
@@ -205,9 +204,8 @@ def test_smiles_s3_model_loads_like_the_local_copy(tiny_bert, s3_server, monkeyp
     assert again.fingerprint == local.fingerprint and len(list((tmp_path / "cache").iterdir())) == 1
 
 
-def test_spectrum_weights_from_s3(s3_server, monkeypatch, tmp_path):
-    for key, value in s3_server["env"].items():
-        monkeypatch.setenv(key, value)
+def test_spectrum_weights_from_s3(s3_env, tmp_path):
+    s3_server = s3_env
     state = {k: v * 0.5 for k, v in build_modality("nmr13c").encoder.state_dict().items()}
     torch.save(state, tmp_path / "nmr.pt")
     s3_server["client"].upload_file(str(tmp_path / "nmr.pt"), s3_server["bucket"], "weights/nmr.pt")

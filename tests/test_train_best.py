@@ -61,7 +61,7 @@ def _check_best_store(best_uri: str, tmp_path: Path) -> None:
 
     # Epoch 5 written, then replayed after a crash (resume from the epoch-4 checkpoint): the
     # replay never writes into the folder in force; the half folder and older ones are pruned.
-    first = download_best(best_uri, tmp_path / "copy")
+    first = marker
     model, cfg = _model(5)
     save_best(model, cfg, best_uri, _marker(5, 0.5), [])
     attempt = download_best(best_uri, tmp_path / "copy")["dir"]
@@ -76,10 +76,8 @@ def test_best_model_on_local_disk(tmp_path):
     _check_best_store(str(tmp_path / "run" / "best"), tmp_path)
 
 
-def test_best_model_on_s3(s3_server, monkeypatch, tmp_path):
-    for key, value in s3_server["env"].items():
-        monkeypatch.setenv(key, value)
-    _check_best_store(f"s3://{s3_server['bucket']}/best-unit/run/best", tmp_path)
+def test_best_model_on_s3(s3_env, tmp_path):
+    _check_best_store(f"s3://{s3_env['bucket']}/best-unit/run/best", tmp_path)
 
 
 def test_flat_layout_of_older_runs_still_reads(tmp_path):

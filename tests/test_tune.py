@@ -183,7 +183,8 @@ def test_study_owns_trial_run_status(tmp_path):
     assert statuses() == {"done": "FINISHED", "stopped": "FINISHED", "open": "FINISHED", "broken": "FAILED"}
     client.update_run(runs["open"], status="RUNNING")  # Tune itself failed mid-study
     _close_trial_runs(plan, None, complete=False)
-    assert statuses()["open"] == "KILLED" and statuses()["done"] == "FINISHED"
+    after = statuses()
+    assert after["open"] == "KILLED" and after["done"] == "FINISHED"
 
 
 def test_tune_config_section():

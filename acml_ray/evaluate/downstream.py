@@ -73,14 +73,20 @@ class TaskData:
     kind: str  # "classification" | "regression"
 
 
+def _builtin(task: TaskConfig) -> tuple:
+    """The shipped benchmark named by `task` (source, columns, kind, label mapping)."""
+    if task.name not in BUILTIN_TASKS:
+        raise ValueError(f"unknown task {task.name!r}: give a path, or one of {sorted(BUILTIN_TASKS)}")
+    return BUILTIN_TASKS[task.name]
+
+
 def check_tasks(tasks: Sequence[TaskConfig]) -> None:
     """Fail now, not after the other evaluation sections, on an unknown name or a missing file."""
     from acml_ray.storage import check_access
 
     for task in tasks:
         if task.path is None:
-            if task.name not in BUILTIN_TASKS:
-                raise ValueError(f"unknown task {task.name!r}: give a path, or one of {sorted(BUILTIN_TASKS)}")
+            _builtin(task)
             continue
         fs, path = check_access(task.path)
         if fs.get_file_info(path).type == pafs.FileType.NotFound:
@@ -91,9 +97,7 @@ def load_task(task: TaskConfig, seed: int = 0) -> TaskData:
     """A shipped benchmark by name, or a MoleculeNet/TDC-format table by path or URI."""
     mapping: dict[str, float] = {}
     if task.path is None:
-        if task.name not in BUILTIN_TASKS:
-            raise ValueError(f"unknown task {task.name!r}: give a path, or one of {sorted(BUILTIN_TASKS)}")
-        source, columns, kind, mapping = BUILTIN_TASKS[task.name]
+        source, columns, kind, mapping = _builtin(task)
         frame = load_source(source)
         smiles_column = "smiles"
     else:

@@ -70,17 +70,17 @@ def resolve_model(ref: str, workdir: str | Path, tracking_uri: str | None = None
     run dir or None).
 
     Remote models are copied into `workdir` (only ``model.pt`` and the held-out table)."""
-    if not ref.startswith(_MLFLOW_SCHEMES) and _is_best_folder(ref):
-        from acml_ray.train.best import download_best  # Ray: only for this kind of reference
-
-        local = Path(workdir) / "best"
-        download_best(ref, local)
-        return local, None
     if ref.startswith(_MLFLOW_SCHEMES):
         import mlflow
 
         ref = mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(workdir),
                                                   tracking_uri=tracking_uri)
+    elif _is_best_folder(ref):
+        from acml_ray.train.best import download_best  # imports Ray: only for this kind of reference
+
+        local = Path(workdir) / "best"
+        download_best(ref, local)
+        return local, None
     elif ref.startswith("s3://"):
         import pyarrow.fs as pafs
 

@@ -76,8 +76,8 @@ def download_best(best_uri: str, target: str | Path, attempts: int = 3) -> dict[
     """
     fs, path = resolve_filesystem(best_uri)
     target = Path(target)
+    marker = _read_marker(fs, path)
     for _ in range(attempts):
-        marker = _read_marker(fs, path)
         if marker is None:
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True)
@@ -87,8 +87,10 @@ def download_best(best_uri: str, target: str | Path, attempts: int = 3) -> dict[
             download(source, target)
         except FileNotFoundError:
             pass  # pruned while we copied: the pointer has moved on
-        if (target / MODEL_FILE).is_file() and _read_marker(fs, path) == marker:
-            return marker
-        if _read_marker(fs, path) == marker:
+        now = _read_marker(fs, path)
+        if now == marker:  # the pointer held still: the copy is the best
+            if (target / MODEL_FILE).is_file():
+                return marker
             raise RuntimeError(f"the best model at {source} has no {MODEL_FILE}")
+        marker = now
     raise RuntimeError(f"the best model at {best_uri} kept changing while it was copied")

@@ -66,9 +66,14 @@ class StudyPlan:
         """The trial's Train run folder and MLflow run name."""
         return f"{self.name}-{trial_id}"
 
+    @property
+    def train_storage(self) -> str:
+        """Where the trials' Train runs live (their ``train.storage_path``)."""
+        return join(self.study_uri, "train")
+
     def run_uri(self, trial_id: str) -> str:
-        """The trial's Train run folder (checkpoints, best/), as `trial_config` places it."""
-        return join(self.study_uri, "train", self.run_name(trial_id))
+        """The trial's Train run folder (checkpoints, best/)."""
+        return join(self.train_storage, self.run_name(trial_id))
 
     def trial_config(self, base: ACMLConfig, overrides: dict[str, Any], trial_id: str) -> ACMLConfig:
         """The full config a trial trains with: base + sampled overrides + the study's plumbing."""
@@ -77,7 +82,7 @@ class StudyPlan:
             # Each trial keeps its best epoch by the metric the study ranks trials on.
             "train.early_stopping_metric": self.metric,
             "train.early_stopping_mode": self.mode,
-            "train.storage_path": join(self.study_uri, "train"),
+            "train.storage_path": self.train_storage,
             "train.train_table": self.train_table,
             "train.val_table": self.val_table,
             "output_dir": str(Path(self.output_dir) / "trials" / trial_id),
@@ -251,19 +256,6 @@ def _open_parent_run(cfg: ACMLConfig, space: SearchSpace, resume: bool):
     return parent
 
 
-def _trial_runs(plan: StudyPlan) -> dict[str, Any]:
-    """The study's nested MLflow runs by run name."""
-    from mlflow.tracking import MlflowClient
-
-    from acml_ray.tracking.mlflow_run import RUN_NAME_TAG
-
-    client = MlflowClient(plan.tracking_uri)
-    runs = client.search_runs(
-        [client.get_run(plan.parent_run_id).info.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{plan.parent_run_id}'", max_results=10000)
-    return {r.data.tags.get(RUN_NAME_TAG): r for r in runs}
-
-
 def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary] | None, complete: bool) -> None:
     """Tag each trial's nested MLflow run with Tune's verdict and set its final status.
 
@@ -274,10 +266,16 @@ def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary] | None, comple
     unfinished study (a resumed trial reopens it). `trials` None (Tune itself failed): every
     open run is KILLED.
     """
+    from mlflow.entities import RunTag
     from mlflow.tracking import MlflowClient
 
+    from acml_ray.tracking.mlflow_run import RUN_NAME_TAG
+
     client = MlflowClient(plan.tracking_uri)
-    by_name = _trial_runs(plan)
+    runs = client.search_runs(
+        [client.get_run(plan.parent_run_id).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{plan.parent_run_id}'", max_results=10000)
+    by_name = {r.data.tags.get(RUN_NAME_TAG): r for r in runs}
     if trials is None:
         for run in by_name.values():
             if run.info.status == "RUNNING":
@@ -287,9 +285,9 @@ def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary] | None, comple
         run = by_name.get(plan.run_name(trial.trial_id))
         if run is None:
             continue
-        client.set_tag(run.info.run_id, "acml.tune.trial_id", trial.trial_id)
-        client.set_tag(run.info.run_id, "acml.tune.epochs", str(trial.epochs))
-        client.set_tag(run.info.run_id, "acml.tune.stopped_early", str(trial.stopped_early))
+        client.log_batch(run.info.run_id, tags=[
+            RunTag("acml.tune.trial_id", trial.trial_id), RunTag("acml.tune.epochs", str(trial.epochs)),
+            RunTag("acml.tune.stopped_early", str(trial.stopped_early))])
         if trial.error is not None:
             status = "FAILED"
         elif complete:
