@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch_geometric.data import Batch, Data
+from tqdm.auto import tqdm
 
 from acml_ray.cache import CachedEmbedder
 from acml_ray.chem import GraphFeaturizer, Rejected
@@ -73,13 +74,14 @@ def project_vectors(model: ACMLModel, vectors: np.ndarray, modality: str,
     return torch.cat(out).numpy() if out else np.zeros((0, model.embed_dim), np.float32)
 
 
-def paired_from_smiles(smiles: Sequence[str], cfg: ACMLConfig, cache_dir: str | None = None
-                       ) -> tuple[PairedExamples, np.ndarray]:
+def paired_from_smiles(smiles: Sequence[str], cfg: ACMLConfig, cache_dir: str | None = None,
+                       progress: bool = False) -> tuple[PairedExamples, np.ndarray]:
     """Featurise molecules with the run's featuriser and embed them with the run's frozen
     modalities through the cache -> (examples, indices of `smiles` that were kept).
 
     Molecules the featuriser rejects are dropped; a modality that rejects a molecule leaves its
-    mask False (as in the training table).
+    mask False (as in the training table). `progress` shows a bar per modality (cache hits
+    count at the end).
     """
     results = GraphFeaturizer(cfg.featurizer).featurize_batch(list(smiles))
     kept = np.array([i for i, r in enumerate(results) if not isinstance(r, Rejected)], dtype=np.int64)
@@ -93,8 +95,11 @@ def paired_from_smiles(smiles: Sequence[str], cfg: ACMLConfig, cache_dir: str | 
             log.warning("modality %s reads %r, not SMILES: skipped for new molecules",
                         mcfg.name, modality.input_column)
             continue
-        embedder = CachedEmbedder(modality, cache_dir or cfg.resolved_cache_dir())
+        bar = tqdm(total=len(mol_graphs), desc=f"embed {mcfg.name}", unit="mol", disable=not progress)
+        embedder = CachedEmbedder(modality, cache_dir or cfg.resolved_cache_dir(), progress=bar.update)
         result = embedder.embed([g.smiles for g in mol_graphs])
+        bar.update(bar.total - bar.n)
+        bar.close()
         vectors[mcfg.name] = torch.from_numpy(result.vectors)
         masks[mcfg.name] = torch.from_numpy(result.ok)
     return PairedExamples([g.to_pyg() for g in mol_graphs], vectors, masks), kept
