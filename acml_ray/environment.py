@@ -6,11 +6,20 @@ Two groups, because what is right on a laptop or CI box is wrong on a cluster:
   127.0.0.1 and stop boto/pyarrow probing the EC2 metadata address. On a cluster these would
   break multi-node rendezvous and IAM-role credentials, so they are never applied there.
 Values already in the environment always win.
+
+Ray reads several of these when it is *imported* (`ray_constants`, `ray.data.context`, its
+auth config), so setting them later in the same process is too late, and worse for
+``RAY_AUTH_MODE``: a driver that imported Ray with the mode unset and then spawns a GCS with
+``RAY_AUTH_MODE=token`` cannot authenticate to it. Importing `acml_ray` therefore applies the
+defaults at once (`apply_defaults`, setdefault only, cluster-safe), and `apply_defaults` never
+sets the auth mode in a process that has already imported Ray: there Ray's own default (token
+auth for a new local cluster) stays in force for the driver and the servers it starts alike.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 QUIET_ENV: dict[str, str] = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -45,7 +54,18 @@ def default_env(local: bool | None = None) -> dict[str, str]:
     return {key: os.environ.get(key, value) for key, value in defaults.items()}
 
 
+# Read by Ray at import time and fixed for the process from then on (see the module docstring).
+AUTH_MODE = "RAY_AUTH_MODE"
+
+
 def apply_defaults(local: bool | None = None) -> None:
-    """Set the defaults in this process (existing values are kept)."""
+    """Set the defaults in this process (existing values are kept).
+
+    The auth mode is left alone once Ray is imported: the driver's Ray has fixed its mode
+    already, and servers it starts must agree with it.
+    """
+    ray_imported = "ray" in sys.modules
     for key, value in default_env(local).items():
+        if key == AUTH_MODE and ray_imported and key not in os.environ:
+            continue
         os.environ.setdefault(key, value)

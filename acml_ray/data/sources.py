@@ -7,7 +7,6 @@ dependency trees out of the environment).
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,17 +14,9 @@ from typing import Callable
 import pandas as pd
 
 from acml_ray.config import DataSourceConfig
+from acml_ray.storage import package_dir, resolve_filesystem
 
-
-def package_dir(package: str) -> Path:
-    """Directory of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"package {package!r} is not installed; it ships data this source needs "
-            f"(see requirements/data-nodeps.txt)"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
+__all__ = ["SHIPPED_SOURCES", "ShippedSource", "load_source", "load_sources", "package_dir", "read_table"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +60,24 @@ def _read_solubility(directory: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _read_nmr_spectra(path: Path) -> pd.DataFrame:
+    # Stored compactly as int16 hundredths of a ppm (data/build.py); decoded to float ppm lists
+    # in the `nmr13c` / `nmr1h` columns the NMR modalities read.
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if name.endswith("_cppm"):
+            ppm = pc.divide(pc.cast(column.values, pa.float32()), pa.scalar(100.0, pa.float32()))
+            column, name = pa.ListArray.from_arrays(column.offsets, ppm), name[:-len("_cppm")]
+        columns[name] = column
+    return pa.table(columns).to_pandas()
+
+
 SHIPPED_SOURCES: dict[str, ShippedSource] = {
     "qm9": ShippedSource(
         "qm9pack", "data", "SMILES",
@@ -106,6 +115,11 @@ SHIPPED_SOURCES: dict[str, ShippedSource] = {
     ),
     # Sets built by data/build.py into acml_ray/data/sets/, package data of this very package, so
     # they travel with a wheel as well as a checkout; see acml_ray/data/sets/PROVENANCE.json.
+    "nmr_spectra": ShippedSource(
+        "acml_ray", "data/sets/nmr_spectra.parquet", "smiles",
+        "csp5-simulated 13C (`nmr13c`) and 1H (`nmr1h`) shift lists (ppm) of ChEMBL drugs and "
+        "MOSES test molecules outside every evaluation set (`origin`)", _read_nmr_spectra,
+    ),
     "chembl_nmr": ShippedSource(
         "acml_ray", "data/sets/nmr_chembl.parquet", "smiles",
         "ChEMBL approved drugs with csp5-simulated 13C (`nmr13c`) and 1H (`nmr1h`) shift lists",
@@ -130,7 +144,8 @@ def read_table(path: str, filesystem=None) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     if filesystem is None:
-        filesystem, path = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+        # storage/ applies our S3 rules (endpoint, refreshable credentials, fail-fast timeouts).
+        filesystem, path = resolve_filesystem(path)
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no such table: {path}")

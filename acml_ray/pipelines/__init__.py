@@ -1,1 +1,1 @@
-"""End-to-end stages that assemble the library pieces (prepare data, demo)."""
+"""End-to-end stages that assemble the library pieces (prepare data, demo, the whole pipeline)."""
