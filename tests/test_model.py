@@ -4,6 +4,7 @@ encoder shapes, temperatures, masking and determinism. Fast, seeded, CPU only.""
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ from acml_ray.chem.features import (
     BOND_FEATURE_DIMS,
     BOND_VOCABS,
 )
+from acml_ray.chem import GraphFeaturizer
 from acml_ray.config import ACMLConfig, GraphEncoderConfig, LossConfig, ProjectionConfig
 from acml_ray.model import (
     ACMLModel,
@@ -46,7 +48,8 @@ SMILES = [
 
 
 def _rdkit_graph(smiles: str) -> Data:
-    """Fallback featurizer with the shapes and vocabularies of `acml_ray.chem.features`."""
+    """An independent, atom-by-atom reading of the features of `acml_ray.chem.features`, the
+    reference the project's vectorised featuriser is checked against."""
     from rdkit import Chem
 
     mol = Chem.MolFromSmiles(smiles)
@@ -57,7 +60,7 @@ def _rdkit_graph(smiles: str) -> Data:
     atom_getters = {
         "atomic_num": lambda a: a.GetAtomicNum(),
         "chiral_tag": lambda a: a.GetChiralTag(),
-        "degree": lambda a: a.GetDegree(),
+        "degree": lambda a: a.GetTotalDegree(),  # hydrogens count, as in OGB / PyG from_smiles
         "formal_charge": lambda a: a.GetFormalCharge(),
         "total_hs": lambda a: a.GetTotalNumHs(),
         "hybridization": lambda a: a.GetHybridization(),
@@ -82,11 +85,17 @@ def _rdkit_graph(smiles: str) -> Data:
 
 
 def _graph(smiles: str) -> Data:
-    try:  # prefer the project's featurizer once it exists
-        from acml_ray.chem import GraphFeaturizer
-    except ImportError:
-        return _rdkit_graph(smiles)
     return GraphFeaturizer().featurize(smiles).to_pyg()
+
+
+@pytest.mark.parametrize("smiles", SMILES)
+def test_featurizer_graph_equals_an_independent_rdkit_reading(smiles: str) -> None:
+    # The model's input, checked against features read straight from RDKit atom by atom.
+    ours, reference = _graph(smiles), _rdkit_graph(smiles)
+    assert torch.equal(ours.x, reference.x)
+    ours_edges = sorted(zip(map(tuple, ours.edge_index.T.tolist()), map(tuple, ours.edge_attr.tolist())))
+    ref_edges = sorted(zip(map(tuple, reference.edge_index.T.tolist()), map(tuple, reference.edge_attr.tolist())))
+    assert ours_edges == ref_edges
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +161,7 @@ def test_loss_matches_float64_reference(fn, ref, tau: float) -> None:
 
     # float32 path, with the temperature coming from the module (a tensor)
     loss_kind = "clip_soft" if fn is clip_soft_target_loss else "infonce"
-    module = ContrastiveLoss(LossConfig(kind=loss_kind, temperature=tau))
+    module = ContrastiveLoss(kind=loss_kind, temperature=tau)
     got32 = module(c.detach().float(), g.detach().float())
     assert got32.item() == pytest.approx(expected, rel=1e-4)
 
@@ -171,24 +180,23 @@ def test_loss_rejects_mismatched_shapes() -> None:
 @pytest.mark.parametrize("jk", ["last", "sum", "concat"])
 def test_graph_encoder_shapes(batch: Batch, pooling: str, jk: str) -> None:
     torch.manual_seed(0)
-    cfg = GraphEncoderConfig(num_layers=3, hidden_dim=16, pooling=pooling, jk=jk, out_dim=24)
-    enc = GraphEncoder(cfg)
+    enc = GraphEncoder(num_layers=3, hidden_dim=16, pooling=pooling, jk=jk, out_dim=24)
     assert enc.out_dim == 24
     out = enc(batch)
     assert out.shape == (len(SMILES), 24)
     assert torch.isfinite(out).all()
-    default = GraphEncoder(GraphEncoderConfig(num_layers=1, hidden_dim=8, pooling=pooling, jk=jk))
+    default = GraphEncoder.from_config(GraphEncoderConfig(num_layers=1, hidden_dim=8, pooling=pooling, jk=jk))
     assert default.out_dim == 8
     assert default(batch).shape == (len(SMILES), 8)
 
 
-def test_graph_encoder_rejects_zero_layers() -> None:
-    # bypass pydantic's own ge=1 check to reach the encoder's
-    cfg = GraphEncoderConfig.model_construct(
-        **{**GraphEncoderConfig().model_dump(), "num_layers": 0}
-    )
+def test_graph_encoder_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="num_layers"):
-        GraphEncoder(cfg)
+        GraphEncoder(num_layers=0)
+    with pytest.raises(ValueError, match="pooling"):
+        GraphEncoder(pooling="attention")
+    with pytest.raises(ValueError, match="jk"):
+        GraphEncoder(jk="max")
 
 
 def test_gine_conv_adds_self_loops() -> None:
@@ -204,7 +212,7 @@ def test_gine_conv_adds_self_loops() -> None:
 
 
 def test_projection_head() -> None:
-    head = ProjectionHead(10, ProjectionConfig(dims=[6, 4], dropout=0.0))
+    head = ProjectionHead(10, dims=[6, 4], dropout=0.0)
     assert head.out_dim == 4 and len(head.cells) == 2
     assert head(torch.randn(3, 10)).shape == (3, 4)
 
@@ -213,10 +221,9 @@ def test_determinism(batch: Batch) -> None:
     def run() -> torch.Tensor:
         torch.manual_seed(123)
         model = ACMLModel(
-            GraphEncoder(GraphEncoderConfig(num_layers=2, hidden_dim=16)),
+            GraphEncoder(num_layers=2, hidden_dim=16),
             {"image": 8},
-            ProjectionConfig(dims=[12]),
-            LossConfig(),
+            projection=functools.partial(ProjectionHead, dims=[12]),
         )
         model.train()
         torch.manual_seed(7)  # dropout stream
@@ -250,10 +257,10 @@ class _FakeImageEncoder(nn.Module):
 
 def _small_model(frozen: dict[str, nn.Module] | None = None, **loss_kw) -> ACMLModel:
     return ACMLModel(
-        GraphEncoder(GraphEncoderConfig(num_layers=2, hidden_dim=16)),
+        GraphEncoder(num_layers=2, hidden_dim=16),
         {"image": 10},
-        ProjectionConfig(dims=[12, 12]),
-        LossConfig(**loss_kw),
+        projection=functools.partial(ProjectionHead, dims=[12, 12]),
+        loss=functools.partial(ContrastiveLoss, **loss_kw),
         frozen_encoders=frozen,
     )
 
@@ -462,3 +469,59 @@ def test_forward_rejects_bad_inputs(batch: Batch) -> None:
     with pytest.raises(ValueError):
         model(batch, {"image": torch.randn(len(SMILES) - 1, 10)})
     assert math.isfinite(model(batch, {"image": torch.randn(len(SMILES), 10)})["loss"].item())
+
+
+# ----------------------------------------------------------------------------- injected parts
+
+
+class _MeanAtomEncoder(nn.Module):
+    """A user's own graph side: embed atoms, mean-pool per graph (no message passing)."""
+
+    def __init__(self, out_dim: int = 6) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        self.atoms = nn.Embedding(ATOM_FEATURE_DIMS[0], out_dim)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        from torch_geometric.utils import scatter
+
+        return scatter(self.atoms(batch.x[:, 0]), batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean")
+
+
+def test_model_takes_user_parts_as_plain_arguments(batch: Batch) -> None:
+    torch.manual_seed(0)
+    seen: list[tuple[int, int]] = []
+
+    def cosine_loss() -> nn.Module:
+        class Cosine(nn.Module):
+            def forward(self, c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+                seen.append(tuple(c.shape))
+                return 1 - torch.nn.functional.cosine_similarity(c, g).mean()
+
+        return Cosine()
+
+    model = ACMLModel(_MeanAtomEncoder(), {"image": 10, "smiles": 4},
+                      projection=lambda d: ProjectionHead(d, dims=[5], dropout=0.0), loss=cosine_loss)
+    assert model.embed_dim == 5 and isinstance(model.graph_encoder, _MeanAtomEncoder)
+    out = model(batch, {"image": torch.randn(len(SMILES), 10), "smiles": torch.randn(len(SMILES), 4)})
+    out["loss"].backward()
+    assert seen == [(len(SMILES), 5), (len(SMILES), 5)]  # one loss module per modality
+    assert model.graph_encoder.atoms.weight.grad is not None
+
+
+def test_projection_heads_must_share_the_joint_width() -> None:
+    widths = iter([4, 6])
+    with pytest.raises(ValueError, match="joint width"):
+        ACMLModel(GraphEncoder(num_layers=1, hidden_dim=8), {"image": 10},
+                  projection=lambda d: ProjectionHead(d, dims=[next(widths)]))
+
+
+def test_from_config_builds_the_configured_parts() -> None:
+    cfg = ACMLConfig.model_validate({"graph_encoder": {"num_layers": 3, "hidden_dim": 32},
+                                     "projection": {"dims": [64, 16]},
+                                     "loss": {"kind": "infonce", "temperature": 0.07}})
+    model = ACMLModel.from_config(cfg, {"image": 10})
+    assert model.graph_encoder.num_layers == 3 and model.graph_encoder.out_dim == 32
+    assert [c.projection.out_features for c in model.graph_projections["image"].cells] == [64, 16]
+    assert model.losses["image"].kind == "infonce"
+    assert model.temperatures()["image"] == pytest.approx(0.07)

@@ -7,12 +7,13 @@ heads and its own contrastive loss (with its own, possibly learnable, temperatur
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from acml_ray.config import ACMLConfig, LossConfig, ProjectionConfig
+from acml_ray.config import ACMLConfig
 from acml_ray.model.gin import GraphEncoder
 from acml_ray.model.losses import ContrastiveLoss
 from acml_ray.model.projection import ProjectionHead
@@ -80,11 +81,18 @@ def _check_name(name: str) -> None:
 class ACMLModel(nn.Module):
     """Graph encoder + per-modality projection heads + per-modality contrastive losses.
 
+    The parts are plain arguments (as in chemprop's ``MPNN(message_passing, agg, predictor)``);
+    `from_config` assembles the default ones from YAML. Every modality needs its own heads and
+    its own loss (with its own temperature), so heads and losses are given as factories.
+
     Args:
-        graph_encoder: the trainable `GraphEncoder`.
+        graph_encoder: the trainable graph side: any module with an ``out_dim`` attribute and
+            ``forward(batch) -> [num_graphs, out_dim]`` (default: `GraphEncoder`).
         modality_dims: raw (frozen-encoder output / cached) embedding width per modality.
-        projection: shape of every projection head (graph side and modality side).
-        loss: contrastive objective; one `ContrastiveLoss` (own temperature) per modality.
+        projection: ``projection(in_dim) -> module`` with an ``out_dim`` attribute; called for the
+            graph side and the modality side of every modality (default: `ProjectionHead`).
+        loss: ``loss() -> module``, ``forward(modality_emb, graph_emb) -> scalar``, called once
+            per modality (default: `ContrastiveLoss`, the reference soft-target loss at tau 1).
         frozen_encoders: optional pretrained encoders per modality, for on-the-fly embedding
             when no cache exists. They are frozen (``requires_grad=False``) and stay in eval mode
             whatever ``train()`` is called with.
@@ -94,10 +102,10 @@ class ACMLModel(nn.Module):
 
     def __init__(
         self,
-        graph_encoder: GraphEncoder,
+        graph_encoder: nn.Module,
         modality_dims: Mapping[str, int],
-        projection: ProjectionConfig,
-        loss: LossConfig,
+        projection: Callable[[int], nn.Module] = ProjectionHead,
+        loss: Callable[[], nn.Module] = ContrastiveLoss,
         frozen_encoders: Mapping[str, nn.Module] | None = None,
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
@@ -112,13 +120,16 @@ class ACMLModel(nn.Module):
 
         self.graph_encoder = graph_encoder
         self.modality_dims: dict[str, int] = {k: int(v) for k, v in modality_dims.items()}
-        self.graph_projections = nn.ModuleDict(
-            {name: ProjectionHead(graph_encoder.out_dim, projection) for name in modality_dims}
-        )
+        graph_dim = int(graph_encoder.out_dim)  # type: ignore[arg-type]
+        self.graph_projections = nn.ModuleDict({name: projection(graph_dim) for name in modality_dims})
         self.modality_projections = nn.ModuleDict(
-            {name: ProjectionHead(dim, projection) for name, dim in self.modality_dims.items()}
+            {name: projection(dim) for name, dim in self.modality_dims.items()}
         )
-        self.losses = nn.ModuleDict({name: ContrastiveLoss(loss) for name in modality_dims})
+        widths = {int(head.out_dim) for head in  # type: ignore[arg-type]
+                  [*self.graph_projections.values(), *self.modality_projections.values()]}
+        if len(widths) != 1:
+            raise ValueError(f"projection heads must share one joint width, got {sorted(widths)}")
+        self.losses = nn.ModuleDict({name: loss() for name in modality_dims})
         self.loss_weights: dict[str, float] = {
             name: float((loss_weights or {}).get(name, 1.0)) for name in modality_dims
         }
@@ -126,7 +137,7 @@ class ACMLModel(nn.Module):
         for encoder in self.frozen_encoders.values():
             encoder.requires_grad_(False)
             encoder.eval()
-        self.embed_dim: int = projection.dims[-1]
+        self.embed_dim: int = widths.pop()
 
     @classmethod
     def from_config(
@@ -138,10 +149,10 @@ class ACMLModel(nn.Module):
         """Build from ``cfg.graph_encoder``, ``cfg.projection``, ``cfg.loss``; loss weights come
         from ``cfg.modalities``."""
         return cls(
-            GraphEncoder(cfg.graph_encoder),
+            GraphEncoder.from_config(cfg.graph_encoder),
             modality_dims,
-            cfg.projection,
-            cfg.loss,
+            projection=functools.partial(ProjectionHead.from_config, config=cfg.projection),
+            loss=functools.partial(ContrastiveLoss.from_config, cfg.loss),
             frozen_encoders=frozen_encoders,
             loss_weights={m.name: m.weight for m in cfg.modalities},
         )

@@ -98,37 +98,48 @@ class GraphEncoder(nn.Module):
     embedding and every layer output, "concat" concatenates them (``(num_layers + 1) * hidden``
     wide before the readout MLP).
 
+    Any module with an ``out_dim`` attribute and ``forward(batch) -> [num_graphs, out_dim]`` can
+    stand in for it in `ACMLModel`.
+
     Attributes:
-        out_dim: width of the output embedding (``config.out_dim`` or ``hidden_dim``).
+        out_dim: width of the output embedding (``out_dim`` or ``hidden_dim``).
     """
 
-    def __init__(self, config: GraphEncoderConfig | None = None) -> None:
+    def __init__(self, hidden_dim: int = 64, num_layers: int = 5, dropout: float = 0.2,
+                 pooling: str = "sum", jk: str = "last", out_dim: int | None = None) -> None:
         super().__init__()
-        config = config if config is not None else GraphEncoderConfig()
-        # The pydantic field already says ge=1, but model_construct()/copy(update=...) bypass it.
-        if config.num_layers < 1:
-            raise ValueError(f"GraphEncoder needs num_layers >= 1, got {config.num_layers}")
-        if config.pooling not in _POOLS:
-            raise ValueError(f"unknown pooling {config.pooling!r}; expected sum, mean or max")
-        if config.jk not in ("last", "sum", "concat"):
-            raise ValueError(f"unknown jk {config.jk!r}; expected last, sum or concat")
-        self.config = config
-        hidden = config.hidden_dim
-        self.num_layers = config.num_layers
-        self.jk = config.jk
-        self.pooling = config.pooling
-        self.out_dim: int = config.out_dim or hidden
+        if num_layers < 1:
+            raise ValueError(f"GraphEncoder needs num_layers >= 1, got {num_layers}")
+        if hidden_dim < 1:
+            raise ValueError(f"GraphEncoder needs hidden_dim >= 1, got {hidden_dim}")
+        if pooling not in _POOLS:
+            raise ValueError(f"unknown pooling {pooling!r}; expected sum, mean or max")
+        if jk not in ("last", "sum", "concat"):
+            raise ValueError(f"unknown jk {jk!r}; expected last, sum or concat")
+        hidden = hidden_dim
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.jk = jk
+        self.pooling = pooling
+        self.out_dim: int = out_dim or hidden
 
         self.atom_encoder = AtomEncoder(hidden)
         self.convs = nn.ModuleList(GINEBondConv(hidden) for _ in range(self.num_layers))
         self.norms = nn.ModuleList(nn.BatchNorm1d(hidden) for _ in range(self.num_layers))
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(dropout)
         pooled_dim = hidden * (self.num_layers + 1) if self.jk == "concat" else hidden
         self.readout = nn.Sequential(
             nn.Linear(pooled_dim, hidden),
             nn.ReLU(),
             nn.Linear(hidden, self.out_dim),
         )
+
+    @classmethod
+    def from_config(cls, config: GraphEncoderConfig | None = None) -> GraphEncoder:
+        """Build from the YAML section ``graph_encoder`` (defaults: the reference GIN)."""
+        config = config if config is not None else GraphEncoderConfig()
+        return cls(hidden_dim=config.hidden_dim, num_layers=config.num_layers, dropout=config.dropout,
+                   pooling=config.pooling, jk=config.jk, out_dim=config.out_dim)
 
     def node_embeddings(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
         """Per-atom representations after message passing and jumping knowledge."""

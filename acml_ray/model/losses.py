@@ -85,19 +85,27 @@ class Temperature(nn.Module):
 
 
 class ContrastiveLoss(nn.Module):
-    """One modality's contrastive objective, built from `LossConfig`.
+    """One modality's contrastive objective.
 
-    ``kind="clip_soft"`` is the reference loss, ``kind="infonce"`` the standard one.
+    ``kind="clip_soft"`` is the reference loss, ``kind="infonce"`` the standard one; ``temperature``
+    is fixed or, with ``learnable_temperature``, optimised (see `Temperature`).
     ``forward(modality_emb, graph_emb)`` takes two ``[N, D]`` matrices and returns a scalar.
     """
 
-    def __init__(self, config: LossConfig | None = None) -> None:
+    def __init__(self, kind: str = "clip_soft", temperature: float = 1.0,
+                 learnable_temperature: bool = False) -> None:
         super().__init__()
+        if kind not in ("clip_soft", "infonce"):
+            raise ValueError(f"unknown loss kind {kind!r}")
+        self.kind = kind
+        self.temperature = Temperature(temperature, learnable_temperature)
+
+    @classmethod
+    def from_config(cls, config: LossConfig | None = None) -> ContrastiveLoss:
+        """Build from the YAML section ``loss``."""
         config = config if config is not None else LossConfig()
-        if config.kind not in ("clip_soft", "infonce"):
-            raise ValueError(f"unknown loss kind {config.kind!r}")
-        self.kind = config.kind
-        self.temperature = Temperature(config.temperature, config.learnable_temperature)
+        return cls(kind=config.kind, temperature=config.temperature,
+                   learnable_temperature=config.learnable_temperature)
 
     def forward(self, modality_emb: Tensor, graph_emb: Tensor) -> Tensor:
         tau = self.temperature()

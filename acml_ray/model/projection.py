@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from acml_ray.config import ProjectionConfig
@@ -28,25 +30,32 @@ class ProjectionCell(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """A stack of `ProjectionCell`s, one per entry of ``config.dims`` (e.g. [512, 512] = two).
+    """A stack of `ProjectionCell`s, one per entry of ``dims`` (e.g. [512, 512] = two).
 
     Attributes:
-        out_dim: ``config.dims[-1]``, the joint-space width.
+        out_dim: ``dims[-1]``, the joint-space width.
     """
 
-    def __init__(self, in_dim: int, config: ProjectionConfig | None = None) -> None:
+    def __init__(self, in_dim: int, dims: Sequence[int] = (512, 512), dropout: float = 0.1) -> None:
         super().__init__()
-        config = config if config is not None else ProjectionConfig()
         if in_dim < 1:
             raise ValueError(f"ProjectionHead needs in_dim >= 1, got {in_dim}")
+        if not dims or any(d < 1 for d in dims):
+            raise ValueError(f"ProjectionHead needs positive cell widths, got {list(dims)}")
         self.in_dim = in_dim
-        self.out_dim: int = config.dims[-1]
+        self.out_dim: int = int(dims[-1])
         cells = []
         width = in_dim
-        for dim in config.dims:
-            cells.append(ProjectionCell(width, dim, config.dropout))
-            width = dim
+        for dim in dims:
+            cells.append(ProjectionCell(width, int(dim), dropout))
+            width = int(dim)
         self.cells = nn.Sequential(*cells)
+
+    @classmethod
+    def from_config(cls, in_dim: int, config: ProjectionConfig | None = None) -> ProjectionHead:
+        """Build from the YAML section ``projection``."""
+        config = config if config is not None else ProjectionConfig()
+        return cls(in_dim, dims=config.dims, dropout=config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, in_dim] -> [B, out_dim]``."""
