@@ -91,12 +91,12 @@ def test_flat_layout_of_older_runs_still_reads(tmp_path):
 
 def test_reader_starts_again_when_the_pointer_moves(tmp_path, monkeypatch):
     """A copy during which two new bests were written (its folder pruned) is taken again."""
-    import acml_ray.train.best as best
+    import acml_ray.model.serialization as reader  # the reading side of the best-model protocol
 
     uri = str(tmp_path / "run" / "best")
     for epoch in (1, 2):
         save_best(*_model(epoch), uri, _marker(epoch, epoch / 10), [])
-    real_download, calls = best.download, []
+    real_download, calls = reader.download, []
 
     def racing_download(source, target):
         calls.append(source)
@@ -105,7 +105,7 @@ def test_reader_starts_again_when_the_pointer_moves(tmp_path, monkeypatch):
                 save_best(*_model(epoch), uri, _marker(epoch, epoch / 10), [])
         return real_download(source, target)
 
-    monkeypatch.setattr(best, "download", racing_download)
+    monkeypatch.setattr(reader, "download", racing_download)
     marker = download_best(uri, tmp_path / "copy")
     assert len(calls) == 2 and marker["epoch"] == 4 and load_model(tmp_path / "copy")[2]["epoch"] == 4
 

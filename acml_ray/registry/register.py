@@ -88,7 +88,7 @@ def _run_dir_metrics(run_dir: Path) -> tuple[dict[str, float], dict[str, str]]:
     return metrics, tags
 
 
-def resolve_tracking_uri(run: str, tracking_uri: str | None) -> str:
+def registry_tracking_uri(run: str, tracking_uri: str | None) -> str:
     """``tracking_uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///RUN/mlflow.db`` (RUN a folder)."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
@@ -139,17 +139,13 @@ def register_run(run: str, name: str, alias: str = "champion", tracking_uri: str
     MLflow run id / ``runs:/ID/model`` URI whose artifacts hold the model (metrics then come
     from that run, and the pyfunc is logged into it).
     """
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from acml_ray.evaluate.suite import resolve_model
-    from acml_ray.model.serialization import load_model
+    from acml_ray.model.serialization import load_model, resolve_model
+    from acml_ray.tracking.registry import register_pyfunc, run_metrics
 
     check_names(name, alias)  # before anything is logged: a refused alias must not leave a version
     # `artifact_location` (e.g. s3://bucket/mlartifacts/registry) applies when the registry
     # experiment is first created; by default artifacts go beside a sqlite store.
-    uri = resolve_tracking_uri(run, tracking_uri)
-    client = MlflowClient(tracking_uri=uri)
+    uri = registry_tracking_uri(run, tracking_uri)
     source_run_id = None
     ref = run
     if not Path(run).exists() and _RUN_ID.match(run):
@@ -157,15 +153,12 @@ def register_run(run: str, name: str, alias: str = "champion", tracking_uri: str
     elif run.startswith("runs:/"):
         source_run_id = run.removeprefix("runs:/").split("/", 1)[0]
 
-    # None when unset: restoring MLflow's *default* URI would pin it (and MLFLOW_TRACKING_URI)
-    # to a cwd-relative sqlite file for everything that runs after us in this process.
-    previous_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, run_dir = resolve_model(ref, tmp, uri)
         model, cfg, extra = load_model(model_dir)
         tags = _model_tags(cfg, model, extra)
         if source_run_id:
-            found = client.get_run(source_run_id).data.metrics
+            found = run_metrics(uri, source_run_id)
             metrics = {k: v for k, v in found.items() if _KEY_METRIC.search(k)}
             tags["acml.source_run_id"] = source_run_id
         else:
@@ -179,44 +172,17 @@ def register_run(run: str, name: str, alias: str = "champion", tracking_uri: str
         code = Path(tmp) / "code" / "acml_ray"
         shutil.copytree(Path(__file__).resolve().parents[1], code,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sets"))
-        try:
-            mlflow.set_tracking_uri(uri)
-            if source_run_id:
-                active = mlflow.start_run(run_id=source_run_id)
-            else:
-                active = mlflow.start_run(experiment_id=_registry_experiment(client, uri, artifact_location),
-                                          run_name=f"register-{name}")
-            with active:
-                mlflow.set_tags(tags)
-                if metrics:
-                    mlflow.log_metrics(metrics)
-                info = mlflow.pyfunc.log_model(
-                    name=PYFUNC_NAME, python_model=str(Path(__file__).with_name("serving_model.py")),
-                    artifacts={MODEL_ARTIFACT: str(model_dir)}, code_paths=[str(code)],
-                    signature=model_signature(model.modalities), input_example=INPUT_EXAMPLE,
-                    pip_requirements=pinned_requirements(), registered_model_name=name)
-                run_id = active.info.run_id
-        finally:
-            mlflow.set_tracking_uri(previous_uri)
-
-    model_version = str(info.registered_model_version)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, model_version, key, value)
-    client.update_model_version(name, model_version, description=description or (
-        f"ACML graph encoder ({tags['acml.modalities']}) trained on {tags['acml.data_sources']}; "
-        "input: DataFrame with a `smiles` column; output: graph_embedding, <modality>_embedding, error"))
-    client.set_registered_model_alias(name, alias, model_version)
+        description = description or (
+            f"ACML graph encoder ({tags['acml.modalities']}) trained on {tags['acml.data_sources']}; "
+            "input: DataFrame with a `smiles` column; output: graph_embedding, <modality>_embedding, error")
+        model_version, run_id = register_pyfunc(
+            uri, name, alias, artifact_name=PYFUNC_NAME, tags=tags, metrics=metrics, description=description,
+            source_run_id=source_run_id, experiment=REGISTRY_EXPERIMENT, artifact_location=artifact_location,
+            run_name=f"register-{name}",
+            log_model_args=dict(
+                python_model=str(Path(__file__).with_name("serving_model.py")),
+                artifacts={MODEL_ARTIFACT: str(model_dir)}, code_paths=[str(code)],
+                signature=model_signature(model.modalities), input_example=INPUT_EXAMPLE,
+                pip_requirements=pinned_requirements()))
     return RegisteredModel(name=name, version=model_version, alias=alias, tracking_uri=uri,
                            run_id=run_id, tags=tags)
-
-
-def _registry_experiment(client: Any, uri: str, artifact_location: str | None) -> str:
-    """The experiment registration runs go to; with a sqlite store its artifacts live beside
-    the database (MLflow's default would be ./mlruns under whatever the working directory is)."""
-    experiment = client.get_experiment_by_name(REGISTRY_EXPERIMENT)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = artifact_location
-    if location is None and uri.startswith("sqlite:///"):
-        location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
-    return client.create_experiment(REGISTRY_EXPERIMENT, artifact_location=location)

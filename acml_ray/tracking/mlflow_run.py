@@ -57,6 +57,32 @@ def metric_key(name: str) -> str:
     return _BAD_KEY_CHARS.sub("_", name.replace("->", "_to_"))
 
 
+def experiment_id(client: Any, name: str, uri: str, artifact_location: str | None = None,
+                  artifacts_beside: str | Path | None = None) -> str:
+    """Id of experiment `name`, created when missing.
+
+    `artifact_location` applies on creation only; without it a sqlite store keeps artifacts in
+    ``mlartifacts/`` beside ``artifacts_beside`` (default: beside the database file), where
+    MLflow's own default would be ./mlruns under whatever the working directory is.
+    """
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = artifact_location
+    if location is None and uri.startswith("sqlite:///"):
+        base = Path(artifacts_beside) if artifacts_beside is not None else \
+            Path(uri.removeprefix("sqlite:///")).resolve().parent
+        location = (base.resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def client(uri: str) -> Any:
+    """An `MlflowClient` on `uri` (explicit: MLflow's process-global tracking URI is never used)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
 @dataclass
 class TrackingRun:
     """A handle on one MLflow run; picklable, so it travels to the training workers."""
@@ -65,9 +91,7 @@ class TrackingRun:
     run_id: str
 
     def _client(self):
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient(tracking_uri=self.uri)
+        return client(self.uri)
 
     def log_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         """Log ``[(step, {name: value})]`` in one batch (non-finite values are skipped)."""
@@ -87,12 +111,27 @@ class TrackingRun:
         self._client().log_artifacts(self.run_id, str(local_dir), artifact_path)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        client = self._client()
-        for key, value in tags.items():
-            client.set_tag(self.run_id, key, str(value))
+        """Set all `tags` in one request."""
+        from mlflow.entities import RunTag
+
+        self._client().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def finish(self, status: str = "FINISHED") -> None:
         self._client().set_terminated(self.run_id, status)
+
+    def status(self) -> str:
+        """MLflow's status of the run (RUNNING, FINISHED, FAILED, KILLED)."""
+        return self._client().get_run(self.run_id).info.status
+
+
+def child_runs(parent: TrackingRun) -> dict[str, tuple[TrackingRun, str]]:
+    """The runs nested under `parent`, by the run name `start_run` gave them -> (run, status)."""
+    mlflow_client = parent._client()
+    runs = mlflow_client.search_runs(
+        [mlflow_client.get_run(parent.run_id).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent.run_id}'", max_results=10000)
+    return {r.data.tags.get(RUN_NAME_TAG): (TrackingRun(parent.uri, r.info.run_id), r.info.status)
+            for r in runs}
 
 
 _URI_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
@@ -114,37 +153,30 @@ def start_run(cfg: ACMLConfig, run_name: str, resume: bool = False) -> TrackingR
     """Open (or, with `resume`, reopen the run tagged `run_name`) and log params, the full
     config as ``config.yaml`` and the git commit; nested under ``tracking.parent_run_id`` if set."""
     from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(cfg)
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    if experiment is None:
-        location = cfg.tracking.artifact_location
-        if location is None and uri.startswith("sqlite:"):
-            location = (Path(cfg.output_dir).resolve() / "mlartifacts").as_uri()
-        experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
+    mlflow_client = client(uri)
+    experiment = experiment_id(mlflow_client, cfg.tracking.experiment, uri, cfg.tracking.artifact_location,
+                               artifacts_beside=cfg.output_dir)
     if resume:
-        found = client.search_runs([experiment_id], f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+        found = mlflow_client.search_runs([experiment], f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
                                    max_results=1, order_by=["attributes.start_time DESC"])
         if found:
-            client.update_run(found[0].info.run_id, status="RUNNING")
+            mlflow_client.update_run(found[0].info.run_id, status="RUNNING")
             return TrackingRun(uri, found[0].info.run_id)
     tags = {RUN_NAME_TAG: run_name}
     if cfg.tracking.parent_run_id:  # nested from its first moment (a Tune study finds its trials by it)
         tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run = mlflow_client.create_run(experiment, run_name=run_name, tags=tags)
     tracking = TrackingRun(uri, run.info.run_id)
     dumped = redact_credentials(cfg.model_dump(mode="json"))
     params = [Param(k, v) for k, v in _flatten(dumped).items()]
     for start in range(0, len(params), 100):  # MLflow's batch limit
-        client.log_batch(run.info.run_id, params=params[start:start + 100])
+        mlflow_client.log_batch(run.info.run_id, params=params[start:start + 100])
     commit = git_commit(Path(__file__).resolve().parent)
     if commit:
-        client.set_tag(run.info.run_id, "mlflow.source.git.commit", commit)
+        mlflow_client.set_tag(run.info.run_id, "mlflow.source.git.commit", commit)
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "config.yaml").write_text(yaml.safe_dump(dumped, sort_keys=False))
-        client.log_artifacts(run.info.run_id, tmp)
+        mlflow_client.log_artifacts(run.info.run_id, tmp)
     return tracking

@@ -13,7 +13,6 @@ in ``best/``) still read.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -23,20 +22,13 @@ import pyarrow.fs as pafs
 
 from acml_ray.config import ACMLConfig
 from acml_ray.model.acml import ACMLModel
-from acml_ray.model.serialization import MODEL_FILE, save_model
-from acml_ray.storage.filesystem import download, join, resolve_filesystem
+from acml_ray.model.serialization import BEST_MARKER, download_best, read_best_marker, save_model
+from acml_ray.storage import resolve_filesystem
 
-BEST_MARKER = "BEST.json"
+# The reading side (download_best) is model I/O and lives in acml_ray.model.serialization.
+__all__ = ["BEST_MARKER", "download_best", "save_best"]
+
 _PREFIX = "epoch-"
-
-
-def _read_marker(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:
-    """The pointer ``path/BEST.json``, or None if there is none yet."""
-    try:
-        with fs.open_input_stream(f"{path}/{BEST_MARKER}") as stream:
-            return json.loads(stream.read())
-    except FileNotFoundError:
-        return None
 
 
 def save_best(model: ACMLModel, cfg: ACMLConfig, best_uri: str, marker: dict[str, Any],
@@ -49,7 +41,7 @@ def save_best(model: ACMLModel, cfg: ACMLConfig, best_uri: str, marker: dict[str
     """
     fs, path = resolve_filesystem(best_uri)
     folder = f"{_PREFIX}{int(marker['epoch']):04d}-{uuid.uuid4().hex[:8]}"
-    previous = (_read_marker(fs, path) or {}).get("dir")
+    previous = (read_best_marker(fs, path) or {}).get("dir")
     pointer = {**marker, "dir": folder}
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, cfg, tmp, extra=marker)
@@ -65,32 +57,3 @@ def save_best(model: ACMLModel, cfg: ACMLConfig, best_uri: str, marker: dict[str
         if info.type == pafs.FileType.Directory and info.base_name.startswith(_PREFIX) \
                 and info.base_name not in (folder, previous):
             fs.delete_dir(info.path)
-
-
-def download_best(best_uri: str, target: str | Path, attempts: int = 3) -> dict[str, Any] | None:
-    """Copy the run's best model to the local folder `target` (replaced); return its BEST.json
-    contents, or None when the run has no best model yet (`target` then holds nothing).
-
-    Raises RuntimeError if the folder the pointer names has no model file (and the pointer did
-    not move meanwhile), or if the pointer kept moving for `attempts` copies.
-    """
-    fs, path = resolve_filesystem(best_uri)
-    target = Path(target)
-    marker = _read_marker(fs, path)
-    for _ in range(attempts):
-        if marker is None:
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True)
-            return None
-        source = join(best_uri, marker["dir"]) if "dir" in marker else best_uri
-        try:
-            download(source, target)
-        except FileNotFoundError:
-            pass  # pruned while we copied: the pointer has moved on
-        now = _read_marker(fs, path)
-        if now == marker:  # the pointer held still: the copy is the best
-            if (target / MODEL_FILE).is_file():
-                return marker
-            raise RuntimeError(f"the best model at {source} has no {MODEL_FILE}")
-        marker = now
-    raise RuntimeError(f"the best model at {best_uri} kept changing while it was copied")

@@ -266,36 +266,29 @@ def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary] | None, comple
     unfinished study (a resumed trial reopens it). `trials` None (Tune itself failed): every
     open run is KILLED.
     """
-    from mlflow.entities import RunTag
-    from mlflow.tracking import MlflowClient
+    from acml_ray.tracking import TrackingRun, child_runs
 
-    from acml_ray.tracking.mlflow_run import RUN_NAME_TAG
-
-    client = MlflowClient(plan.tracking_uri)
-    runs = client.search_runs(
-        [client.get_run(plan.parent_run_id).info.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{plan.parent_run_id}'", max_results=10000)
-    by_name = {r.data.tags.get(RUN_NAME_TAG): r for r in runs}
+    by_name = child_runs(TrackingRun(plan.tracking_uri, plan.parent_run_id))
     if trials is None:
-        for run in by_name.values():
-            if run.info.status == "RUNNING":
-                client.set_terminated(run.info.run_id, "KILLED")
+        for run, status in by_name.values():
+            if status == "RUNNING":
+                run.finish("KILLED")
         return
     for trial in trials:
-        run = by_name.get(plan.run_name(trial.trial_id))
-        if run is None:
+        found = by_name.get(plan.run_name(trial.trial_id))
+        if found is None:
             continue
-        client.log_batch(run.info.run_id, tags=[
-            RunTag("acml.tune.trial_id", trial.trial_id), RunTag("acml.tune.epochs", str(trial.epochs)),
-            RunTag("acml.tune.stopped_early", str(trial.stopped_early))])
+        run, current = found
+        run.set_tags({"acml.tune.trial_id": trial.trial_id, "acml.tune.epochs": trial.epochs,
+                      "acml.tune.stopped_early": trial.stopped_early})
         if trial.error is not None:
             status = "FAILED"
         elif complete:
             status = "FINISHED"
         else:
-            status = "KILLED" if run.info.status == "RUNNING" else run.info.status
-        if run.info.status != status:
-            client.set_terminated(run.info.run_id, status)
+            status = "KILLED" if current == "RUNNING" else current
+        if current != status:
+            run.finish(status)
 
 
 def _export_best(best: TrialSummary, cfg: ACMLConfig, plan: StudyPlan, parent: Any) -> tuple[Path, ACMLConfig]:
