@@ -24,8 +24,13 @@ class _Strict(BaseModel):
 class FeaturizerConfig(_Strict):
     """Which molecules become graphs (the reference filter) and how."""
 
-    max_heavy_atoms: int = Field(50, ge=1, description="drop molecules with more heavy atoms")
+    max_heavy_atoms: int = Field(50, ge=1, description="drop molecules with more heavy atoms (also checked, "
+                                                        "dummy atoms included, before sanitisation)")
     min_atoms: int = Field(3, ge=1, description="drop molecules with fewer atoms (reference: <= 2)")
+    max_smiles_chars: int = Field(2000, ge=1, description="reject longer inputs before parsing "
+                                                          "(bounds the work per row; see acml_ray/chem/guard.py)")
+    allow_radicals: bool = Field(False, description="keep molecules with unpaired electrons (in SMILES "
+                                                    "data these are mostly lost hydrogens, e.g. [C]CC)")
 
 
 class GraphEncoderConfig(_Strict):
@@ -92,6 +97,20 @@ class DataConfig(_Strict):
     split_seed: int = 4
 
 
+class IsolationConfig(_Strict):
+    """How `acml embed` survives native crashes in featurisation (see `acml_ray/sandbox.py`).
+
+    Each featurise batch runs in a child process; when the child dies (segfault, abort, memory
+    limit), the batch is retried, then bisected, and the rows that still kill it on their own are
+    quarantined with reason ``worker crashed``; every other row goes on.
+    """
+
+    enabled: bool = Field(True, description="featurise in a child process (off: a crash kills the Ray task)")
+    retries: int = Field(1, ge=0, description="retries of a whole batch whose child died, before bisection")
+    timeout_s: float | None = Field(600.0, gt=0, description="a batch running longer counts as a crash")
+    memory_mb: int | None = Field(4096, ge=256, description="address-space limit of the child process")
+
+
 class EmbedConfig(_Strict):
     """`acml embed`: molecule shards in, training-table shards out (Ray Data, actor pools)."""
 
@@ -108,6 +127,9 @@ class EmbedConfig(_Strict):
     num_cpus_per_actor: float = Field(1.0, ge=0.0)
     num_gpus_per_actor: float = Field(0.0, ge=0.0)
     compact_cache: bool = Field(True, description="merge new cache shards at the end of a run")
+    isolation: IsolationConfig = Field(default_factory=IsolationConfig)
+    max_retries: int = Field(2, ge=0, description="Ray-level retries of a task or restarts of an actor that "
+                                                  "died (a lost node); bounded, never Ray's default of forever")
 
 
 class TrainConfig(_Strict):

@@ -2,8 +2,13 @@
 
 The feature vocabularies live in `acml_ray.chem.features`; `GraphFeaturizer` applies the
 reference ACML molecule filter and gives every graph its canonical SMILES and InChIKey.
+`acml_ray.chem.guard.parse_smiles` is the one bounded way to parse untrusted SMILES.
 """
 
-# The featuriser module's public names are this package's; its __all__ is the one list of them.
+# The featuriser and guard modules' public names are this package's.
+from acml_ray.chem import featurizer as _featurizer
+from acml_ray.chem import guard as _guard
 from acml_ray.chem.featurizer import *  # noqa: F403
-from acml_ray.chem.featurizer import __all__  # noqa: F401
+from acml_ray.chem.guard import *  # noqa: F403
+
+__all__ = sorted(set(_featurizer.__all__) | set(_guard.__all__))

@@ -9,7 +9,6 @@ into one numpy array per table and mapped to vocabulary indices in a few vectori
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from acml_ray.chem.features import (
     NUM_ATOM_FEATURES,
     NUM_BOND_FEATURES,
 )
+from acml_ray.chem.guard import DEFAULT_LIMITS, FeaturizationError, SmilesLimits, parse_smiles
 from acml_ray.config import FeaturizerConfig
 
 if TYPE_CHECKING:  # torch_geometric is only needed by `to_pyg`; keep imports of this module light.
@@ -107,14 +107,6 @@ _BOND_ORDER_TO_TYPE: dict[float, int] = {
 _CHUNK = 256
 
 
-class FeaturizationError(ValueError):
-    """A molecule could not be turned into a graph; `reason` says why in plain words."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclass
 class Rejected:
     """An input that did not become a graph, kept so that callers can report and count rejects.
@@ -126,6 +118,11 @@ class Rejected:
     index: int
     input: str
     reason: str
+
+    @classmethod
+    def of(cls, index: int, item: object, reason: str) -> Rejected:
+        """A record for any input and reason, both rendered safe to store (see the class doc)."""
+        return cls(index, _safe_text(item), _safe_text(reason))
 
 
 @dataclass(eq=False)  # numpy fields make the generated __eq__ ambiguous; compare arrays explicitly
@@ -246,21 +243,6 @@ def _safe_text(value: object) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _parse(smiles: object) -> tuple[str, Chem.Mol]:
-    """Parse one input into (stripped text, molecule) or raise FeaturizationError."""
-    if not isinstance(smiles, str):
-        if isinstance(smiles, float) and math.isnan(smiles):
-            raise FeaturizationError("not a string: float (NaN, a missing value)")
-        raise FeaturizationError(f"not a string: {type(smiles).__name__}")
-    text = smiles.strip()  # RDKit reads a space as "name follows": leading blanks would fail
-    if not text:
-        raise FeaturizationError("empty input")
-    mol = Chem.MolFromSmiles(text)
-    if mol is None:
-        raise FeaturizationError("unparsable SMILES")
-    return text, mol
-
-
 def _identity(mol: Chem.Mol) -> tuple[str, str]:
     """Canonical isomeric SMILES and InChIKey of an already parsed molecule."""
     inchikey = Chem.MolToInchiKey(mol)
@@ -269,10 +251,13 @@ def _identity(mol: Chem.Mol) -> tuple[str, str]:
     return Chem.MolToSmiles(mol), inchikey
 
 
-def canonical_identity(smiles: str) -> tuple[str, str]:
-    """(canonical isomeric SMILES, InChIKey) of one SMILES; raises FeaturizationError."""
+def canonical_identity(smiles: str, limits: SmilesLimits | None = None) -> tuple[str, str]:
+    """(canonical isomeric SMILES, InChIKey) of one SMILES; raises FeaturizationError.
+
+    Parsed by `parse_smiles` within `limits` (default: the guard's `DEFAULT_LIMITS`).
+    """
     with BlockLogs():
-        return _identity(_parse(smiles)[1])
+        return _identity(parse_smiles(smiles, limits or DEFAULT_LIMITS)[1])
 
 
 def _graph_arrays(mol: Chem.Mol, text: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -343,12 +328,16 @@ class GraphFeaturizer:
 
     def __init__(self, config: FeaturizerConfig | None = None) -> None:
         self.config = config if config is not None else FeaturizerConfig()
+        # The reference heavy-atom filter is the guard's atom bound: sanitising never changes the
+        # heavy atoms, so checking them on the unsanitised parse rejects exactly the same
+        # molecules, before sanitisation, ring perception or InChI can cost anything.
+        self.limits = SmilesLimits(self.config.max_smiles_chars, self.config.max_heavy_atoms)
 
     def featurize(self, smiles: str) -> MolGraph:
         """Featurise one SMILES; raises FeaturizationError (a ValueError) with the reason."""
         with BlockLogs():
-            text, mol = _parse(smiles)
-            self._check(mol)
+            text, mol = parse_smiles(smiles, self.limits)
+            self._check(mol, text)
             x, edge_index, edge_attr = _graph_arrays(mol, text)
             canonical, inchikey = _identity(mol)
         return MolGraph(x, edge_index, edge_attr, canonical, inchikey)
@@ -371,8 +360,8 @@ class GraphFeaturizer:
         parsed: list[tuple[int, str, Chem.Mol]] = []
         for i in range(start, stop):
             try:
-                text, mol = _parse(items[i])
-                self._check(mol)
+                text, mol = parse_smiles(items[i], self.limits)
+                self._check(mol, text)
                 parsed.append((i, text, mol))
             except Exception as err:  # noqa: BLE001 - one bad item must not sink a batch
                 out[i] = _rejected(i, items[i], err)
@@ -389,17 +378,23 @@ class GraphFeaturizer:
             except Exception as err:  # noqa: BLE001
                 out[i] = _rejected(i, items[i], err)
 
-    def _check(self, mol: Chem.Mol) -> None:
-        """The reference filter (ACML): too many heavy atoms, or too few atoms."""
-        heavy = mol.GetNumHeavyAtoms()
-        if heavy > self.config.max_heavy_atoms:
-            raise FeaturizationError(
-                f"too many heavy atoms: {heavy} > {self.config.max_heavy_atoms}"
-            )
+    def _check(self, mol: Chem.Mol, text: str) -> None:
+        """The rest of the reference filter (ACML): too few atoms; then radicals.
+
+        Its other half, too many heavy atoms, is the guard's atom bound (see `__init__`).
+        """
         num_atoms = mol.GetNumAtoms()
         if num_atoms < self.config.min_atoms:
             # Phrased like the reference filter, which drops molecules with <= 2 atoms.
             raise FeaturizationError(f"too few atoms: {num_atoms} <= {self.config.min_atoms - 1}")
+        # Only bracket atoms ("[C]", "[0C]": no hydrogens unless written) and CXSMILES radical
+        # marks can leave unpaired electrons; organic-subset atoms are filled up with hydrogens.
+        if not self.config.allow_radicals and ("[" in text or "|" in text):
+            for atom in mol.GetAtoms():
+                if atom.GetNumRadicalElectrons():
+                    raise FeaturizationError(
+                        f"radical: {atom.GetNumRadicalElectrons()} unpaired electron(s) on "
+                        f"{atom.GetSymbol()} (atom {atom.GetIdx()})")
 
 
 def _rejected(index: int, item: object, err: Exception) -> Rejected:
@@ -411,4 +406,4 @@ def _rejected(index: int, item: object, err: Exception) -> Rejected:
             reason = f"{type(err).__name__}: {err}"
         except Exception:  # noqa: BLE001 - an unprintable error is still a rejection
             reason = type(err).__name__
-    return Rejected(index, _safe_text(item), _safe_text(reason))
+    return Rejected.of(index, item, reason)

@@ -17,7 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from rdkit import Chem
+from rdkit.rdBase import BlockLogs
 from torch import nn
+
+from acml_ray.chem.guard import FeaturizationError, parse_smiles
 
 
 class ModalityInputError(ValueError):
@@ -26,6 +30,19 @@ class ModalityInputError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def molecule_from_smiles(smiles: Any) -> Chem.Mol:
+    """The molecule of a SMILES input, parsed within the guard's bounds (`acml_ray.chem.guard`).
+
+    Every SMILES-reading modality parses through here, so a pathological string is rejected in
+    milliseconds, as the featuriser rejects it, never handed to depiction or fingerprinting.
+    """
+    with BlockLogs():
+        try:
+            return parse_smiles(smiles)[1]
+        except FeaturizationError as exc:
+            raise ModalityInputError(exc.reason) from None
 
 
 def hash_module_weights(module: nn.Module) -> str:

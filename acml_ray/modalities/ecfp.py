@@ -12,10 +12,9 @@ import numpy as np
 import torch
 from rdkit import Chem
 from rdkit.Chem import rdFingerprintGenerator
-from rdkit.rdBase import BlockLogs
 from torch import nn
 
-from acml_ray.modalities.base import Modality, ModalityInputError
+from acml_ray.modalities.base import Modality, molecule_from_smiles
 
 
 class EcfpModality(Modality):
@@ -49,10 +48,7 @@ class EcfpModality(Modality):
                 "rdkit": Chem.rdBase.rdkitVersion}
 
     def preprocess_one(self, raw: Any) -> torch.Tensor:
-        with BlockLogs():
-            mol = Chem.MolFromSmiles(self.canonical_input(raw))
-        if mol is None:
-            raise ModalityInputError("unparsable SMILES")
+        mol = molecule_from_smiles(self.canonical_input(raw))
         counts = self._generator.GetCountFingerprintAsNumPy(mol).astype(np.float32)
         return torch.from_numpy(np.log1p(counts) if self.log1p else counts)
 

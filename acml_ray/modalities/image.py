@@ -10,7 +10,7 @@ from rdkit import Chem
 from rdkit.Chem import Draw
 from torch import nn
 
-from acml_ray.modalities.base import Modality, ModalityInputError
+from acml_ray.modalities.base import Modality, molecule_from_smiles
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,9 +84,7 @@ class ImageModality(Modality):
 
     def render(self, smiles: str) -> np.ndarray:
         """RGB depiction, uint8 [size, size, 3]."""
-        mol = Chem.MolFromSmiles(self.canonical_input(smiles))
-        if mol is None:
-            raise ModalityInputError("unparsable SMILES")
+        mol = molecule_from_smiles(self.canonical_input(smiles))
         image = Draw.MolToImage(mol, size=(self.image_size, self.image_size))
         return np.array(image.convert("RGB"), dtype=np.uint8)
 

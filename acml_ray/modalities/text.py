@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from acml_ray.modalities.base import Modality, ModalityInputError
+from acml_ray.modalities.base import Modality, ModalityInputError, molecule_from_smiles
 from acml_ray.storage import package_dir
 
 Pooling = Literal["mean", "cls"]
@@ -178,14 +178,10 @@ class SmilesModality(Modality):
 
     def canonical_input(self, raw: Any) -> str:
         text = super().canonical_input(raw.strip() if isinstance(raw, str) else raw)
-        from rdkit import Chem
-        from rdkit.rdBase import BlockLogs
-
-        # A text model would happily embed any string: reject what is not a molecule, so
-        # the cache never holds vectors of garbage and bad rows are quarantined with a reason.
-        with BlockLogs():
-            if Chem.MolFromSmiles(text) is None:
-                raise ModalityInputError("unparsable SMILES")
+        # A text model would happily embed any string: reject what is not a molecule (within
+        # the guard's bounds), so the cache never holds vectors of garbage and bad rows are
+        # quarantined with a reason.
+        molecule_from_smiles(text)
         return text
 
     def _build_encoder(self) -> nn.Module:
