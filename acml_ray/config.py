@@ -200,6 +200,9 @@ class InterpretConfig(_Strict):
     colour_by: str = Field("LogP", description="descriptor colouring the 2-D projection")
 
 
+LabelKind = Literal["classification", "regression"]
+
+
 class TaskConfig(_Strict):
     """A property-prediction task: a shipped benchmark name, or a MoleculeNet/TDC-style file."""
 
@@ -207,8 +210,16 @@ class TaskConfig(_Strict):
     path: str | None = Field(None, description="CSV/TSV/Parquet path or URI")
     smiles_column: str | None = Field(None, description="default: smiles/SMILES/Drug")
     label_columns: list[str] | None = Field(None, description="default: Y, or numeric non-id columns")
-    kind: Literal["classification", "regression"] | None = Field(None, description="default: inferred")
-    limit: int | None = Field(1000, ge=10, description="seeded random sample before the split")
+    kind: LabelKind | dict[str, LabelKind] | None = Field(
+        None, description="one kind for every label or {label: kind}; default per label: only 0/1 values "
+                          "-> classification, else regression (mixed kinds become one task per kind)")
+    limit: int | None = Field(None, ge=10, description="seeded random sample of this many rows before "
+                                                       "the split (default: every row)")
+    relation_column: str = Field("relation", description="censoring qualifier of regression labels "
+                                                         "(<, >, <=, >=), used when the file has it")
+    censored: Literal["exclude", "keep"] = Field(
+        "exclude", description="censored regression labels: left out of training and metrics, or used "
+                               "as exact values")
 
 
 class DownstreamConfig(_Strict):
@@ -220,7 +231,11 @@ class DownstreamConfig(_Strict):
         default_factory=lambda: ["linear_probe", "finetune", "scratch", "ecfp_rf", "ecfp_linear"])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="most epochs of a fine-tune / scratch training")
+    patience: int | None = Field(3, ge=1, description="stop a training after this many epochs without a "
+                                                      "lower validation loss (None: run every epoch)")
+    workers: int | None = Field(None, ge=1, description="trainings run in parallel; default: the free "
+                                                        "CPUs (Ray's, when Ray is initialised)")
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0.0)
     head_hidden: int = Field(64, ge=1)
@@ -276,6 +291,9 @@ class EvalConfig(_Strict):
     tracking_uri: str | None = Field(None, description="MLflow URI; default $MLFLOW_TRACKING_URI")
     mlflow_run_id: str | None = Field(None, description="log into this run (else the active/a new one)")
     mlflow_experiment: str = "acml-evaluate"
+    exclude_training: bool | None = Field(
+        None, description="drop held-out/gallery molecules the model trained on (by InChIKey); "
+                          "default: on when the run's training table is known")
 
 
 class ACMLConfig(_Strict):

@@ -21,7 +21,7 @@ from acml_ray.cli.main import main
 from acml_ray.config import ACMLConfig, EvalConfig, TaskConfig
 from acml_ray.data.paired import PairedExamples, build_table
 from acml_ray.evaluate.downstream import (
-    _masked_loss, load_task, masked_errors, masked_roc_auc, murcko_scaffold, scaffold_split,
+    _masked_loss, load_tasks, masked_errors, masked_roc_auc, murcko_scaffold, scaffold_split,
 )
 from acml_ray.evaluate.interpret import correlations, interpret_report
 from acml_ray.evaluate.isomers import formula_groups, set_discrimination, stereo_sets
@@ -165,14 +165,14 @@ def test_load_task_moleculenet_and_tdc_files(tmp_path):
     mn = tmp_path / "tox.csv"
     pd.DataFrame({"mol_id": [1, 2, 3], "smiles": ["CCO", "CCN", "c1ccccc1"], "NR-AR": [1, 0, None],
                   "SR-MMP": [None, 1, 0]}).to_csv(mn, index=False)
-    task = load_task(TaskConfig(name="tox", path=str(mn), limit=None))
+    [task] = load_tasks(TaskConfig(name="tox", path=str(mn)))
     assert task.task_names == ["NR-AR", "SR-MMP"] and task.kind == "classification"
     assert np.isnan(task.labels[2, 0]) and task.labels[1, 1] == 1
     tdc = tmp_path / "lipo.csv"
     pd.DataFrame({"Drug_ID": ["a", "b"], "Drug": ["CCO", "CCC"], "Y": [0.5, 1.7]}).to_csv(tdc, index=False)
-    task = load_task(TaskConfig(name="lipo", path=str(tdc), limit=None))
+    [task] = load_tasks(TaskConfig(name="lipo", path=str(tdc)))
     assert task.task_names == ["Y"] and task.kind == "regression" and task.smiles == ["CCO", "CCC"]
-    b3db = load_task(TaskConfig(name="b3db_classification", limit=50))
+    [b3db] = load_tasks(TaskConfig(name="b3db_classification", limit=50))
     assert b3db.kind == "classification" and set(np.unique(b3db.labels)) <= {0.0, 1.0}
 
 
@@ -296,7 +296,8 @@ def test_cli_evaluate_end_to_end(tiny_run, tmp_path, chembl_drugs):
     out = tmp_path / "eval"
     sets = ["eval.pool_size=16", "eval.pool_repeats=2", "eval.isomers.constitutional_groups=3",
             "eval.isomers.stereo_molecules=3", "eval.isomers.max_set_size=3", "eval.interpret.cv_folds=3",
-            "eval.downstream.epochs=2", "eval.downstream.rf_trees=10", "eval.downstream.batch_size=32"]
+            "eval.downstream.epochs=2", "eval.downstream.rf_trees=10", "eval.downstream.batch_size=32",
+            "eval.downstream.workers=1"]  # parallel fits: test_parallel_fits_*
     argv = ["evaluate", "--model", str(tiny_run), "--out", str(out), "--task", str(task_csv), "--quiet"]
     for s in sets:
         argv += ["--set", s]
@@ -315,10 +316,14 @@ def test_cli_evaluate_end_to_end(tiny_run, tmp_path, chembl_drugs):
     toy = report["downstream"]["toy_tox"]
     assert toy["kind"] == "classification" and toy["tasks"] == ["lipophilic", "sparse"]
     assert set(toy["methods"]) == {"linear_probe", "finetune", "scratch", "ecfp_rf", "ecfp_linear"}
-    assert all(len(m["roc_auc"]["values"]) == 3 for m in toy["methods"].values())
-    # Seeds move what is random (forests, network init and order); linear fits are seed-free.
+    # Seeds move what is random (forests, network init and order); linear fits are seed-free and
+    # reported once, not as three copies with sd 0.
+    for method in ("finetune", "scratch", "ecfp_rf"):
+        m = toy["methods"][method]
+        assert m["runs"] == 3 and m["seeds"] == [0, 1, 2] and len(m["roc_auc"]["values"]) == 3
     for method in ("linear_probe", "ecfp_linear"):
-        assert len(set(toy["methods"][method]["roc_auc"]["values"])) == 1
+        m = toy["methods"][method]
+        assert m["runs"] == 1 and m["deterministic"] and m["roc_auc"]["sd"] is None and m["seeds"] is None
     assert len(set(toy["methods"]["scratch"]["roc_auc"]["values"])) > 1
     split = pd.read_csv(out / "splits" / "toy_tox.csv", keep_default_na=False)
     by_part = split.groupby("split")["scaffold"].apply(set)
@@ -332,7 +337,9 @@ def test_cli_evaluate_end_to_end(tiny_run, tmp_path, chembl_drugs):
                  str(mols), "--sections", "retrieval", "--set", "eval.pool_size=8", "--quiet"]) == 0
     second = json.loads((tmp_path / "e2" / "report.json").read_text())
     accepted = sum(isinstance(r, MolGraph) for r in GraphFeaturizer().featurize_batch(sample[:40]))
-    assert second["held_out_molecules"] == accepted > 30 and "downstream" not in second
+    overlap = second["training_overlap"]  # on by default: the run's training table is known
+    assert overlap["checked"] and overlap["excluded"] and overlap["dropped"] == overlap["in_training"]
+    assert second["held_out_molecules"] == accepted - overlap["dropped"] > 30 and "downstream" not in second
 
 
 def test_mlflow_logging_to_sqlite(tmp_path, monkeypatch):
@@ -358,3 +365,268 @@ def test_mlflow_logging_to_sqlite(tmp_path, monkeypatch):
     with mlflow.start_run() as active:  # an active run receives the artifacts
         assert log_to_mlflow(out, report, EvalConfig(tracking_uri=uri)) == active.info.run_id
     assert numeric_leaves({"a->b": {"x": 1, "y": [1], "z": True}}) == {"a_to_b/x": 1.0}
+
+
+# --------------------------------------------------------------------------- users' own data
+from acml_ray.cli.evaluate import parse_task  # noqa: E402
+from acml_ray.config import DownstreamConfig  # noqa: E402
+from acml_ray.evaluate.downstream import (  # noqa: E402
+    FitInputs, FitRunner, reference_score, run_task, train_graph_model,
+)
+from acml_ray.evaluate.suite import default_out_dir, evaluate_run  # noqa: E402
+from acml_ray.model.gin import GraphEncoder  # noqa: E402
+
+
+def _b3db_file(tmp_path, n: int = 300, seed: int = 0) -> Path:
+    """Real B3DB molecules with a binary label (BBB+ -> 1) and a continuous one (logBB, partly missing)."""
+    from acml_ray.data.sources import load_source
+
+    frame = load_source("b3db_classification").sample(n, random_state=seed)
+    path = tmp_path / "bbb.csv"
+    pd.DataFrame({"SMILES": frame["smiles"], "bbb": (frame["BBB+/BBB-"] == "BBB+").astype(float),
+                  "logBB": pd.to_numeric(frame["logBB"], errors="coerce")}).to_csv(path, index=False)
+    return path
+
+
+def test_task_spec_names_columns_and_kinds(capsys):
+    spec = parse_task("data/assay.csv:canonical_smiles:pIC50=regression,active=classification")
+    assert (spec.name, spec.path, spec.smiles_column) == ("assay", "data/assay.csv", "canonical_smiles")
+    assert spec.label_columns == ["pIC50", "active"] and spec.kind == {"pIC50": "regression",
+                                                                     "active": "classification"}
+    s3 = parse_task("s3://bucket/sets/chembl.tsv.gz::pIC50")
+    assert (s3.path, s3.smiles_column, s3.label_columns, s3.kind) == ("s3://bucket/sets/chembl.tsv.gz", None,
+                                                                      ["pIC50"], None)
+    assert parse_task("freesolv").path is None and parse_task("my.csv").label_columns is None
+    with pytest.raises(ValueError, match="kind 'reg' of label 'y'"):
+        parse_task("my.csv:smiles:y=reg")
+    assert TaskConfig(name="x").limit is None  # no silent row limit
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "PATH[:SMILES_COLUMN[:LABEL[=KIND],...]]" in text and "docs/evaluation.md" in text
+    assert "--task-limit N" in text and "--exclude-training" in text and "--keep-censored" in text
+
+
+def test_every_row_is_used_unless_a_limit_is_given_and_said():
+    said: list[str] = []
+    [full] = load_tasks(TaskConfig(name="b3db_classification"), say=said.append)
+    assert len(full.smiles) == 7807 and "limit" not in full.notes and not said
+    [sample] = load_tasks(TaskConfig(name="b3db_classification", limit=100), seed=3, say=said.append)
+    assert len(sample.smiles) == 100 and sample.notes["limit"] == 100
+    assert said == ["task b3db_classification: random sample of 100 of 7807 rows (limit 100)"]
+
+
+def test_binary_and_continuous_labels_are_never_one_regression(tmp_path, caplog):
+    path = _b3db_file(tmp_path)
+    with caplog.at_level("WARNING"):
+        tasks = load_tasks(TaskConfig(name="bbb", path=str(path)), say=lambda _: None)
+    assert [(t.name, t.kind, t.task_names) for t in tasks] == [
+        ("bbb-classification", "classification", ["bbb"]), ("bbb-regression", "regression", ["logBB"])]
+    assert "labels of two kinds" in caplog.text and "inferred" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # kinds chosen by the user: split without a warning
+        chosen = load_tasks(TaskConfig(name="bbb", path=str(path), kind={"bbb": "classification",
+                                                                         "logBB": "regression"}), say=lambda _: None)
+    assert len(chosen) == 2 and "labels of two kinds" not in caplog.text
+    assert np.isnan(chosen[1].labels).any() and set(np.unique(chosen[0].labels)) == {0.0, 1.0}
+    [both_regression] = load_tasks(TaskConfig(name="bbb", path=str(path), kind="regression"))
+    assert both_regression.task_names == ["bbb", "logBB"]
+    with pytest.raises(ValueError, match="'logBB' is classification but holds values other than 0/1"):
+        load_tasks(TaskConfig(name="bbb", path=str(path), kind={"logBB": "classification"}))
+    with pytest.raises(ValueError, match=r"kind given for \['pIC50'\]"):
+        load_tasks(TaskConfig(name="bbb", path=str(path), kind={"pIC50": "regression"}))
+
+
+def _censored_file(tmp_path) -> tuple[Path, pd.DataFrame]:
+    """Real B3DB logBB values with a ChEMBL-style relation column: 20 '>' and 10 quoted '<'
+    (lower and upper bounds), 5 '~' (approximate: an exact value), the rest '='."""
+    from acml_ray.data.sources import load_source
+
+    frame = load_source("b3db_regression").sample(120, random_state=0)[["smiles", "logBB"]].reset_index(drop=True)
+    frame["relation"] = [">"] * 20 + ["'<'"] * 10 + ["~"] * 5 + ["="] * (len(frame) - 35)
+    path = tmp_path / "logbb.csv"
+    frame.to_csv(path, index=False)
+    return path, frame
+
+
+def test_censored_labels_are_left_out_by_default_and_counted(tmp_path, tiny_run):
+    path, frame = _censored_file(tmp_path)
+    [excluded] = load_tasks(TaskConfig(name="logbb", path=str(path)), say=lambda _: None)
+    c = excluded.notes["censoring"]
+    assert (c["policy"], c["rows"], c["by_relation"], c["approximate"]) == ("exclude", 30, {">": 20, "<": 10}, 5)
+    assert np.isnan(excluded.labels[:30, 0]).all() and np.isfinite(excluded.labels[30:, 0]).all()
+    [kept] = load_tasks(TaskConfig(name="logbb", path=str(path), censored="keep"), say=lambda _: None)
+    assert kept.notes["censoring"]["policy"] == "keep" and kept.notes["censoring"]["rows"] == 30
+    np.testing.assert_allclose(kept.labels[:, 0], frame["logBB"].to_numpy())
+    renamed = path.with_name("renamed.csv")
+    frame.rename(columns={"relation": "Standard Relation"}).to_csv(renamed, index=False)
+    [other] = load_tasks(TaskConfig(name="logbb", path=str(renamed), relation_column="Standard Relation"))
+    assert other.notes["censoring"]["rows"] == 30
+
+    model, run_cfg, _ = load_model(tiny_run / "model")
+    cfg = DownstreamConfig(methods=["ecfp_linear"], seeds=[0])
+    report, quarantine = run_task(model, run_cfg, excluded, cfg, say=lambda _: None)
+    censored_rows = [q for q in quarantine if q["stage"] == "label"]
+    assert len(censored_rows) == 30 and censored_rows[0]["reason"].startswith("censored label (>)")
+    assert report["n"] == len(excluded.smiles) - len(quarantine) and report["censoring"]["rows"] == 30
+    from acml_ray.evaluate.report import render_markdown
+
+    text = render_markdown({"downstream": {"logbb": report}})
+    assert "30 rows {'>': 20, '<': 10}, excluded from training and metrics" in text
+
+
+def test_r2_and_reference_beside_every_metric_by_hand():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    e = masked_errors(y, np.array([1.0, 2.0, 3.0, 5.0]))
+    assert e == pytest.approx({"rmse": 0.5, "mae": 0.25, "r2": 1 - 1 / 5})
+    ref = reference_score("regression", np.array([[2.0], [4.0], [np.nan]]), y[:, None])  # predicts 3
+    assert ref == pytest.approx({"rmse": math.sqrt(6 / 4), "mae": 1.0, "r2": 1 - 6 / 5})
+    prior = reference_score("classification", np.array([[0.0], [1.0], [1.0], [1.0]]),
+                            np.array([[0.0], [0.0], [1.0], [1.0], [1.0]]))
+    assert prior == pytest.approx({"roc_auc": 0.5, "pr_auc": 0.6})  # PR-AUC of a constant = prevalence
+
+
+def _fit_inputs(tiny_run, epochs: int, patience: int | None, lr: float = 1e-3) -> tuple[FitInputs, object]:
+    from acml_ray.data.sources import load_source
+
+    model, run_cfg, _ = load_model(tiny_run / "model")
+    frame = load_source("freesolv").sample(140, random_state=0)
+    results = GraphFeaturizer().featurize_batch(frame["smiles"].tolist())
+    ok = [isinstance(r, MolGraph) for r in results]
+    frame, graphs = frame[ok].head(120), [r.to_pyg() for r in results if isinstance(r, MolGraph)][:120]
+    train, valid, test, _ = scaffold_split(frame["smiles"].tolist())
+    cfg = DownstreamConfig(epochs=epochs, patience=patience, lr=lr, batch_size=32, rf_trees=10)
+    return FitInputs("regression", frame[["expt"]].to_numpy(float), train, valid, test, cfg,
+                     run_cfg.graph_encoder, graphs=graphs, pretrained=model.graph_encoder), model
+
+
+def test_graph_trainings_stop_early_on_the_validation_loss(tiny_run):
+    inputs, _ = _fit_inputs(tiny_run, epochs=40, patience=2, lr=0.03)
+    torch.manual_seed(0)
+    pred, info = train_graph_model(GraphEncoder.from_config(inputs.encoder_cfg), "regression", inputs.graphs, inputs.labels,
+                                   inputs.train, inputs.valid, inputs.test, inputs.cfg, seed=0)
+    assert info["epochs"] < 40 and info["epochs"] - info["best_epoch"] == 2 and pred.shape == (len(inputs.test), 1)
+    full = inputs.cfg.model_copy(update={"patience": None, "epochs": 6})
+    torch.manual_seed(0)
+    _, info = train_graph_model(GraphEncoder.from_config(inputs.encoder_cfg), "regression", inputs.graphs, inputs.labels,
+                                inputs.train, inputs.valid, inputs.test, full, seed=0)
+    assert info["epochs"] == 6
+
+
+def test_parallel_fits_in_processes_equal_the_serial_ones(tiny_run):
+    inputs, _ = _fit_inputs(tiny_run, epochs=2, patience=None)
+    jobs = [(inputs, "scratch", 0), (inputs, "finetune", 1), (inputs, "scratch", 1)]
+    serial = {k: pred for k, pred, _ in FitRunner(1).run(jobs)}
+    runner = FitRunner(2, backend="processes")
+    try:
+        assert runner.mode == "processes" and runner.describe() == "in 2 local processes"
+        parallel = {k: (pred, info) for k, pred, info in runner.run(jobs)}
+    finally:
+        runner.close()
+    assert sorted(parallel) == [0, 1, 2]
+    for k in serial:  # every fit runs on one thread wherever it runs: the same numbers
+        np.testing.assert_array_equal(parallel[k][0], serial[k])
+        assert parallel[k][1]["epochs"] == 2 and parallel[k][1]["seconds"] > 0
+    assert not np.allclose(serial[0], serial[2])  # seeds matter
+
+
+def test_parallel_fits_as_ray_tasks(tiny_run, ray_local):
+    inputs, _ = _fit_inputs(tiny_run, epochs=1, patience=None)
+    jobs = [(inputs, "scratch", 0), (inputs, "scratch", 1)]
+    serial = {k: pred for k, pred, _ in FitRunner(1).run(jobs)}
+    runner = FitRunner()  # Ray is initialised: its free CPUs decide
+    assert runner.mode == "ray" and runner.workers == 2
+    for k, pred, _ in runner.run(jobs):
+        np.testing.assert_array_equal(pred, serial[k])
+
+
+def _gallery(tmp_path, tiny_run) -> tuple[Path, int]:
+    """10 molecules the model trained on, the 36 held-out ones, a duplicate and an unparsable row."""
+    train = pq.read_table(tiny_run / "data" / "train.parquet").column("smiles").to_pylist()[:10]
+    val = pq.read_table(tiny_run / "data" / "val.parquet").column("smiles").to_pylist()
+    path = tmp_path / "gallery.csv"
+    pd.DataFrame({"smiles": [*train, *val, val[0], "C1CC(=O"]}).to_csv(path, index=False)
+    return path, len(val)
+
+
+def test_gallery_molecules_the_model_trained_on_are_dropped_and_counted(tiny_run, tmp_path):
+    gallery, n_val = _gallery(tmp_path, tiny_run)
+    cfg = EvalConfig(sections=["retrieval"], pool_size=8, pool_repeats=2)
+    report = evaluate_run(str(tiny_run), cfg, tmp_path / "on", data=str(gallery), progress=False)
+    assert report["training_overlap"] | {"training_table": None} == {
+        "training_table": None, "checked": True, "gallery": 10 + n_val, "in_training": 10,
+        "fraction": pytest.approx(10 / (10 + n_val)), "excluded": True, "dropped": 10}
+    assert report["held_out_molecules"] == n_val and report["held_out_rejected"] == 2
+    assert "10 of 46 molecules (21.7 %), 10 dropped" in (tmp_path / "on" / "report.md").read_text()
+    off = evaluate_run(str(tiny_run), cfg.model_copy(update={"exclude_training": False}), tmp_path / "off",
+                       data=str(gallery), progress=False)
+    assert off["training_overlap"]["in_training"] == 10 and off["training_overlap"]["dropped"] == 0
+    assert off["held_out_molecules"] == n_val + 10
+    q = pq.read_table(tmp_path / "on" / "quarantine.parquet").to_pandas()
+    assert list(q.columns) == ["mol_id", "input", "stage", "reason", "section"]
+    assert q["stage"].value_counts().to_dict() == {"exclude_training": 10, "deduplicate": 1, "featurise": 1}
+    assert q.loc[q["stage"] == "deduplicate", "reason"].item().startswith("duplicate InChIKey")
+    bare = tmp_path / "bare_model"  # a model folder alone: the training table is unknown
+    bare.mkdir()
+    (bare / "model.pt").write_bytes((tiny_run / "model" / "model.pt").read_bytes())
+    unknown = evaluate_run(str(bare), cfg, tmp_path / "unknown", data=str(gallery), progress=False)
+    assert unknown["training_overlap"]["checked"] is False and unknown["held_out_molecules"] == n_val + 10
+    with pytest.raises(ValueError, match="training table is not known"):
+        evaluate_run(str(bare), cfg.model_copy(update={"exclude_training": True}), tmp_path / "x",
+                     data=str(gallery), progress=False)
+
+
+def test_new_data_never_writes_into_the_run_and_a_failure_leaves_nothing(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*"))
+    gallery, _ = _gallery(tmp_path, tiny_run)
+    cfg = EvalConfig(sections=["retrieval"], pool_size=8, pool_repeats=2)
+    assert default_out_dir(str(tiny_run / "model")) == Path(f"evaluation-{tiny_run.name}")
+    report = evaluate_run(str(tiny_run), cfg, data=str(gallery), progress=False)
+    assert report["output"] == f"evaluation-{tiny_run.name}" and (tmp_path / report["output"] / "report.md").is_file()
+    assert report["cache"] == "acml-cache" and any((tmp_path / "acml-cache").rglob("*.parquet"))
+    assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before  # the run is untouched
+
+    one = tmp_path / "one.csv"
+    pd.DataFrame({"smiles": ["CCO", "not a molecule"]}).to_csv(one, index=False)
+    with pytest.raises(ValueError, match="retrieval needs at least 2"):
+        evaluate_run(str(tiny_run), cfg, tmp_path / "fresh" / "eval", data=str(one), progress=False)
+    assert not (tmp_path / "fresh" / "eval").exists() and not (tmp_path / "fresh" / "acml-cache").exists()
+    kept = tmp_path / "old_eval"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError):
+        evaluate_run(str(tiny_run), cfg, kept, data=str(one), progress=False)
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+    assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before
+
+
+def test_cli_progress_reports_and_quarantine_on_a_user_task(tiny_run, tmp_path, monkeypatch, capsys):
+    from acml_ray.data.sources import load_source
+
+    monkeypatch.chdir(tmp_path)
+    frame = load_source("freesolv").sample(70, random_state=2)[["smiles", "expt"]]
+    frame = pd.concat([frame, pd.DataFrame({"smiles": ["C1CC(=O", "CCO"], "expt": [1.0, None]})])
+    frame.rename(columns={"smiles": "mol", "expt": "dG"}).to_csv(tmp_path / "solv.csv", index=False)
+    argv = ["evaluate", "--model", str(tiny_run), "--sections", "downstream",
+            "--task", "solv.csv:mol:dG", "--set", "eval.downstream.methods=[finetune, ecfp_linear]",
+            "--set", "eval.downstream.seeds=[0, 1]", "--set", "eval.downstream.epochs=2", "--workers", "1"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("[evaluate ")]
+    assert any("downstream done in" in line for line in lines)
+    for needle in ("finetune seed 0: rmse", "finetune seed 1: rmse", "ecfp_linear seed-free, one fit: rmse"):
+        assert any(needle in line and " s" in line for line in lines), needle
+    out = tmp_path / f"evaluation-{tiny_run.name}"
+    report = json.loads((out / "report.json").read_text())
+    task = report["downstream"]["solv"]
+    assert task["seeds"] == [0, 1] and task["n"] == 70 and task["rejected"] == 2
+    assert set(task["reference"]) >= {"rmse", "mae", "r2"} and "r2" in task["methods"]["finetune"]
+    assert task["methods"]["finetune"]["epochs"] == [2, 2]
+    text = (out / "report.md").read_text()
+    sizes = task["split"]["sizes"]
+    assert f"n train {sizes['train']} / valid {sizes['valid']} / test {sizes['test']}; seeds [0, 1]" in text
+    assert "| reference (training mean) | - |" in text and "| ecfp_linear | 1 (seed-free) |" in text
+    assert "| downstream:solv | featurise |" in text and "| downstream:solv | label | no label | 1 |" in text
+    q = pq.read_table(out / "quarantine.parquet").to_pandas()
+    assert sorted(q["stage"]) == ["featurise", "label"] and set(q["input"]) == {"C1CC(=O", "CCO"}

@@ -149,7 +149,7 @@ def build_isomer_sets(cfg: IsomerEvalConfig, seed: int) -> list[IsomerSet]:
 
 
 def isomer_report(model: ACMLModel, run_cfg: ACMLConfig, sets: list[IsomerSet],
-                  cache_dir: str | None = None) -> dict[str, dict]:
+                  cache_dir: str | None = None, progress: bool = False) -> dict[str, dict]:
     """``{kind: {"<m>->graph": {...}, "graph-><m>": {...}, "n_sets_built": n}}`` per modality.
 
     Members that the featuriser or a modality rejects are dropped (a set left with one member
@@ -158,7 +158,7 @@ def isomer_report(model: ACMLModel, run_cfg: ACMLConfig, sets: list[IsomerSet],
     smiles = [s for iset in sets for s in iset.smiles]
     set_of = np.array([j for j, iset in enumerate(sets) for _ in iset.smiles])
     kind_of = np.array([sets[j].kind for j in set_of]) if len(set_of) else np.array([], dtype=str)
-    examples, kept = paired_from_smiles(smiles, run_cfg, cache_dir)
+    examples, kept = paired_from_smiles(smiles, run_cfg, cache_dir, progress=progress)
     report: dict[str, dict] = {}
     for modality in model.modalities:
         if modality not in examples.vectors:

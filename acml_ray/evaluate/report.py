@@ -70,6 +70,48 @@ def _fmt(v) -> str:
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
+def _overlap_line(overlap: dict | None) -> str:
+    if not overlap or not overlap.get("checked"):
+        return "Overlap with the training set: not checked (the model's training table is not known)."
+    text = (f"Overlap with the training set ({overlap['training_table']}): {overlap['in_training']} of "
+            f"{overlap['gallery']} molecules ({100 * overlap['fraction']:.1f} %)")
+    return text + (f", {overlap['dropped']} dropped (exclude_training)." if overlap["excluded"]
+                   else ", kept (exclude_training off: scores include molecules the model trained on).")
+
+
+def _task_lines(task: str, r: dict) -> list[str]:
+    """One downstream task: data, split and seeds, then a metric table with the reference row."""
+    sizes = r["split"]["sizes"]
+    lines = [f"### {task} ({r['kind']}: {', '.join(map(str, r['tasks']))})", "",
+             f"- data: {r.get('source', '')}, {r['n']} of {r['n_input']} rows used"
+             + (f" (random sample of {r['limit']} of {r['rows_in_file']} rows)" if r.get("limit") else "")
+             + (f"; {r['rejected']} rejected: "
+                + ", ".join(f"{k} {v}" for k, v in r.get("rejected_by_reason", {}).items()) if r["rejected"] else ""),
+             f"- split: n train {sizes['train']} / valid {sizes['valid']} / test {sizes['test']}; "
+             f"seeds {r.get('seeds')}"]
+    c = r.get("censoring") or {}
+    if c.get("present") and "policy" in c:
+        lines.append(f"- censored labels (column `{c['column']}`): {c['rows']} rows {c['by_relation']}, "
+                     + ("excluded from training and metrics" if c["policy"] == "exclude" else "kept as exact values"))
+    if r.get("split_from"):
+        lines.append(f"- one of the tasks made from {r['split_from']}, whose labels are of two kinds")
+    lines.append("")
+    if "error" in r:
+        return lines + [r["error"], ""]
+    methods = r["methods"]
+    first = next(iter(methods.values()), {})
+    metrics = [k for k, v in first.items() if isinstance(v, dict) and "mean" in v]
+    lines += ["| method | runs | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for method, m in methods.items():
+        runs = "1 (seed-free)" if m.get("deterministic") else str(m.get("runs", len(m[metrics[0]]["values"])))
+        lines.append(f"| {method} | {runs} | " + " | ".join(
+            _fmt(m[k]["mean"]) + ("" if m[k]["sd"] is None else f" +- {_fmt(m[k]['sd'])}") for k in metrics) + " |")
+    if "reference" in r:
+        lines.append("| reference (training mean) | - | " + " | ".join(_fmt(r["reference"].get(k)) for k in metrics)
+                     + " |")
+    return lines + [""]
+
+
 def render_markdown(report: dict) -> str:
     """Human-readable summary of `report` (the same content as report.json, in tables)."""
     lines = [f"# ACML evaluation: {report.get('model', '')}", ""]
@@ -79,6 +121,7 @@ def render_markdown(report: dict) -> str:
                   f"Held-out molecules: {report.get('held_out_molecules')} "
                   f"({report.get('held_out_rejected', 0)} input rows rejected). Cosine similarity; ties "
                   "count against the query. Pool 128 = random pools averaged; pool all = whole held-out set.", "",
+                  _overlap_line(report.get("training_overlap")), "",
                   "| direction | pool | " + " | ".join(f"top{k}" for k in ks) + " | mean rank | MRR |",
                   "|---|---|" + "---|" * (len(ks) + 2)]
         for direction, pools in report["retrieval"].items():
@@ -110,16 +153,16 @@ def render_markdown(report: dict) -> str:
                                                     for n in names) + " |")
         lines += ["", "![heatmap](correlation_heatmap.png)", "", "![projection](embedding_projection.png)", ""]
     if report.get("downstream"):
-        lines += ["## Property prediction (scaffold split)", ""]
+        lines += ["## Property prediction (scaffold split)", "",
+                  "Mean +- sd over seeds (runs in the second column; seed-free methods are fitted once). "
+                  "The reference row is a constant prediction of each label's training mean (for "
+                  "classification: the prevalence; ROC-AUC 0.5, PR-AUC = test prevalence).", ""]
         for task, r in report["downstream"].items():
-            lines += [f"### {task} ({r['kind']}, {r['n']} molecules, split {r['split']['sizes']})", ""]
-            if "error" in r:
-                lines += [r["error"], ""]
-                continue
-            metrics = list(next(iter(r["methods"].values()))) if r["methods"] else []
-            lines += ["| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-            for method, m in r["methods"].items():
-                lines.append(f"| {method} | " + " | ".join(
-                    f"{_fmt(m[k]['mean'])} +- {_fmt(m[k]['sd'])}" for k in metrics) + " |")
-            lines.append("")
+            lines += _task_lines(task, r)
+    if report.get("quarantine", {}).get("rows"):
+        q = report["quarantine"]
+        lines += ["## Rejected rows", "", f"{q['rows']} rows, each with its reason, in `{q['file']}`.", "",
+                  "| section | stage | reason | rows |", "|---|---|---|---|"]
+        lines += [f"| {b['section']} | {b['stage']} | {b['reason']} | {b['rows']} |" for b in q["by_reason"]]
+        lines.append("")
     return "\n".join(lines) + "\n"
