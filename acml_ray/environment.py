@@ -1,4 +1,5 @@
-"""Process environment defaults for every entry point (CLI, jobs, tests, Ray workers).
+"""Process environment defaults for every entry point (CLI, jobs, tests, Ray workers), and Ray
+start-up (`init_ray`).
 
 Two groups, because what is right on a laptop or CI box is wrong on a cluster:
 - `QUIET_ENV` (always): no telemetry, no hub downloads, no progress-bar spam in logs;
@@ -69,3 +70,28 @@ def apply_defaults(local: bool | None = None) -> None:
         if key == AUTH_MODE and ray_imported and key not in os.environ:
             continue
         os.environ.setdefault(key, value)
+
+
+def init_ray(num_cpus: int | None = None, use_gpu: bool = False) -> None:
+    """Connect to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``), or start a
+    local Ray on loopback; workers get the environment defaults (caller's values win).
+
+    The one place acml-ray starts or joins Ray (CLI, jobs, pipelines, benchmarks, tests)."""
+    import ray  # here, not at module level: the defaults above must be set before Ray is imported
+
+    if ray.is_initialized():
+        return
+    local = is_local()
+    apply_defaults(local)
+    env = default_env(local)
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = os.environ.get("DS_ACCELERATOR", "cpu")
+    if not local:
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env})
+        return
+    # The dashboard (on loopback) serves Ray's State API, which Ray Train's placement-group
+    # cleaner polls: without it the cleaner warns every few seconds and cannot free the
+    # placement group of a trial that dies.
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             _node_ip_address="127.0.0.1", runtime_env={"env_vars": env}, configure_logging=True,
+             logging_level="WARNING")
