@@ -70,6 +70,7 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles():
     # Imports inside functions count too: a deferred import is still a dependency.
-    graph = grimp.build_graph("acml_ray")
+    # `if TYPE_CHECKING:` imports (acml_ray/__init__.py names its lazy API that way) never run.
+    graph = grimp.build_graph("acml_ray", exclude_type_checking_imports=True)
     adjacency = {m: set(graph.find_modules_directly_imported_by(m)) for m in graph.modules}
     assert _cycles(adjacency) == []
