@@ -14,8 +14,9 @@ process of its own, so a death becomes an ordinary, caught event here:
    ``worker crashed: <signal>`` (``worker timed out: ...`` when it ran past `timeout_s`).
 
 The function maps a list of items to a list of results of the same length; it and the items
-are pickled to the child (a module-level function, or a method of a picklable object). The child is started once through multiprocessing's
-*forkserver* (a clean process: never a fork of a multi-threaded Ray worker) and then reused,
+are pickled to the child (a module-level function, or a method of a picklable object). The
+child is started once through multiprocessing's *forkserver* (a clean process: never a fork of
+a multi-threaded Ray worker) and then reused,
 batch after batch, so the happy path costs one pickle round trip per batch. Modules named in
 `preload` are imported once in the fork server, so a fresh child after a crash starts in
 milliseconds. The child gets an address-space limit (`memory_mb`), no core dumps, and dies with

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pyarrow.fs as pafs
 import pytest
 
@@ -111,3 +110,39 @@ def test_evaluate_rejects_unknown_tasks_and_empty_sections_before_any_work(tmp_p
     assert "--sections is empty" in _error(capsys, [*args, "--sections", " , "])
     assert "no model.pt" in _error(capsys, args)  # then the model; nothing was written on the way
     assert not out.exists()
+
+
+def test_refused_endpoint_names_the_endpoint(free_ports, monkeypatch) -> None:
+    from acml_ray.storage import StorageError, check_access
+
+    (port,) = free_ports(1)  # nothing listens there
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "k",
+                       "AWS_SECRET_ACCESS_KEY": "refused-endpoint-secret", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(StorageError) as info:
+        check_access("s3://some-bucket/mols", write=True)
+    message = str(info.value)
+    assert f"at endpoint {endpoint}" in message and "bucket 'some-bucket'" in message
+    assert "cannot connect to the endpoint" in message and "refused-endpoint-secret" not in message
+    assert user_error(info.value) == message  # the CLI prints it as one line, exit code 2
+
+
+def test_storage_lost_is_one_line_naming_endpoint_bucket_key() -> None:
+    from acml_ray.storage import storage_lost
+
+    os_error = OSError("When reading information for key 'mols/in.csv' in bucket 'data': AWS Error "
+                       "NETWORK_CONNECTION during HeadObject operation: curlCode: 7, Couldn't connect to server")
+    try:
+        try:
+            raise os_error
+        except OSError as inner:
+            raise RuntimeError("a Ray Data task failed") from inner
+    except RuntimeError as outer:
+        lost = storage_lost(outer, "reading s3://data/mols", "nothing was written")
+    assert lost is not None
+    message = str(lost)
+    assert message.startswith("storage lost while reading s3://data/mols: endpoint ")
+    assert "bucket 'data', key 'mols/in.csv'" in message and message.endswith("nothing was written")
+    assert "\n" not in message and user_error(lost) == message
+    assert storage_lost(ValueError("no column 'smiles'"), "reading", "") is None

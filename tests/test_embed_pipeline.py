@@ -7,13 +7,14 @@ import json
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from acml_ray.cache import CachedEmbedder
 from acml_ray.chem import GraphFeaturizer
 from acml_ray.cli.main import main
-from acml_ray.config import load_config
+from acml_ray.config import FeaturizerConfig, load_config
 from acml_ray.data.paired import PairedExamples
 from acml_ray.modalities import build_modality
 from acml_ray.pipelines.embed import (
@@ -190,3 +191,169 @@ def test_embed_pipeline_on_s3(tmp_path, molecules, ray_local, s3_env, monkeypatc
     err = capsys.readouterr().err
     assert f"bucket '{bucket}'" in err and "access denied" in err
     assert wrong not in err and s3_server["secret_key"] not in err
+
+
+# -- hostile input (issue 12) ---------------------------------------------------------------
+RING = "C1" + "C" * 99996 + "C1"  # sanitising it segfaults RDKit under a memory limit
+# Loosened guard, so that the ring reaches RDKit: the sandbox, not the guard, must save the job.
+LOOSE = {"featurizer": {"max_smiles_chars": 10**6, "max_heavy_atoms": 10**6},
+         "embed": {"isolation": {"memory_mb": 1024, "retries": 1}}}
+
+
+def test_csv_rows_in_other_encodings_cost_only_themselves(tmp_path, chembl_drugs) -> None:
+    """4,999 good rows + 3 latin-1 rows + NUL bytes + a quoted newline: read with the reader's
+    own options, only the bad rows are quarantined (`invalid text encoding`), row by row."""
+    import pyarrow.csv as pacsv
+
+    from acml_ray.pipelines.embed import check_input_columns, csv_read_options
+
+    good = chembl_drugs["smiles"].dropna().head(40).tolist()
+    lines = [b"id,smiles,note"] + [f"g{i},{s},ok".encode() for i, s in enumerate(good)]
+    lines += [b"l1,C\xe9C,latin-1", b"l2,CC\xf6N,latin-1", b"l3,\xc9CO,latin-1",
+              b'n1,"C\x00CO",nul', b'q1,CCO,"a note\nover two lines"']
+    path = tmp_path / "odd.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    fs = pafs.LocalFileSystem()
+    check_input_columns(fs, str(path), "csv", str(path), ["smiles", "id"])  # the check agrees...
+    table = pacsv.read_csv(path, **csv_read_options(["smiles", "id"], ["id", "smiles", "note"]))  # ...with the reader
+    assert table.num_rows == len(good) + 5 and table.schema.field("smiles").type == pa.binary()
+    out = featurise_table(table, GraphFeaturizer(), id_column="id", passthrough=["note"], text_columns=["note"])
+    reasons = dict(zip(out.column("mol_id").to_pylist(), out.column("reason").to_pylist()))
+    for bad in ("l1", "l2", "l3"):
+        assert reasons[bad].startswith("invalid text encoding: column 'smiles' is not UTF-8"), reasons[bad]
+    assert reasons["n1"] == "invalid text encoding: control character U+0000 at position 1"
+    assert reasons["q1"] is None  # RFC 4180: a newline inside quotes is part of the value
+    assert out.column("note").type == pa.string()
+    drugs = [reasons[f"g{i}"] for i in range(len(good))]
+    assert sum(r is None for r in drugs) >= len(good) - 5  # only the filter's own rejects
+    inputs = dict(zip(out.column("mol_id").to_pylist(), out.column("input").to_pylist()))
+    assert inputs["l1"] == "C\\xe9C"  # shown as it was, safely
+
+
+def test_sandboxed_featurisation_quarantines_a_segfault(chembl_drugs) -> None:
+    """A real crash (RDKit segfaults sanitising a 100k-atom ring under the child's memory limit)
+    costs its row only; the same table unsandboxed is identical apart from that row."""
+    from acml_ray.config import IsolationConfig
+
+    good = chembl_drugs["smiles"].dropna().head(7).tolist()
+    table = pa.table({"smiles": good[:3] + [RING] + good[3:], "id": [f"m{i}" for i in range(8)]})
+    featurizer = GraphFeaturizer(FeaturizerConfig(**LOOSE["featurizer"]))
+    out = featurise_table(table, featurizer, id_column="id",
+                          isolation=IsolationConfig(memory_mb=1024, retries=0))
+    reasons = out.column("reason").to_pylist()
+    assert reasons[3].startswith("worker crashed: SIG"), reasons[3]
+    plain = featurise_table(table.filter(pa.array([i != 3 for i in range(8)])), GraphFeaturizer(), id_column="id")
+    assert out.filter(pa.array([i != 3 for i in range(8)])).equals(plain)
+
+
+@pytest.mark.slow
+def test_embed_survives_a_crashing_row_and_hostile_csv(tmp_path, chembl_drugs, ray_local) -> None:
+    """`acml embed` on a CSV with a row that segfaults RDKit, rows in latin-1 and with NUL bytes:
+    the job ends, that row is quarantined as `worker crashed`, every other row is accounted for
+    by id (input = accepted + quarantined), and retries are bounded."""
+    good = chembl_drugs["smiles"].dropna().sample(20, random_state=3).tolist()
+    lines = [b"id,smiles"] + [f"g{i},{s}".encode() for i, s in enumerate(good)]
+    lines += [f"crash,{RING}".encode(), b"latin,C\xe9C", b'nul,"C\x00CO"']
+    data = tmp_path / "in.csv"
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out"
+    args = ["embed", "--input", str(data), "--output", str(out), "--out", str(tmp_path), "--quiet",
+            "--set", f"cache_dir={tmp_path / 'cache'}", "--set", 'modalities=[{"name": "ecfp"}]',
+            "--set", "embed.id_column=id", "--set", "embed.featurize_batch_size=8",
+            "--set", "embed.num_cpus_per_actor=0.5", "--set", f"featurizer={json.dumps(LOOSE['featurizer'])}",
+            "--set", "embed.isolation.memory_mb=1024"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
+    reasons = {row["mol_id"]: row["reason"] for row in quarantine}
+    assert reasons["crash"].startswith("worker crashed: SIG")
+    assert reasons["latin"].startswith("invalid text encoding")
+    assert reasons["nul"].startswith("invalid text encoding")
+    accepted = set(_read(str(out / "train")).column("mol_id").to_pylist()) | set(
+        _read(str(out / "val")).column("mol_id").to_pylist())
+    assert accepted.isdisjoint(reasons) and accepted | set(reasons) == {f"g{i}" for i in range(20)} | {
+        "crash", "latin", "nul"}
+    assert report["counts"]["input"] == 23 and report["quarantined_by_reason"]["worker crashed"] == 1
+    assert report["reports"]["ecfp"]["corrupt_cache_shards"] == 0
+
+
+class _CuttableProxy:
+    """A loopback TCP forwarder to `port`; `cut()` refuses new connections and drops open ones,
+    as a storage server that goes away mid-run does (the shared test server stays up)."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self.target, self.connections = port, []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            self.connections += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        import socket
+
+        self.server.close()
+        for s in self.connections:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+
+@pytest.mark.slow
+def test_storage_lost_mid_run_is_one_line(tmp_path, molecules, ray_local, s3_env, monkeypatch, capsys) -> None:
+    import acml_ray.pipelines.embed as embed_module
+
+    bucket, client = s3_env["bucket"], s3_env["client"]
+    client.put_object(Bucket=bucket, Key="lost/in/molecules.csv", Body=molecules.to_csv(index=False).encode())
+    proxy = _CuttableProxy(int(s3_env["endpoint"].rsplit(":", 1)[1]))
+    endpoint = f"http://127.0.0.1:{proxy.port}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    say = embed_module._say
+
+    def say_then_cut(message: str) -> None:  # the first progress line comes after every check passed
+        say(message)
+        proxy.cut()
+
+    monkeypatch.setattr(embed_module, "_say", say_then_cut)
+    root = f"s3://{bucket}/lost"
+    args = ["embed", "--input", f"{root}/in", "--output", f"{root}/out", "--out", str(tmp_path), "--quiet",
+            "--set", f"cache_dir={tmp_path / 'cache'}", "--set", 'modalities=[{"name": "ecfp"}]',
+            "--set", "embed.num_cpus_per_actor=0.5"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err[-3000:]
+    last = err.splitlines()[-1]
+    assert last.startswith(f"acml: error: storage lost while reading {root}/in and embedding"), last
+    assert f"endpoint {endpoint} stopped answering" in last and f"bucket '{bucket}'" in last
+    assert "key 'lost/in/molecules.csv'" in last and "nothing else was written" in last

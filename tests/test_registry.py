@@ -129,43 +129,102 @@ def test_register_then_load_in_fresh_process(registered, run_dir, molecules):
                 np.testing.assert_allclose(row[column], exp[column], rtol=1e-5, atol=1e-6)
 
 
+HOSTILE_ROWS = ["C1" + "C" * 99996 + "C1", "c" * 100000, "*" * 100000, "C\x00CO"]  # crashed or hung serving
+
+
+def test_pyfunc_guards_hostile_rows(run_dir):
+    """The served model parses through the featuriser's guard: hostile rows get their error in
+    milliseconds, the good rows of the same request their embeddings."""
+    from acml_ray.registry.pyfunc import ACMLEmbedder
+
+    model = ACMLEmbedder()
+    model.model, model.cfg, model.extra = _loaded(run_dir)
+    rows = ["CCO", *HOSTILE_ROWS, "c1ccccc1O"]
+    start = time.perf_counter()
+    out = model.predict(None, __import__("pandas").DataFrame({"smiles": rows}))
+    assert time.perf_counter() - start < 2.0
+    errors = out[ERROR_COLUMN].tolist()
+    assert errors[0] is None and errors[-1] is None
+    assert [e.split(":")[0] for e in errors[1:-1]] == ["too long"] * 3 + ["invalid text encoding"]
+    assert len(out.loc[0, GRAPH_COLUMN]) == 16 and out.loc[1, GRAPH_COLUMN] is None
+
+
+def _post(base: str, smiles: list[str], timeout: float = 60) -> list[dict]:
+    body = json.dumps({"dataframe_split": {"columns": ["smiles"], "data": [[s] for s in smiles]}}).encode()
+    request = urllib.request.Request(f"{base}/invocations", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())["predictions"]
+
+
+def _wait_until_up(base: str, server, log_path: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        assert server.poll() is None, log_path.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "server not up: " + log_path.read_text()[-3000:]
+        time.sleep(1)
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_http(registered, run_dir, tmp_path, stop_process_group, free_ports):
+    """`mlflow models serve` as docs/cluster.md runs it (2 workers, a request timeout): hostile
+    rows come back as errors beside the others' embeddings, and a worker killed by a signal (as a
+    native crash would) is replaced while the other keeps answering."""
+    import psutil
+
     (port,) = free_ports(1)
     bin_dir = str(Path(sys.executable).parent)
     # `mlflow models serve` execs `uvicorn` by name: the venv's bin must be on PATH (as when activated).
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"],
            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     mlflow_bin = str(Path(bin_dir) / "mlflow")
-    log = open(tmp_path / "serve.log", "wb")
+    log_path = tmp_path / "serve.log"
+    log = open(log_path, "wb")
     # Own process group: the server forks workers, and the whole group must go at the end.
     server = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/acml-test@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+                               "--workers", "2", "--timeout", "30"],
                               env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
                               start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "server not up: " + (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(1)
-        body = json.dumps({"dataframe_split": {"columns": ["smiles"],
-                                               "data": [["CCO"], ["not a smiles"]]}}).encode()
-        request = urllib.request.Request(f"{base}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
-        good, bad = answer["predictions"]
+        _wait_until_up(base, server, log_path, 240)
+        good, bad = _post(base, ["CCO", "not a smiles"])
         assert len(good[GRAPH_COLUMN]) == 16 and len(good[modality_column("image")]) == 32
         assert good[ERROR_COLUMN] is None and good["canonical_smiles"] == "CCO"
         assert bad[GRAPH_COLUMN] is None and bad[ERROR_COLUMN]
+
+        start = time.monotonic()
+        answer = _post(base, ["CCO", *HOSTILE_ROWS, "c1ccccc1O"], timeout=30)
+        assert time.monotonic() - start < 10  # the 100k ring alone held the only worker for 31 s
+        assert [row[ERROR_COLUMN] is None for row in answer] == [True] + [False] * len(HOSTILE_ROWS) + [True]
+        assert answer[1][ERROR_COLUMN] == "too long: 100000 characters > 2000"
+        assert len(answer[-1][GRAPH_COLUMN]) == 16
+
+        # A worker dies as a segfault would kill it: the server stays up, uvicorn replaces it.
+        workers = [p for p in psutil.Process(server.pid).children(recursive=True)
+                   if "multiprocessing" in " ".join(p.cmdline())]
+        assert len(workers) == 2, [p.cmdline() for p in workers]
+        workers[0].send_signal(11)  # SIGSEGV
+        workers[0].wait(timeout=30)
+        assert _post(base, ["CCO"])[0]["canonical_smiles"] == "CCO"  # answered meanwhile
+        deadline = time.monotonic() + 120
+        while True:
+            alive = [p for p in psutil.Process(server.pid).children(recursive=True)
+                     if "multiprocessing" in " ".join(p.cmdline()) and p.is_running()
+                     and p.status() != psutil.STATUS_ZOMBIE]
+            if len(alive) == 2 and workers[0].pid not in {p.pid for p in alive}:
+                break
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(1)
+        for _ in range(4):  # both workers answer (requests spread over them)
+            assert _post(base, ["c1ccccc1O"])[0][ERROR_COLUMN] is None
+        assert server.poll() is None
     finally:
         stop_process_group(server, grace=20)
         log.close()

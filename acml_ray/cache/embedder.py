@@ -8,9 +8,9 @@ reason (quarantined), never raised, so one bad row never stops a job.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -32,6 +32,7 @@ class EmbedReport:
     forward_passes: int = 0
     rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    corrupt_shards: int = 0  # cache shards that failed their checksum (set aside, rows recomputed)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class CachedEmbedder:
         """Vectors for `raws` (cached or freshly encoded), with per-row rejection reasons."""
         n = len(raws)
         report = EmbedReport(rows=n)
+        corrupt_before = self.cache.stats.shards_corrupt
         reasons: list[str | None] = [None] * n
         keys: list[str | None] = [None] * n
         for i, raw in enumerate(raws):
@@ -89,6 +91,7 @@ class CachedEmbedder:
             elif reasons[i] is None and keys[i] in missing:
                 reasons[i] = reasons[missing[keys[i]]]  # a duplicate of a rejected input
         ok = np.array([r is None for r in reasons], dtype=bool)
+        report.corrupt_shards = self.cache.stats.shards_corrupt - corrupt_before
         report.rejected = int((~ok).sum())
         for r in reasons:
             if r is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,10 +35,11 @@ import pyarrow.parquet as pq
 
 from acml_ray.cache import CachedEmbedder, EmbeddingCache
 from acml_ray.chem import GraphFeaturizer, MolGraph, Rejected, row_arrow_schema
-from acml_ray.config import ACMLConfig, ModalityConfig
+from acml_ray.config import ACMLConfig, IsolationConfig, ModalityConfig
 from acml_ray.data.paired import emb_column, mask_column, validation_mask
 from acml_ray.modalities import Modality, build_modality
-from acml_ray.storage import check_access, join
+from acml_ray.sandbox import Sandbox
+from acml_ray.storage import check_access, join, storage_lost
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 STATUS_SCHEMA = pa.schema([("mol_id", pa.string()), ("input", pa.string()), ("stage", pa.string()),
                            ("reason", pa.string())])
 QUARANTINE_SCHEMA = STATUS_SCHEMA
-_COUNTERS = ("hits", "encoded", "fwd")
+_COUNTERS = ("hits", "encoded", "fwd", "corrupt")
 
 
 def reason_column(modality: str) -> str:
@@ -68,17 +70,85 @@ def _list_column(arrays: Sequence[np.ndarray | None], value_type: pa.DataType) -
                                     mask=mask)
 
 
+def decode_text(values: Sequence[Any], column: str, bad: dict[int, str]) -> list[Any]:
+    """`values` with bytes decoded as UTF-8; rows that do not decode get a reason in `bad`.
+
+    CSV text columns are read as bytes (see `csv_read_options`) so that one row in another
+    encoding (latin-1, UTF-16) costs only that row: it is quarantined with reason ``invalid text
+    encoding``, never the file, and never the whole column turned into bytes.
+    """
+    out = list(values)
+    for i, value in enumerate(out):
+        if isinstance(value, (bytes, bytearray)):
+            try:
+                out[i] = bytes(value).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                out[i] = bytes(value).decode("utf-8", "backslashreplace")  # shown in the quarantine
+                bad.setdefault(i, f"invalid text encoding: column {column!r} is not UTF-8 "
+                                  f"(byte 0x{exc.object[exc.start]:02x} at position {exc.start})")
+    return out
+
+
+# One sandbox (a child process, see acml_ray/sandbox.py) per Ray worker process and setting,
+# reused by every featurise task the worker runs.
+_SANDBOXES: dict[tuple, Sandbox] = {}
+
+
+def _sandbox(isolation: IsolationConfig) -> Sandbox:
+    key = (isolation.retries, isolation.timeout_s, isolation.memory_mb)
+    if key not in _SANDBOXES:
+        _SANDBOXES[key] = Sandbox(retries=isolation.retries, timeout_s=isolation.timeout_s,
+                                  memory_mb=isolation.memory_mb, preload=["acml_ray.chem.featurizer"])
+    return _SANDBOXES[key]
+
+
+def _crashed(item: object, reason: str) -> Rejected:
+    return Rejected.of(0, item, reason)  # the index is set by the caller
+
+
 def featurise_table(table: pa.Table, featurizer: GraphFeaturizer, smiles_column: str = "smiles",
-                    id_column: str | None = None, passthrough: Sequence[str] = ()) -> pa.Table:
+                    id_column: str | None = None, passthrough: Sequence[str] = (),
+                    text_columns: Sequence[str] = (), isolation: IsolationConfig | None = None) -> pa.Table:
     """Graph columns + status columns (+ `passthrough` input columns) for one batch.
 
     Never raises for bad molecules: they get ``stage="featurise"`` and the reason, and null
-    graph columns. ``mol_id`` is the id column as text, or the InChIKey without one.
+    graph columns. ``mol_id`` is the id column as text, or the InChIKey without one. Bytes in
+    the SMILES, id and `text_columns` columns are decoded as UTF-8 row by row (`decode_text`).
+    With `isolation` (enabled), RDKit runs in a `Sandbox` child process: a row that crashes it
+    is quarantined with reason ``worker crashed: <signal>`` and the rest of the batch goes on.
     """
     if smiles_column not in table.column_names:
         raise ValueError(f"input has no column {smiles_column!r}; columns: {table.column_names}")
-    smiles = table.column(smiles_column).to_pylist()
-    results = featurizer.featurize_batch(smiles)
+    bad: dict[int, str] = {}
+    raw_smiles = table.column(smiles_column).to_pylist()
+    smiles = decode_text(raw_smiles, smiles_column, bad)
+    n = len(smiles)
+    good = [i for i in range(n) if i not in bad]
+    todo = [smiles[i] for i in good]
+    if isolation is not None and isolation.enabled:
+        done = _sandbox(isolation).map(featurizer.featurize_batch, todo, _crashed)
+    else:
+        done = featurizer.featurize_batch(todo)
+    results: list[MolGraph | Rejected] = [None] * n  # type: ignore[list-item]
+    for i, result in zip(good, done):
+        if isinstance(result, Rejected):
+            result.index = i  # the featuriser (or a bisected sub-batch) counted from 0
+        results[i] = result
+    ids = None
+    if id_column:
+        id_values = table.column(id_column)
+        if pa.types.is_binary(id_values.type) or pa.types.is_large_binary(id_values.type):
+            ids = decode_text(id_values.to_pylist(), id_column, bad)
+        else:
+            ids = id_values.cast(pa.string()).to_pylist()
+    extra: dict[str, list] = {}
+    for name in passthrough:
+        if name in text_columns and name in table.column_names and name != smiles_column:
+            column = table.column(name)
+            if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+                extra[name] = decode_text(column.to_pylist(), name, bad)
+    for i, reason in bad.items():  # decoding failures of any text column reject their row
+        results[i] = Rejected.of(i, raw_smiles[i] if isinstance(raw_smiles[i], str) else smiles[i], reason)
     rows = [r.to_row() if isinstance(r, MolGraph) else None for r in results]
     columns: dict[str, pa.Array] = {}
     for f in row_arrow_schema():
@@ -86,21 +156,22 @@ def featurise_table(table: pa.Table, featurizer: GraphFeaturizer, smiles_column:
             columns[f.name] = _list_column([None if r is None else r[f.name] for r in rows], f.type.value_type)
         else:
             columns[f.name] = pa.array([None if r is None else r[f.name] for r in rows], f.type)
-    ids = (table.column(id_column).cast(pa.string()).to_pylist() if id_column
-           else [None if r is None else r["inchikey"] for r in rows])
+    if ids is None:
+        ids = [None if r is None else r["inchikey"] for r in rows]
     columns["mol_id"] = pa.array(ids, pa.string())
     # Rejected.input is a safe, truncated rendering (inputs can be arbitrary garbage).
     columns["input"] = pa.array([r.input if isinstance(r, Rejected) else s for r, s in zip(results, smiles)],
                                 pa.string())
     failed = [not isinstance(r, MolGraph) for r in results]
-    columns["stage"] = pa.array(["featurise" if bad else None for bad in failed], pa.string())
-    columns["reason"] = pa.array([r.reason if bad else None for r, bad in zip(results, failed)], pa.string())
+    columns["stage"] = pa.array(["featurise" if bad_row else None for bad_row in failed], pa.string())
+    columns["reason"] = pa.array([r.reason if bad_row else None for r, bad_row in zip(results, failed)],
+                                 pa.string())
     for name in passthrough:
         if name in columns or name == smiles_column:
             continue
         if name not in table.column_names:
             raise ValueError(f"input has no column {name!r}; columns: {table.column_names}")
-        columns[name] = table.column(name).combine_chunks()
+        columns[name] = pa.array(extra[name], pa.string()) if name in extra else table.column(name).combine_chunks()
     return pa.table(columns)
 
 
@@ -154,7 +225,8 @@ def embed_table(table: pa.Table, embedder: CachedEmbedder, input_column: str = "
         mask_column(name): pa.array(ok),
         reason_column(name): pa.array(reasons, pa.string()),
     }
-    for counter, total in zip(_COUNTERS, (report.cache_hits, report.encoded, report.forward_passes)):
+    for counter, total in zip(_COUNTERS, (report.cache_hits, report.encoded, report.forward_passes,
+                                          report.corrupt_shards)):
         values = np.zeros(n, dtype=np.int64)
         if n:
             values[0] = total  # batch totals ride on the first row; summing the column adds them up
@@ -240,6 +312,7 @@ def summarise(stats: pa.Table, modalities: Sequence[str], keep_columns: Sequence
             by_reason[r] = by_reason.get(r, 0) + 1
         reports[m] = {"rows": int(pc.sum(live).as_py() or 0), "cache_hits": total["hits"],
                       "encoded": total["encoded"], "forward_passes": total["fwd"],
+                      "corrupt_cache_shards": total["corrupt"],
                       "rejected": rejected.num_rows, "reasons": by_reason,
                       "embedded": int(pc.sum(stats.column(mask_column(m))).as_py() or 0)}
         any_ok = pc.or_(any_ok, stats.column(mask_column(m)))
@@ -318,11 +391,26 @@ def _input_format(fs: pafs.FileSystem, path: str, declared: str) -> str:
     return "parquet"
 
 
+def csv_read_options(text_columns: Sequence[str] = (), include_columns: Sequence[str] = ()) -> dict[str, Any]:
+    """pyarrow CSV options of `acml embed`: the schema check and the reader both use them.
+
+    RFC 4180 quoting (newlines inside quoted values); `text_columns` read as bytes, so that
+    `featurise_table` decodes them row by row (one row in latin-1 is one quarantined row, never
+    a failed file or a column of bytes); only `include_columns` are converted (others may hold
+    anything).
+    """
+    import pyarrow.csv as pacsv
+
+    return {"parse_options": pacsv.ParseOptions(newlines_in_values=True),
+            "convert_options": pacsv.ConvertOptions(column_types={c: pa.binary() for c in text_columns},
+                                                    include_columns=list(include_columns))}
+
+
 def check_input_columns(fs: pafs.FileSystem, path: str, fmt: str, location: str, wanted: Sequence[str]) -> None:
     """Read only the input's schema, on the driver, and name what is wrong before Ray starts.
 
     An empty or corrupt file, or a missing column, would otherwise surface from inside a Ray
-    task as a long remote traceback.
+    task as a long remote traceback. CSV is parsed with the reader's own `csv_read_options`.
     """
     import pyarrow.dataset as pads
 
@@ -332,8 +420,11 @@ def check_input_columns(fs: pafs.FileSystem, path: str, fmt: str, location: str,
                         if i.is_file and i.path.lower().endswith((".csv", ".gz")))  # as read_csv
         if not source:
             raise ValueError(f"no csv data files in {location}")
+    file_format: Any = fmt
+    if fmt == "csv":
+        file_format = pads.CsvFileFormat(parse_options=csv_read_options()["parse_options"])
     try:
-        schema = pads.dataset(source, filesystem=fs, format=fmt).schema
+        schema = pads.dataset(source, filesystem=fs, format=file_format).schema
     except (pa.ArrowInvalid, OSError) as exc:
         raise ValueError(f"cannot read {location} as {fmt}: {exc}") from None
     if not schema.names:
@@ -379,71 +470,118 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
     context = DataContext.get_current()
     previous = context.execution_options.preserve_order
     context.execution_options.preserve_order = True
+    # Bounded retries everywhere: Ray's defaults retry a task, or restart an actor, forever, so a
+    # row that kills its worker would stall the job. Crashes inside featurisation never reach Ray
+    # (the sandbox turns them into quarantined rows); these bounds are for lost nodes and workers.
+    tasks = {"max_retries": ec.max_retries}
+    actors = {"max_restarts": ec.max_retries, "max_task_retries": ec.max_retries}
+    text_columns = [ec.smiles_column, *([ec.id_column] if ec.id_column else [])]
     try:
-        if fmt == "csv":
-            ds = ray.data.read_csv(in_path, filesystem=in_fs, file_extensions=["csv", "gz"]).select_columns(wanted)
-        else:
-            ds = ray.data.read_parquet(in_path, filesystem=in_fs, columns=wanted)
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates `ray_remote_args` of reads and writes but offers no other way
+            # to bound their retries (its default is forever); revisit when the pin passes 2.63.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            if fmt == "csv":
+                ds = ray.data.read_csv(in_path, filesystem=in_fs, file_extensions=["csv", "gz"],
+                                       ray_remote_args=tasks, **csv_read_options(text_columns, wanted))
+                ds = ds.select_columns(wanted)
+            else:
+                ds = ray.data.read_parquet(in_path, filesystem=in_fs, columns=wanted, ray_remote_args=tasks)
     finally:
         context.execution_options.preserve_order = previous
     _say(f"reading {fmt} from {ec.input}; modalities {names}; cache {cfg.resolved_cache_dir()}")
     ds = ds.map_batches(featurise_table, batch_format="pyarrow", batch_size=ec.featurize_batch_size,
                         fn_kwargs={"featurizer": GraphFeaturizer(cfg.featurizer),
                                    "smiles_column": ec.smiles_column, "id_column": ec.id_column,
-                                   "passthrough": passthrough})
-    # One light actor (no CPU reserved) so that it never starves the encoder pools.
+                                   "passthrough": passthrough,
+                                   "text_columns": passthrough if fmt == "csv" else (),
+                                   "isolation": ec.isolation}, **tasks)
+    # One light actor (no CPU reserved) so that it never starves the encoder pools. Never
+    # restarted: a fresh one would have forgotten the InChIKeys seen, and let duplicates through.
     ds = ds.map_batches(InchikeyDeduper, batch_format="pyarrow", compute=ActorPoolStrategy(size=1),
-                        num_cpus=0)
+                        num_cpus=0, max_restarts=0, max_task_retries=0)
     for mcfg in cfg.modalities:
         ds = ds.map_batches(
             ModalityEmbedActor, batch_format="pyarrow", batch_size=ec.actor_batch_size,
             compute=ActorPoolStrategy(size=ec.concurrency), num_cpus=ec.num_cpus_per_actor,
-            num_gpus=ec.num_gpus_per_actor,
+            num_gpus=ec.num_gpus_per_actor, **actors,
             fn_constructor_kwargs={"config": mcfg.model_dump(mode="json"), "cache_path": cache_path,
                                    "cache_fs": cache_fs, "encoder_batch_size": ec.encoder_batch_size,
                                    "num_cpus": ec.num_cpus_per_actor,
                                    "use_gpu": ec.num_gpus_per_actor > 0})
-    ds = ds.materialize()
-    timings["embed_s"] = time.perf_counter() - started
-
-    t = time.perf_counter()
-    parts = ray.get(ds.select_columns(stats_columns(names, ec.keep_columns)).to_arrow_refs())
-    if not parts or sum(p.num_rows for p in parts) == 0:
-        raise ValueError(f"no rows read from {ec.input}")
-    stats = pa.concat_tables(parts)
-    summary = summarise(stats, names, ec.keep_columns)
-    paths = {split: f"{out_path}/{split}" for split in ("train", "val")}
-    for split, path in paths.items():
-        out_fs.delete_dir_contents(path, missing_dir_ok=True)  # a re-run replaces, never appends
-        ds.map_batches(training_rows, batch_format="pyarrow",
-                       fn_kwargs={"modalities": names, "keep_columns": ec.keep_columns, "split": split,
-                                  "val_fraction": cfg.data.val_fraction, "seed": cfg.data.split_seed},
-                       ).write_parquet(path, filesystem=out_fs)
-    quarantine_path = f"{out_path}/quarantine.parquet"
-    pq.write_table(summary.quarantine, quarantine_path, filesystem=out_fs)
-    timings["write_s"] = time.perf_counter() - t
-    if ec.compact_cache:
-        for m in modalities:
-            EmbeddingCache(cache_path, m.name, m.fingerprint, m.dim, filesystem=cache_fs).compact()
-    timings["total_s"] = time.perf_counter() - started
 
     def uri(path: str) -> str:
         return f"s3://{path}" if isinstance(out_fs, pafs.S3FileSystem) else path
 
-    result = EmbedRunResult(
-        train_path=uri(paths["train"]), val_path=uri(paths["val"]), quarantine_path=uri(quarantine_path),
-        report_path=uri(f"{out_path}/report.json"),
-        modality_dims={m.name: m.dim for m in modalities}, fingerprints={m.name: m.fingerprint for m in modalities},
-        counts=summary.counts, reports=summary.reports, quarantined_by_reason=summary.quarantined_by_reason,
-        timings=timings)
-    with out_fs.open_output_stream(f"{out_path}/report.json") as stream:
-        stream.write(json.dumps(asdict(result), indent=2).encode())
+    # What is under way and what is complete, for a one-line error if storage goes away mid-run.
+    written: list[str] = []
+    writing: str | None = None
+    try:
+        doing = f"reading {ec.input} and embedding (cache {cfg.resolved_cache_dir()})"
+        ds = ds.materialize()
+        timings["embed_s"] = time.perf_counter() - started
+
+        t = time.perf_counter()
+        parts = ray.get(ds.select_columns(stats_columns(names, ec.keep_columns)).to_arrow_refs())
+        if not parts or sum(p.num_rows for p in parts) == 0:
+            raise ValueError(f"no rows read from {ec.input}")
+        stats = pa.concat_tables(parts)
+        summary = summarise(stats, names, ec.keep_columns)
+        paths = {split: f"{out_path}/{split}" for split in ("train", "val")}
+        for split, path in paths.items():
+            doing, writing = f"writing {uri(path)}", uri(path)
+            out_fs.delete_dir_contents(path, missing_dir_ok=True)  # a re-run replaces, never appends
+            rows = ds.map_batches(training_rows, batch_format="pyarrow", **tasks,
+                                  fn_kwargs={"modalities": names, "keep_columns": ec.keep_columns,
+                                             "split": split, "val_fraction": cfg.data.val_fraction,
+                                             "seed": cfg.data.split_seed})
+            with warnings.catch_warnings():  # as for the reads above
+                warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+                rows.write_parquet(path, filesystem=out_fs, ray_remote_args=tasks)
+            written.append(writing)
+            writing = None
+        quarantine_path = f"{out_path}/quarantine.parquet"
+        doing, writing = f"writing {uri(quarantine_path)}", uri(quarantine_path)
+        pq.write_table(summary.quarantine, quarantine_path, filesystem=out_fs)
+        timings["write_s"] = time.perf_counter() - t
+        written.append(writing)
+        writing = None
+        if ec.compact_cache:
+            doing = f"compacting the cache {cfg.resolved_cache_dir()}"
+            for m in modalities:
+                cache = EmbeddingCache(cache_path, m.name, m.fingerprint, m.dim, filesystem=cache_fs)
+                cache.compact()
+                # Shards that turned corrupt after the actors read the cache are found here.
+                summary.reports[m.name]["corrupt_cache_shards"] += cache.stats.shards_corrupt
+        timings["total_s"] = time.perf_counter() - started
+
+        result = EmbedRunResult(
+            train_path=uri(paths["train"]), val_path=uri(paths["val"]), quarantine_path=uri(quarantine_path),
+            report_path=uri(f"{out_path}/report.json"),
+            modality_dims={m.name: m.dim for m in modalities}, fingerprints={m.name: m.fingerprint for m in modalities},
+            counts=summary.counts, reports=summary.reports, quarantined_by_reason=summary.quarantined_by_reason,
+            timings=timings)
+        doing, writing = f"writing {result.report_path}", result.report_path
+        with out_fs.open_output_stream(f"{out_path}/report.json") as stream:
+            stream.write(json.dumps(asdict(result), indent=2).encode())
+    except Exception as exc:
+        if writing is not None:
+            partial = f"{writing} may be partly written"
+        else:
+            partial = "no output was being written"
+        partial += (f"; complete: {', '.join(written)}" if written else "; nothing else was written") + (
+            "; cache shards already stored are whole and a re-run reuses them")
+        lost = storage_lost(exc, doing, partial)
+        if lost is None:
+            raise
+        raise lost from None
     c = summary.counts
     _say(f"read {c['input']}, featurised {c['featurised']}, duplicates {c['duplicates']}, "
          f"usable {c['usable']}, quarantined {c['quarantined']}")
     for m, r in summary.reports.items():
         _say(f"{m}: embedded {r['embedded']}, cache hits {r['cache_hits']}, encoded {r['encoded']}, "
-             f"forward passes {r['forward_passes']}, rejected {r['rejected']}")
+             f"forward passes {r['forward_passes']}, rejected {r['rejected']}, "
+             f"corrupt cache shards {r['corrupt_cache_shards']} (set aside, rows recomputed)")
     _say(f"quarantined by reason: {summary.quarantined_by_reason}")
     _say(f"wrote {result.train_path}, {result.val_path}, {result.quarantine_path} in {timings['total_s']:.1f} s")
     if c["usable"] == 0:  # the report and quarantine above say why; no training table exists

@@ -9,7 +9,9 @@ put into URIs, configs or error messages.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,6 +20,15 @@ import pyarrow.fs as pafs
 
 class StorageError(RuntimeError):
     """A storage location that cannot be used (names the location, never the credentials)."""
+
+
+def s3_endpoint() -> str:
+    """The S3 endpoint requests go to, for messages: the configured URL, or AWS's own."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        return endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return f"https://s3.{region}.amazonaws.com (AWS default; set AWS_ENDPOINT_URL_S3 for another)"
 
 
 def _s3_filesystem() -> pafs.S3FileSystem:
@@ -90,14 +101,55 @@ def check_access(location: str, write: bool = False) -> tuple[pafs.FileSystem, s
                 out.write(b"ok")
             fs.delete_file(probe)
     except OSError as exc:
-        message = (f"cannot {'write to' if write else 'read from'} bucket {bucket!r} "
-                   f"({location}): {_s3_reason(exc)}; check AWS_ACCESS_KEY_ID/"
-                   f"AWS_SECRET_ACCESS_KEY (or the AWS profile) and AWS_ENDPOINT_URL_S3")
-        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if secret:  # belt and braces: a credential must never reach a log or a terminal
-            message = message.replace(secret, "***")
-        raise StorageError(message) from None
+        raise StorageError(_scrub(
+            f"cannot {'write to' if write else 'read from'} bucket {bucket!r} ({location}) at endpoint "
+            f"{s3_endpoint()}: {_s3_reason(exc)}; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            f"(or the AWS profile) and AWS_ENDPOINT_URL_S3")) from None
     return fs, path
+
+
+def _scrub(message: str) -> str:
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if secret:  # belt and braces: a credential must never reach a log or a terminal
+        message = message.replace(secret, "***")
+    return message
+
+
+# pyarrow names the object in its S3 errors: "When reading information for key 'k' in bucket 'b'".
+_S3_OBJECT = re.compile(r"key '([^']*)' in bucket '([^']*)'")
+_S3_LOST = ("NETWORK_CONNECTION", "curlCode", "Couldn't connect", "Connection refused", "timed out",
+            "Timeout was reached", "Connection reset", "connection was closed")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, its causes/contexts and (Ray) `cause` attributes, each once."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
+
+
+def storage_lost(exc: BaseException, doing: str, partial: str) -> StorageError | None:
+    """A one-line `StorageError` when `exc` (anywhere in its chain) is an S3 endpoint that stopped
+    answering, else None.
+
+    The message names the endpoint, and the bucket and key pyarrow reported; `doing` says what
+    was under way and `partial` what was already written (e.g. ``"nothing was written"``).
+    """
+    for error in _chain(exc):
+        text = str(error)
+        if not any(marker in text for marker in _S3_LOST):
+            continue
+        match = _S3_OBJECT.search(text)
+        where = f"bucket {match.group(2)!r}, key {match.group(1)!r}" if match else "an object"
+        return StorageError(_scrub(f"storage lost while {doing}: endpoint {s3_endpoint()} stopped answering "
+                                   f"({where}: {_s3_reason(error)}); {partial}"))
+    return None
 
 
 def join(location: str, *parts: str) -> str:
