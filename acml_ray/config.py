@@ -296,6 +296,29 @@ class EvalConfig(_Strict):
                           "default: on when the run's training table is known")
 
 
+class IndexConfig(_Strict):
+    """`acml index`: a molecule library embedded by a trained model into a vector index (FAISS) on
+    a path or s3:// (the library and the index location are command-line arguments); see
+    `acml_ray.search`."""
+
+    smiles_column: str | None = Field(None, description="library column of SMILES; default: smiles, SMILES, "
+                                                        "Smiles or canonical_smiles")
+    id_column: str | None = Field(None, description="default: id/ID/name when present, else the InChIKey")
+    chunk_rows: int = Field(100_000, ge=1, description="library rows per shard: the unit of resume")
+    featurize_batch_size: int = Field(1024, ge=1)
+    encode_batch_size: int = Field(1024, ge=1, description="graphs per encoder forward pass")
+    rows_per_run: int = Field(1_000_000, ge=1, description="library rows per Ray Data execution (actors "
+                                                          "start once per run; bounds the object store)")
+    concurrency: int | None = Field(None, ge=1, description="graph-encoder actors; default one per GPU, "
+                                                            "else one per num_cpus_per_actor CPUs")
+    num_cpus_per_actor: float = Field(1.0, ge=0.0)
+    num_gpus_per_actor: float | None = Field(None, ge=0.0, description="default: 1 when the cluster has GPUs")
+    ann_threshold: int = Field(200_000, ge=1, description="rows from which an IVF (ANN) index replaces exact search")
+    nlist: int | None = Field(None, ge=1, description="IVF lists; default 4 * sqrt(rows)")
+    nprobe: int = Field(32, ge=1, description="IVF lists scanned per query")
+    train_per_list: int = Field(64, ge=39, description="k-means training rows per IVF list")
+
+
 class ACMLConfig(_Strict):
     """Everything a run needs; sections mirror the sub-packages that consume them."""
 
@@ -311,6 +334,7 @@ class ACMLConfig(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
     output_dir: str = "runs/acml"
     cache_dir: str | None = Field(None, description="embedding cache root; default OUTPUT/cache")
 

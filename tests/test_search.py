@@ -1,0 +1,343 @@
+"""Structure search: `acml index` builds a FAISS index of a real molecule library with a model,
+`acml search` / `search()` / the MLflow pyfunc rank it against queries, filters act inside the
+index, builds resume and grow without re-embedding, and a foreign model is refused.
+
+The model is small and untrained (plumbing, not quality): its modalities are ECFP counts and
+13C NMR (seeded CNN), whose frozen encoders cost nothing to build. Correctness of ranking is
+checked against brute force over the stored vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from acml_ray.config import IndexConfig, load_config
+from acml_ray.model import ACMLModel
+from acml_ray.model.serialization import save_model
+from acml_ray.search import (
+    CandidateFilter,
+    ModelMismatchError,
+    Query,
+    StructureIndex,
+    build_index,
+    normalise_formula,
+    search,
+)
+from acml_ray.search.build import emb_column, formula_and_mass, read_shard_metadata
+from acml_ray.search.layout import IndexStore
+
+DIMS = {"ecfp": 128, "nmr13c": 256}
+BAD_ROWS = ["not a smiles", "", "C" * 60]  # unparsable, empty, too many heavy atoms
+
+
+def _model(directory: Path, seed: int) -> Path:
+    import torch
+
+    cfg = load_config(None, {"graph_encoder.hidden_dim": 16, "projection.dims": [32],
+                             "modalities": [{"name": "ecfp", "options": {"n_bits": 128}}, {"name": "nmr13c"}]})
+    torch.manual_seed(seed)
+    save_model(ACMLModel.from_config(cfg, DIMS), cfg, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {"a": _model(root / "a", 0), "b": _model(root / "b", 1)}
+
+
+@pytest.fixture(scope="module")
+def libraries(tmp_path_factory, chembl_drugs) -> dict[str, Path]:
+    """Library 1: 240 drugs + bad rows + a repeat; library 2: 60 of them again + 60 new (SMI file)."""
+    from acml_ray.chem import GraphFeaturizer, MolGraph
+
+    root = tmp_path_factory.mktemp("libraries")
+    graphs = [g for g in GraphFeaturizer().featurize_batch(chembl_drugs["smiles"].tolist()[:400])
+              if isinstance(g, MolGraph)]
+    unique = {g.inchikey: g.smiles for g in graphs}  # molecules the featuriser keeps, once each
+    smiles = list(unique.values())[:300]
+    first = smiles[:240] + BAD_ROWS + [smiles[3]]
+    ids = [f"drug{i}" for i in range(len(first))]
+    pd.DataFrame({"id": ids, "SMILES": first}).to_csv(root / "lib1.csv", index=False)
+    second = smiles[180:300]
+    (root / "lib2.smi").write_text("".join(f"{s} new{i}\n" for i, s in enumerate(second)))
+    return {"first": root / "lib1.csv", "second": root / "lib2.smi"}
+
+
+@pytest.fixture(scope="module")
+def flat_index(ray_local, models, libraries, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("flat") / "index"
+    result = build_index(models["a"], str(out), str(libraries["first"]), IndexConfig(chunk_rows=100))
+    return {"path": out, "result": result}
+
+
+def _vectors(index_dir: Path, modality: str) -> np.ndarray:
+    store = IndexStore(str(index_dir))
+    manifest = store.read_manifest()
+    parts = [pq.read_table(store.path(s.name), columns=[emb_column(modality)]).column(0).to_pylist()
+             for s in manifest.shards]
+    return np.array([v for p in parts for v in p], dtype=np.float32)
+
+
+def test_formula_and_mass_are_rdkits(chembl_drugs):
+    from rdkit import Chem
+    from rdkit.Chem import rdMolDescriptors
+
+    from acml_ray.chem import GraphFeaturizer, MolGraph
+
+    graphs = [g for g in GraphFeaturizer().featurize_batch(chembl_drugs["smiles"].tolist()[:300] + ["C[NH3+]"])
+              if isinstance(g, MolGraph)]
+    for g in graphs:
+        mol = Chem.MolFromSmiles(g.smiles)
+        formula, mass = formula_and_mass(g.smiles)
+        assert formula == rdMolDescriptors.CalcMolFormula(mol)
+        assert mass == pytest.approx(rdMolDescriptors.CalcExactMolWt(mol), abs=1e-9)
+    assert formula_and_mass("CC(=O)Oc1ccccc1C(=O)O") == ("C9H8O4", pytest.approx(180.0423, abs=1e-4))
+
+
+def test_formula_normalisation():
+    assert normalise_formula("H8C9O4") == "C9H8O4"
+    assert normalise_formula(" C9 H8 O4 ") == "C9H8O4"
+    assert normalise_formula("OH2") == "H2O"  # no carbon: alphabetical, as RDKit writes it
+    assert normalise_formula("NC2H7+") == "C2H7N+"
+    assert normalise_formula("ClCH3") == "CH3Cl"
+    for bad in ("C9H8O4x", "c9h8", "", "9C"):
+        with pytest.raises(ValueError, match="not a molecular formula"):
+            normalise_formula(bad)
+    with pytest.raises(ValueError):
+        CandidateFilter(mass=-1.0)
+
+
+def test_build_writes_shards_quarantine_and_exact_index(flat_index, chembl_drugs):
+    result, path = flat_index["result"], flat_index["path"]
+    assert result.rows == 240 and result.added == 240
+    assert result.quarantined == 4 and result.duplicates == 1
+    assert result.quarantined_by_reason == {"unparsable SMILES": 1, "empty input": 1,
+                                            "too many heavy atoms": 1, "duplicate InChIKey": 1}
+    assert result.chunks_done == 3  # 244 rows in chunks of 100
+    assert {a["kind"] for a in result.ann.values()} == {"flat"}  # below index.ann_threshold
+    store = IndexStore(str(path))
+    manifest = store.read_manifest()
+    quarantine = pd.concat([pq.read_table(store.path(s.quarantine)).to_pandas()
+                            for s in manifest.shards if s.quarantine])
+    assert sorted(quarantine["id"]) == ["drug240", "drug241", "drug242", "drug243"]
+    meta = read_shard_metadata(store, manifest).to_pandas()
+    assert meta["id"].tolist()[:3] == ["drug0", "drug1", "drug2"]
+    assert meta["inchikey"].str.len().eq(27).all() and meta["inchikey"].is_unique
+    aspirin_like = meta.iloc[7]
+    assert (aspirin_like.formula, aspirin_like.mass) == (formula_and_mass(aspirin_like.smiles)[0],
+                                                         pytest.approx(formula_and_mass(aspirin_like.smiles)[1]))
+    vectors = _vectors(path, "ecfp")
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)  # cosine = inner product
+
+
+def test_search_ranks_by_cosine_and_filters_inside_the_index(flat_index):
+    index = StructureIndex(str(flat_index["path"]))
+    meta = index.metadata()
+    library = _vectors(flat_index["path"], "nmr13c")
+    peaks = [[[170.1, 1.0], [128.3, 2.0], [21.0, 1.0]], [[77.0, 1.0], [30.2, 3.0]]]
+    queries = [json.dumps(p) for p in peaks]
+    result = index.search("nmr13c", queries, top_k=5)
+    assert result.errors == []
+    vectors, _, _ = index.encode("nmr13c", [Query("q", q) for q in queries])
+    for n, qid in enumerate(result.candidates["query_id"].unique()):
+        got = result.candidates[result.candidates["query_id"] == qid]
+        expected = np.argsort(-(library @ vectors[n]), kind="stable")[:5]
+        assert got["id"].tolist() == meta["id"].iloc[expected].tolist()
+        np.testing.assert_allclose(got["score"], (library @ vectors[n])[expected], rtol=1e-4, atol=1e-5)
+        assert got["rank"].tolist() == [1, 2, 3, 4, 5]
+    # A formula shared by a few library rows: the top-K are exactly those rows, best first,
+    # although an unfiltered top-K would hold none of them.
+    formula = meta["formula"].value_counts().index[0]
+    members = np.flatnonzero(meta["formula"].to_numpy() == formula)
+    filtered = index.search("nmr13c", queries[:1], top_k=50, formula=formula).candidates
+    assert set(filtered["formula"]) == {formula} and len(filtered) == len(members)
+    assert filtered["id"].tolist() == meta["id"].iloc[members[np.argsort(-(library[members] @ vectors[0]),
+                                                                         kind="stable")]].tolist()
+    target = meta.iloc[11]
+    by_mass = index.search("nmr13c", queries[:1], top_k=10, mass=float(target.mass), tol=0.001).candidates
+    assert target.id in by_mass["id"].tolist()
+    assert (np.abs(by_mass["mass"] - target.mass) <= 0.001).all()
+    nothing = index.search("nmr13c", queries[:1], top_k=10, formula="C99H2").candidates
+    assert nothing.empty
+
+
+def test_bad_queries_get_one_error_each_and_the_rest_run(flat_index, tmp_path):
+    from acml_ray.cli.main import main
+
+    queries = tmp_path / "spectra"
+    queries.mkdir()
+    (queries / "good.json").write_text(json.dumps({"shifts": [170.1, 128.3, 21.0]}))
+    (queries / "empty.json").write_text("[]")
+    (queries / "broken.jdx").write_bytes(b"\x89PNG not a spectrum")
+    (queries / "outside.json").write_text(json.dumps([[500.0, 1.0]]))  # no peak in -50..350 ppm
+    out = tmp_path / "hits.json"
+    proc = subprocess.run([sys.executable, "-m", "acml_ray.cli.main", "search", "--index", str(flat_index["path"]),
+                           "--modality", "nmr13c", "--query", str(queries), "--query", "[[128.0, 1.0]]",
+                           "--top", "3", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr  # some queries failed, the others answered
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("acml search: query")]
+    assert len(errors) == 3
+    assert any("empty.json: empty spectrum" in e for e in errors)
+    assert any("broken.jdx" in e and "JCAMP" in e for e in errors)
+    assert any("outside.json: no peaks within -50..350 ppm" in e for e in errors)
+    records = json.loads(out.read_text())
+    answered = [r for r in records if "candidates" in r]
+    assert {r["query_id"] for r in answered} == {str(queries / "good.json"), "[[128.0, 1.0]]"}
+    assert all(len(r["candidates"]) == 3 for r in answered)
+    assert "inchikey" in proc.stdout and "score" in proc.stdout  # the table
+    # The wrong modality for this model is one clear error, before anything runs.
+    assert main(["search", "--index", str(flat_index["path"]), "--modality", "image", "--query", "x.png"]) == 2
+
+
+def test_search_with_another_model_is_refused(flat_index, models, libraries):
+    with pytest.raises(ModelMismatchError, match="built with model"):
+        StructureIndex(str(flat_index["path"]), model=str(models["b"]))
+    with pytest.raises(ModelMismatchError):
+        build_index(models["b"], str(flat_index["path"]), str(libraries["second"]), IndexConfig(chunk_rows=100))
+    assert StructureIndex(str(flat_index["path"]), model=str(models["a"])).rows == 240
+
+
+def test_interrupted_build_resumes_and_growth_embeds_only_new_molecules(ray_local, models, libraries, tmp_path,
+                                                                       monkeypatch):
+    import acml_ray.search.build as build
+
+    out = str(tmp_path / "index")
+    cfg = IndexConfig(chunk_rows=100, ann_threshold=200, nlist=8, nprobe=8)
+    real_commit, commits = build._commit_chunk, []
+
+    def dying_commit(*args, **kwargs):
+        if len(commits) == 2:
+            raise KeyboardInterrupt("killed after two chunks")
+        commits.append(args[4])
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(build, "_commit_chunk", dying_commit)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(models["a"], out, str(libraries["first"]), cfg)
+    monkeypatch.setattr(build, "_commit_chunk", real_commit)
+    resumed = build_index(models["a"], out, str(libraries["first"]), cfg)
+    assert (resumed.chunks_skipped, resumed.chunks_done, resumed.rows) == (2, 1, 240)
+    assert {a["kind"] for a in resumed.ann.values()} == {"ivf"}  # 240 rows >= ann_threshold
+    before = _vectors(Path(out), "ecfp")
+
+    grown = build_index(models["a"], out, str(libraries["second"]), cfg)
+    assert grown.already_indexed == 60 and grown.added == 60 and grown.rows == 300
+    after = _vectors(Path(out), "ecfp")
+    np.testing.assert_array_equal(after[:240], before)  # old rows untouched, in place
+    meta = StructureIndex(out).metadata()
+    assert meta["inchikey"].is_unique and meta["id"].iloc[240] == "new60"
+    # IVF at nprobe = nlist is exhaustive: the same as brute force over the stored vectors.
+    index = StructureIndex(out)
+    vectors = after[[5, 250]]
+    scores, ids = index.search_vectors("ecfp", vectors, k=10, exact=True)
+    for q, row in zip(vectors, ids):
+        assert row.tolist() == np.argsort(-(after @ q), kind="stable")[:10].tolist()
+    assert (ids[:, 0] == [5, 250]).all()  # a library vector's nearest structure is itself
+    again = build_index(models["a"], out, str(libraries["second"]), cfg)
+    assert (again.chunks_skipped, again.added) == (2, 0)  # a finished library is not read twice
+
+
+def test_index_and_search_on_object_storage(ray_local, s3_env, models, libraries, tmp_path):
+    from acml_ray.cli.main import main
+
+    uri = f"s3://{s3_env['bucket']}/indexes/drugs"
+    assert main(["index", "--model", str(models["a"]), "--library", str(libraries["first"]), "--out", uri,
+                 "--set", "index.chunk_rows=200"]) == 0
+    keys = [o["Key"] for o in s3_env["client"].list_objects_v2(Bucket=s3_env["bucket"],
+                                                               Prefix="indexes/drugs/")["Contents"]]
+    assert "indexes/drugs/manifest.json" in keys and any(k.endswith(".faiss") for k in keys)
+    result = search(uri, "ecfp", ["CC(=O)Oc1ccccc1C(=O)O", "C1CC"], top_k=4)
+    assert [e.error for e in result.errors] == ["unparsable SMILES"]
+    assert len(result.candidates) == 4 and result.candidates["smiles"].notna().all()
+
+
+def test_pyfunc_answers_a_query_table(flat_index):
+    from acml_ray.search.pyfunc import OUTPUT_COLUMNS, search_table
+
+    index = StructureIndex(str(flat_index["path"]))
+    table = pd.DataFrame({"query_id": ["a", "b", "c", "d"],
+                          "modality": ["ecfp", "nmr13c", "image", "ecfp"],
+                          "query": ["c1ccccc1O", "[[128.0, 1.0], [30.0, 1.0]]", "x", "not a smiles"],
+                          "formula": [None, None, None, "C6H6O"]})
+    out = search_table(index, table, top_k=2)
+    assert list(out.columns) == OUTPUT_COLUMNS
+    assert out["query_id"].tolist() == ["a", "a", "b", "b", "c", "d"]  # input order, ranks within
+    assert out.loc[out.query_id == "c", "error"].item().startswith("the index's model has no modality 'image'")
+    assert out.loc[out.query_id == "d", "error"].item() == "unparsable SMILES"
+    assert out.loc[out.query_id == "a", "rank"].tolist() == [1, 2]
+
+
+@pytest.mark.slow
+def test_registered_search_model_serves_http(flat_index, tmp_path, stop_process_group, free_ports):
+    from acml_ray.search.pyfunc import register_search_model
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registered = register_search_model(str(flat_index["path"]), "drug-search", tracking_uri=tracking)
+    assert registered.tags["acml.index_rows"] == "240"
+    (port,) = free_ports(1)
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", "models:/drug-search@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        meta = StructureIndex(str(flat_index["path"])).metadata()
+        body = json.dumps({"dataframe_split": {"columns": ["query_id", "modality", "query", "formula"],
+                                               "data": [["q1", "ecfp", meta.smiles[0], meta.formula[0]],
+                                                        ["q2", "nmr13c", "[]", None]]},
+                           "params": {"top_k": 3}}).encode()
+        request = urllib.request.Request(f"{base}/invocations", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            rows = json.loads(response.read())["predictions"]
+        hits = [r for r in rows if r["query_id"] == "q1"]
+        assert 1 <= len(hits) <= 3 and all(r["formula"] == meta.formula[0] for r in hits)
+        assert hits[0]["rank"] == 1 and hits[0]["error"] is None
+        assert [r["error"] for r in rows if r["query_id"] == "q2"] == ["empty spectrum"]
+    finally:
+        stop_process_group(server, grace=20)
+        log.close()
+
+
+def test_picture_queries_are_prepared_like_depictions(tmp_path, depiction_modality):
+    from PIL import Image
+    from rdkit import Chem
+    from rdkit.Chem import Draw
+
+    from acml_ray.modalities import ModalityInputError
+    from acml_ray.search.inputs import picture_tensor
+
+    smiles = "CC(=O)Oc1ccccc1C(=O)O"
+    Draw.MolToImage(Chem.MolFromSmiles(smiles), size=(224, 224)).save(tmp_path / "aspirin.png")
+    np.testing.assert_array_equal(picture_tensor(depiction_modality, tmp_path / "aspirin.png").numpy(),
+                                  depiction_modality.preprocess_one(smiles).numpy())
+    wide = Image.new("RGBA", (400, 200), (0, 0, 0, 0))  # transparent, not square
+    wide.save(tmp_path / "wide.png")
+    assert picture_tensor(depiction_modality, tmp_path / "wide.png").shape == (3, 224, 224)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ModalityInputError, match="unreadable image"):
+        picture_tensor(depiction_modality, tmp_path / "broken.png")
