@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -173,7 +172,8 @@ def identify(index, model_dir: Path, index_path: str, cfg, limit: int, workdir: 
 
                 filters = [CandidateFilter(formula=meta["formula"].iloc[t]) for t in truth]
             _, ids = index.search_vectors(modality, vectors, k=100, filters=filters, exact=True)
-            ranks = np.array([int(np.flatnonzero(r == t)[0]) + 1 if (r == t).any() else 101 for r, t in zip(ids, truth)])
+            ranks = np.array([int(np.flatnonzero(r == t)[0]) + 1 if (r == t).any() else 101
+                              for r, t in zip(ids, truth)])
             out[name] = {"top1": float(np.mean(ranks <= 1)), "top10": float(np.mean(ranks <= 10)),
                          "top100": float(np.mean(ranks <= 100)), "median_rank": float(np.median(ranks))
                          if np.median(ranks) <= 100 else ">100"}
@@ -246,8 +246,9 @@ def main() -> None:
     print(f"index: {results['rows']} rows, {results['kind']}, {results['index_size_mib']:.0f} MiB on disk; "
           f"peak RSS searching {results['peak_rss_searching_mib']} MiB")
     if "ann" in results:
-        print(f"ANN nprobe {results['nprobe']}: p50 {results['ann']['p50_ms']:.2f} ms, p99 {results['ann']['p99_ms']:.2f} "
-              f"ms, recall@10 vs exact {results['ann']['recall@10']:.4f}")
+        ann = results["ann"]
+        print(f"ANN nprobe {results['nprobe']}: p50 {ann['p50_ms']:.2f} ms, p99 {ann['p99_ms']:.2f} ms, "
+              f"recall@10 vs exact {ann['recall@10']:.4f}")
     print(f"exact: p50 {results['exact']['p50_ms']:.2f} ms, p99 {results['exact']['p99_ms']:.2f} ms; formula-filtered "
           f"p50 {results['formula_filtered']['p50_ms']:.2f} ms")
     print(f"report: {workdir / 'report.json'}")

@@ -72,7 +72,7 @@ def bench_faiss(xb, xq, groups, truth, group_truth, workdir: Path, k: int) -> di
     result = {"build_s": build, "size_mib": _size(workdir)}
     for nprobe in (16, 32, 64):
         params = faiss.SearchParametersIVF(nprobe=nprobe)
-        found, p50, p99 = _latency(lambda v: index.search(v[None], k, params=params)[1][0], xq)
+        found, p50, p99 = _latency(lambda v, params=params: index.search(v[None], k, params=params)[1][0], xq)
         result[f"nprobe={nprobe}"] = {"p50_ms": p50, "p99_ms": p99, "recall@10": _recall(found, truth)}
     # Filter inside the index: an IDSelector restricts the scan to one group's ids.
     target = groups[0]
@@ -102,8 +102,8 @@ def bench_lance(xb, xq, groups, truth, group_truth, workdir: Path, k: int) -> di
     for nprobes, refine in ((16, 10), (32, 20), (64, 40)):
         def query(v, nprobes=nprobes, refine=refine):
             return ds.to_table(columns=["id"], nearest={"column": "vector", "q": v, "k": k,
-                                                        "nprobes": nprobes, "refine_factor": refine}
-                               ).column("id").to_numpy()
+                                                        "nprobes": nprobes, "refine_factor": refine},
+                               disable_scoring_autoprojection=True).column("id").to_numpy()
         found, p50, p99 = _latency(query, xq)
         result[f"nprobes={nprobes},refine={refine}"] = {"p50_ms": p50, "p99_ms": p99,
                                                         "recall@10": _recall(found, truth)}
@@ -111,8 +111,8 @@ def bench_lance(xb, xq, groups, truth, group_truth, workdir: Path, k: int) -> di
 
     def filtered(v):
         return ds.to_table(columns=["id"], filter=f"group = {target}", prefilter=True,
-                           nearest={"column": "vector", "q": v, "k": k, "use_index": False}
-                           ).column("id").to_numpy()
+                           nearest={"column": "vector", "q": v, "k": k, "use_index": False},
+                           disable_scoring_autoprojection=True).column("id").to_numpy()
     found, p50, _ = _latency(filtered, xq[:50])
     result["filtered"] = {"p50_ms": p50, "recall@10": _recall(found, group_truth[:50])}
     return result

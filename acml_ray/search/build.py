@@ -172,7 +172,6 @@ class LibraryEncoder:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
-
         from torch_geometric.data import Batch
 
         ok = pc.equal(batch.column("status"), "ok")
@@ -387,7 +386,8 @@ def _embed_stream(chunks: list[tuple[int, pa.Table]], model_blob: bytes, featuri
     for number, chunk in chunks:
         expected[number] = chunk.num_rows
         tagged = chunk.append_column("chunk", pa.array(np.full(chunk.num_rows, number, np.int32)))
-        blocks += [tagged.slice(s, cfg.featurize_batch_size) for s in range(0, chunk.num_rows, cfg.featurize_batch_size)]
+        step = cfg.featurize_batch_size
+        blocks += [tagged.slice(s, step) for s in range(0, chunk.num_rows, step)]
     context = DataContext.get_current()
     previous = context.execution_options.preserve_order
     context.execution_options.preserve_order = True  # first occurrence of a key wins, deterministically
@@ -529,7 +529,6 @@ def build_index(model_dir: str | Path, output: str, library: str | None, cfg: In
 
     Needs a connected Ray (`acml_ray.train.init_ray`) when there is a library to embed.
     """
-    import ray
 
     started = time.perf_counter()
     check_access(output, write=True)
