@@ -11,6 +11,8 @@ makes (the CLI only assembles configuration)::
     run = acml.fit(cfg, data.train_path, data.val_path)      # Ray Train + DeepSpeed
     report = acml.evaluate(str(run.best_model_dir), cfg.eval, out_dir="evaluation")
     acml.register(str(run.best_model_dir), "my-encoder", alias="champion")
+    acml.build_index(str(run.best_model_dir), "library-index", "library.csv", cfg.index)  # needs Ray
+    hits = acml.search("library-index", "nmr13c", ["spectrum.jdx"], top_k=10, formula="C9H8O4")
 
 Names are imported on first use, so ``import acml_ray`` stays cheap (no Ray, torch or MLflow).
 """
@@ -44,6 +46,9 @@ _API: dict[str, tuple[str, str]] = {
     "register": ("acml_ray.registry.register", "register_run"),
     "run_pipeline": ("acml_ray.pipelines.pipeline", "run_pipeline"),
     "run_demo": ("acml_ray.pipelines.demo", "run_demo"),
+    "build_index": ("acml_ray.search.build", "build_index"),
+    "search": ("acml_ray.search.query", "search"),
+    "StructureIndex": ("acml_ray.search.query", "StructureIndex"),
     # building blocks
     "GraphFeaturizer": ("acml_ray.chem", "GraphFeaturizer"),
     "build_modality": ("acml_ray.modalities", "build_modality"),
@@ -74,6 +79,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from acml_ray.pipelines.pipeline import run_pipeline
     from acml_ray.pipelines.prepare import prepare
     from acml_ray.registry.register import register_run as register
+    from acml_ray.search.build import build_index
+    from acml_ray.search.query import StructureIndex, search
     from acml_ray.train.trainer import fit
 
 

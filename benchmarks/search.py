@@ -203,9 +203,9 @@ def main() -> None:
     from acml_ray.cli.common import parse_overrides
     from acml_ray.config import load_config
     from acml_ray.environment import apply_defaults
-    from acml_ray.evaluate.suite import resolve_model
+    from acml_ray.model.serialization import resolve_model
     from acml_ray.search import Query, StructureIndex, build_index
-    from acml_ray.train import init_ray
+    from acml_ray.environment import init_ray
 
     apply_defaults()
     cfg = load_config(None, parse_overrides(args.set or [])).index

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if args.model is not None:
-                from acml_ray.evaluate.suite import resolve_model
+                from acml_ray.model.serialization import resolve_model
 
                 model_dir, _ = resolve_model(args.model, tmp, args.tracking_uri)
             else:  # finish or extend an existing index with its own model
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                     raise ValueError(f"no index at {args.out} yet: give --model to create it")
                 model_dir = store.local_copy("model/model.pt", tmp).parent
             if args.library is not None:
-                from acml_ray.train import init_ray
+                from acml_ray.environment import init_ray
 
                 init_ray(num_cpus=None, use_gpu=bool(cfg.num_gpus_per_actor))
             result = build_index(model_dir, args.out, args.library, cfg, source=args.model or args.out,

@@ -103,7 +103,7 @@ class StructureIndex:
         own = model_fingerprint(self.model, self.cfg)
         manifest.check_model(own, f"the model stored in {location}")  # a replaced model file
         if model is not None:
-            from acml_ray.evaluate.suite import resolve_model
+            from acml_ray.model.serialization import resolve_model
 
             with tempfile.TemporaryDirectory() as tmp:
                 model_dir, _ = resolve_model(model, tmp, tracking_uri)
