@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Sandbox", "crash_reason"]
 
+_START_TIMEOUT_S = 300.0
+
 
 def crash_reason(exitcode: int | None) -> str:
     """``worker crashed: SIGSEGV`` (a signal) or ``worker crashed: exit code 3``."""
@@ -66,6 +68,7 @@ def _limit_child(memory_mb: int | None) -> None:
 def _child_main(conn, memory_mb: int | None) -> None:
     """Serve (fn, items) requests on `conn` until it closes; exceptions travel back as values."""
     _limit_child(memory_mb)
+    conn.send(("ready", None))  # the parent's batch timeout starts only now
     while True:
         try:
             fn, items = conn.recv()
@@ -116,6 +119,17 @@ class Sandbox:
         process.start()
         child.close()
         self._process, self._conn = process, parent
+        # Starting takes seconds on a busy node (the fork server imports `preload` first): wait
+        # for the child's "ready" apart from, and longer than, any batch timeout.
+        try:
+            if not parent.poll(_START_TIMEOUT_S):
+                raise EOFError
+            parent.recv()
+        except (EOFError, OSError):
+            process.join(timeout=10)
+            reason = f"could not start: {crash_reason(process.exitcode)}"
+            self._stop()
+            raise _Died(reason) from None
 
     def _stop(self) -> None:
         if self._process is not None:

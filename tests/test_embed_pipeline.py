@@ -357,3 +357,21 @@ def test_storage_lost_mid_run_is_one_line(tmp_path, molecules, ray_local, s3_env
     assert last.startswith(f"acml: error: storage lost while reading {root}/in and embedding"), last
     assert f"endpoint {endpoint} stopped answering" in last and f"bucket '{bucket}'" in last
     assert "key 'lost/in/molecules.csv'" in last and "nothing else was written" in last
+
+
+def test_corrupt_cache_shards_are_counted_in_the_report(tmp_path, molecules) -> None:
+    """A shard that fails its checksum is set aside, its rows recomputed, and the count reaches
+    the per-modality report that `acml embed` writes to report.json."""
+    table = pa.Table.from_pandas(molecules, preserve_index=False)
+    feats = featurise_table(table, GraphFeaturizer(), id_column="id")
+    modality = build_modality("ecfp")
+    first = embed_table(feats, CachedEmbedder(modality, str(tmp_path)))
+    shards = sorted(p for p in tmp_path.rglob("*.parquet") if "corrupt" not in p.parts)
+    assert len(shards) == 1
+    shards[0].write_bytes(shards[0].read_bytes()[:-20])  # truncated, as by a lost connection
+    again = embed_table(feats, CachedEmbedder(modality, str(tmp_path)))
+    summary = summarise(again.select(stats_columns(["ecfp"])), ["ecfp"])
+    report = summary.reports["ecfp"]
+    assert report["corrupt_cache_shards"] == 1 and report["cache_hits"] == 0
+    assert report["encoded"] == summarise(first.select(stats_columns(["ecfp"])), ["ecfp"]).reports["ecfp"]["encoded"]
+    assert summarise(first.select(stats_columns(["ecfp"])), ["ecfp"]).reports["ecfp"]["corrupt_cache_shards"] == 0
