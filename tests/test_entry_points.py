@@ -28,17 +28,12 @@ def readme_python_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "jobs").glob("*.py")))
-def test_job_scripts_start_in_a_clean_environment(script, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / script), "--help"], cwd=tmp_path,
-                          env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "usage:" in proc.stdout
+SCRIPTS = sorted(str(p.relative_to(ROOT)) for folder in ("jobs", "benchmarks") for p in (ROOT / folder).glob("*.py"))
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
-def test_benchmark_scripts_start_in_a_clean_environment(script, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], cwd=tmp_path,
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_job_and_benchmark_scripts_start_in_a_clean_environment(script, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=tmp_path,
                           env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "usage:" in proc.stdout
