@@ -21,12 +21,21 @@ from acml_ray.cli.main import main
 from acml_ray.config import ACMLConfig, EvalConfig, TaskConfig
 from acml_ray.data.paired import PairedExamples, build_table
 from acml_ray.evaluate.downstream import (
-    _masked_loss, load_tasks, masked_errors, masked_roc_auc, murcko_scaffold, scaffold_split,
+    _masked_loss,
+    load_tasks,
+    masked_errors,
+    masked_roc_auc,
+    murcko_scaffold,
+    scaffold_split,
 )
 from acml_ray.evaluate.interpret import correlations, interpret_report
 from acml_ray.evaluate.isomers import formula_groups, set_discrimination, stereo_sets
 from acml_ray.evaluate.retrieval import (
-    chunk_rows, random_topk, rank_metrics, retrieval_ranks, retrieval_report,
+    chunk_rows,
+    random_topk,
+    rank_metrics,
+    retrieval_ranks,
+    retrieval_report,
 )
 from acml_ray.evaluate.suite import log_to_mlflow, numeric_leaves, resolve_model
 from acml_ray.modalities import Modality, ModalityInputError, register_modality
@@ -292,7 +301,8 @@ def test_cli_evaluate_end_to_end(tiny_run, tmp_path, chembl_drugs):
     sample = chembl_drugs["smiles"].dropna().sample(80, random_state=1).tolist()
     logp = [Chem.Crippen.MolLogP(Chem.MolFromSmiles(s)) for s in sample]
     pd.DataFrame({"smiles": sample, "lipophilic": [float(v > 2) for v in logp],
-                  "sparse": [float(v > 3) if i % 3 else None for i, v in enumerate(logp)]}).to_csv(task_csv, index=False)
+                  "sparse": [float(v > 3) if i % 3 else None for i, v in enumerate(logp)]}
+                 ).to_csv(task_csv, index=False)
     out = tmp_path / "eval"
     sets = ["eval.pool_size=16", "eval.pool_repeats=2", "eval.isomers.constitutional_groups=3",
             "eval.isomers.stereo_molecules=3", "eval.isomers.max_set_size=3", "eval.interpret.cv_folds=3",
@@ -371,7 +381,11 @@ def test_mlflow_logging_to_sqlite(tmp_path, monkeypatch):
 from acml_ray.cli.evaluate import parse_task  # noqa: E402
 from acml_ray.config import DownstreamConfig  # noqa: E402
 from acml_ray.evaluate.downstream import (  # noqa: E402
-    FitInputs, FitRunner, reference_score, run_task, train_graph_model,
+    FitInputs,
+    FitRunner,
+    reference_score,
+    run_task,
+    train_graph_model,
 )
 from acml_ray.evaluate.suite import default_out_dir, evaluate_run  # noqa: E402
 from acml_ray.model.gin import GraphEncoder  # noqa: E402
@@ -405,6 +419,11 @@ def test_task_spec_names_columns_and_kinds(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "PATH[:SMILES_COLUMN[:LABEL[=KIND],...]]" in text and "docs/evaluation.md" in text
     assert "--task-limit N" in text and "--exclude-training" in text and "--keep-censored" in text
+    for argv, message in ((["--task", "my.csv:smiles:y=reg"], "kind 'reg' of label 'y'"),
+                          (["--task", "freesolv", "--task-limit", "0"], "limit: Input should be greater than")):
+        assert main(["evaluate", "--model", "no-model", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("acml: error: ") and message in err and "\n" not in err, err
 
 
 def test_every_row_is_used_unless_a_limit_is_given_and_said():
@@ -503,13 +522,13 @@ def _fit_inputs(tiny_run, epochs: int, patience: int | None, lr: float = 1e-3) -
 def test_graph_trainings_stop_early_on_the_validation_loss(tiny_run):
     inputs, _ = _fit_inputs(tiny_run, epochs=40, patience=2, lr=0.03)
     torch.manual_seed(0)
-    pred, info = train_graph_model(GraphEncoder.from_config(inputs.encoder_cfg), "regression", inputs.graphs, inputs.labels,
-                                   inputs.train, inputs.valid, inputs.test, inputs.cfg, seed=0)
+    pred, info = train_graph_model(GraphEncoder.from_config(inputs.encoder_cfg), "regression", inputs.graphs,
+                                   inputs.labels, inputs.train, inputs.valid, inputs.test, inputs.cfg, seed=0)
     assert info["epochs"] < 40 and info["epochs"] - info["best_epoch"] == 2 and pred.shape == (len(inputs.test), 1)
     full = inputs.cfg.model_copy(update={"patience": None, "epochs": 6})
     torch.manual_seed(0)
-    _, info = train_graph_model(GraphEncoder.from_config(inputs.encoder_cfg), "regression", inputs.graphs, inputs.labels,
-                                inputs.train, inputs.valid, inputs.test, full, seed=0)
+    _, info = train_graph_model(GraphEncoder.from_config(inputs.encoder_cfg), "regression", inputs.graphs,
+                                inputs.labels, inputs.train, inputs.valid, inputs.test, full, seed=0)
     assert info["epochs"] == 6
 
 
@@ -574,6 +593,17 @@ def test_gallery_molecules_the_model_trained_on_are_dropped_and_counted(tiny_run
     with pytest.raises(ValueError, match="training table is not known"):
         evaluate_run(str(bare), cfg.model_copy(update={"exclude_training": True}), tmp_path / "x",
                      data=str(gallery), progress=False)
+
+
+def test_embedding_new_molecules_shows_a_progress_bar(tiny_run, tmp_path, capsys):
+    from acml_ray.evaluate.embeddings import paired_from_smiles
+
+    _, run_cfg, _ = load_model(tiny_run / "model")
+    smiles = pq.read_table(tiny_run / "data" / "val.parquet").column("smiles").to_pylist()[:12]
+    examples, kept = paired_from_smiles(smiles, run_cfg, str(tmp_path / "cache"), progress=True)
+    assert len(kept) == 12 and bool(examples.masks["test_fp"].all())
+    bar = capsys.readouterr().err
+    assert "embed test_fp" in bar and "12/12" in bar
 
 
 def test_new_data_never_writes_into_the_run_and_a_failure_leaves_nothing(tiny_run, tmp_path, monkeypatch):

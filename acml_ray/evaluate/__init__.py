@@ -5,7 +5,13 @@ training workers importing retrieval metrics do not pull in sklearn/matplotlib).
 
 from acml_ray.evaluate.embeddings import graph_embeddings, paired_from_smiles, project_examples, project_vectors
 from acml_ray.evaluate.retrieval import (
-    chunk_rows, pooled_ranks, random_topk, rank_metrics, retrieval_ranks, retrieval_report, topk_from_ranks,
+    chunk_rows,
+    pooled_ranks,
+    random_topk,
+    rank_metrics,
+    retrieval_ranks,
+    retrieval_report,
+    topk_from_ranks,
 )
 
 __all__ = ["chunk_rows", "graph_embeddings", "paired_from_smiles", "pooled_ranks", "project_examples",

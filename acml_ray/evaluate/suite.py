@@ -30,12 +30,15 @@ from acml_ray.evaluate.interpret import descriptor_table, interpret_report
 from acml_ray.evaluate.isomers import build_isomer_sets, isomer_report
 from acml_ray.evaluate.progress import Progress
 from acml_ray.evaluate.report import (
-    plot_correlation_heatmap, plot_projection, plot_retrieval_curves, render_markdown,
+    plot_correlation_heatmap,
+    plot_projection,
+    plot_retrieval_curves,
+    render_markdown,
 )
 from acml_ray.evaluate.retrieval import retrieval_report
+from acml_ray.modalities import build_modality
 from acml_ray.model.acml import ACMLModel
 from acml_ray.model.serialization import load_model, resolve_model
-from acml_ray.modalities import build_modality
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +99,8 @@ def training_inchikeys(run_dir: Path | None, run_cfg: ACMLConfig) -> tuple[set[s
 
     from acml_ray.storage import resolve_filesystem
 
-    location = (str(run_dir / "data" / "train.parquet")
-                if run_dir is not None and (run_dir / "data" / "train.parquet").is_file() else run_cfg.train.train_table)
+    own = run_dir / "data" / "train.parquet" if run_dir is not None else None
+    location = str(own) if own is not None and own.is_file() else run_cfg.train.train_table
     if location is None:
         return None, None
     try:
