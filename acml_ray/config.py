@@ -234,8 +234,9 @@ class DownstreamConfig(_Strict):
     epochs: int = Field(10, ge=1, description="most epochs of a fine-tune / scratch training")
     patience: int | None = Field(3, ge=1, description="stop a training after this many epochs without a "
                                                       "lower validation loss (None: run every epoch)")
-    workers: int | None = Field(None, ge=1, description="trainings run in parallel; default: the free "
-                                                        "CPUs (Ray's, when Ray is initialised)")
+    workers: int | None = Field(None, ge=1, description="trainings run in parallel; default: Ray's free CPUs "
+                                                        "when Ray is initialised, else the CPUs this process "
+                                                        "may use")
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0.0)
     head_hidden: int = Field(64, ge=1)

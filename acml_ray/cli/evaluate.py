@@ -87,8 +87,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep-censored", action="store_true",
                         help="use censored regression labels as exact values instead")
     parser.add_argument("--workers", type=int, metavar="N",
-                        help="downstream fits run in parallel (default: the free CPUs; Ray tasks when Ray "
-                             "is initialised or this is a Ray job, else local processes)")
+                        help="downstream fits run in parallel (default: Ray's free CPUs as Ray tasks when Ray "
+                             "is initialised or this is a Ray job, else local processes on the CPUs this "
+                             "process may use)")
     parser.add_argument("--sections", help="comma list of retrieval,isomers,interpret,downstream (default: all)")
     parser.add_argument("--cache-dir", help="embedding cache root for new molecules (default: acml-cache "
                                             "beside --out)")
