@@ -163,6 +163,14 @@ class TrainConfig(_Strict):
     early_stopping_mode: Literal["max", "min"] = "max"
     patience: int | None = Field(None, ge=1, description="epochs without improvement before stopping")
     min_delta: float = Field(0.0, ge=0.0)
+    # Streamed input (docs/training.md "Data"): a worker holds its shuffle buffer and the
+    # prefetched batches, not the table, so its memory does not grow with the table.
+    shuffle_buffer_rows: int = Field(
+        8192, ge=0, description="per-worker local shuffle buffer in rows, reseeded every epoch (0: none)")
+    prefetch_batches: int = Field(4, ge=0, description="batches collated ahead of the step, in background threads")
+    object_store_table_mib: float = Field(
+        64, ge=0, description="tables up to this size on disk are read once into Ray's object store (shared "
+                              "memory) instead of from the files every epoch; 0: always stream from the files")
 
     @model_validator(mode="after")
     def _precision_fits_device(self) -> TrainConfig:

@@ -1,6 +1,7 @@
 """Ray Train + DeepSpeed end to end on CPU workers (slow): two modalities with a missing-modality
 mask, MLflow records, early stopping and the best marker, resume of a stopped run, cross-worker
-negatives (2 workers == 1 process on the concatenated batch), and a killed worker.
+negatives (2 workers == 1 process on the concatenated batch), a SIGKILLed worker (exact replay
+from the last checkpoint, no row of an epoch skipped), and workers streaming disjoint shares.
 
 Tables (the `tables` fixture in tests/conftest.py) are real ChEMBL approved drugs with cheap
 deterministic modality vectors: RDKit Morgan count fingerprints ("morgan", every molecule) and
@@ -19,7 +20,8 @@ import pytest
 import torch
 
 from acml_ray.config import ACMLConfig, load_config
-from acml_ray.data.paired import PairedExamples
+from acml_ray.data.columnar import collate
+from acml_ray.train import BatchCallback, BatchInfo
 
 pytestmark = pytest.mark.slow
 
@@ -89,14 +91,14 @@ def _gradient_probe(config: dict) -> None:
     cfg = ACMLConfig.model_validate(config["acml"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    examples = PairedExamples.from_table(pq.read_table(config["table"]), list(config["dims"]))
+    table = pq.read_table(config["table"])
     idx = np.array_split(np.asarray(config["global_batch"]), world)[rank]
     torch.manual_seed(0)
     model = ACMLModel.from_config(cfg, config["dims"])
     engine = build_engine(model, cfg, model.trainable_parameters())
     engine.train()
     engine.module.graph_encoder.norms.eval()  # running statistics: same on every worker
-    batch, inputs = examples.batch(idx)
+    batch, inputs = collate(table.take(idx), list(config["dims"]))  # the training path's collation
     out = engine(batch, inputs, gather=config["gather"])
     engine.backward(out["loss"])
     if rank == 0:
@@ -131,12 +133,11 @@ def test_two_workers_gather_equals_one_process_on_concatenated_batch(ray_local, 
         return torch.load(out)
 
     two = probe(True, "gathered")
-    examples = PairedExamples.from_table(pq.read_table(tables["train"]), list(dims))
     torch.manual_seed(0)
     model = ACMLModel.from_config(cfg, dims)
     model.train()
     model.graph_encoder.norms.eval()
-    batch, inputs = examples.batch(global_batch)
+    batch, inputs = collate(pq.read_table(tables["train"]).take(global_batch), list(dims))
     reference = model(batch, inputs)
     reference["loss"].backward()
     torch.testing.assert_close(two["loss"], reference["loss"].detach(), rtol=1e-5, atol=1e-6)
@@ -149,38 +150,79 @@ def test_two_workers_gather_equals_one_process_on_concatenated_batch(ray_local, 
     assert not torch.allclose(local["loss"], reference["loss"].detach(), rtol=1e-3)
 
 
-def test_killed_worker_resumes_without_repeating_or_skipping_data(ray_local, tables, tmp_path):
-    from acml_ray.train import DebugHooks, fit
+class BatchLog(BatchCallback):
+    """Appends {"epoch", "step", "keys"} per step to <folder>/rank<r>.jsonl."""
 
-    # 2 workers x batch 16 = global batch 32: 5 steps per epoch, 10 in all; checkpoints every
-    # 3 steps; rank 1 is SIGKILLed right after step 7 (last checkpoint: step 6).
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_batch(self, info: BatchInfo) -> None:
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        with open(Path(self.folder, f"rank{info.rank}.jsonl"), "a") as log:
+            log.write(json.dumps({"epoch": info.epoch, "step": info.step, "keys": info.ids}) + "\n")
+
+
+class KillOnce(BatchCallback):
+    """SIGKILLs rank `rank` right after global step `step`, once (a marker file remembers)."""
+
+    wants_ids = False
+
+    def __init__(self, step: int, rank: int, marker: str) -> None:
+        self.step, self.rank, self.marker = step, rank, marker
+
+    def on_batch(self, info: BatchInfo) -> None:
+        import os
+        import signal
+
+        if info.step == self.step and info.rank == self.rank and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(info.step))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _log(folder: Path, rank: int) -> list[dict]:
+    return [json.loads(line) for line in (folder / f"rank{rank}.jsonl").read_text().splitlines()]
+
+
+def test_killed_worker_resumes_with_exact_replay_and_no_row_skipped(ray_local, tables, tmp_path):
+    """What a resume replays: the batches after the last checkpoint, exactly (the epoch's order
+    is a function of seed and epoch); what it skips: nothing. Each rank streams its own rows."""
+    import ray.cloudpickle
+
+    from acml_ray.train import fit
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # 160 rows, 2 workers: 80 rows each, batch 16 -> 5 steps per epoch, 10 in all; checkpoints
+    # every 3 steps; rank 1 is SIGKILLed right after step 7 (last checkpoint: step 6).
     cfg = _cfg(tmp_path, tables, **{"train.epochs": 2, "train.num_workers": 2, "train.cpus_per_worker": 0.5,
                                     "train.checkpoint_every_steps": 3, "train.max_failures": 1,
-                                    "tracking.enabled": False})
+                                    "train.shuffle_buffer_rows": 48, "tracking.enabled": False})
     logs = tmp_path / "batches"
-    hooks = DebugHooks(kill_at_step=7, kill_rank=1, kill_marker=str(tmp_path / "killed"),
-                       batch_log_dir=str(logs))
-    result = fit(cfg, run_name="faulty", hooks=hooks)
+    result = fit(cfg, run_name="faulty", batch_callbacks=[BatchLog(str(logs)),
+                                                          KillOnce(7, 1, str(tmp_path / "killed"))])
     assert (tmp_path / "killed").read_text() == "7"
     assert [h["step"] for h in result.history] == [5, 10]
 
-    train_keys = set(pq.read_table(tables["train"], columns=["inchikey"])["inchikey"].to_pylist())
+    train_keys = pq.read_table(tables["train"], columns=["inchikey"])["inchikey"].to_pylist()
+    epochs: dict[int, list[set]] = {0: [], 1: []}
     for rank in (0, 1):
-        rows = [json.loads(line) for line in (logs / f"rank{rank}.jsonl").read_text().splitlines()]
+        rows = _log(logs, rank)
         steps = [r["step"] for r in rows]
-        # Replayed from the step-6 checkpoint: step 7 twice on both ranks (rank 1 logged it
-        # before dying), nothing else; the replay used the same molecules.
-        assert sorted(set(steps)) == list(range(1, 11))
-        assert len(steps) - len(set(steps)) <= 3
-        by_step: dict[int, list] = {}
+        # Steps 1-7 ran, then the restart replayed 7 (rank 1 logged it before dying; rank 0 may
+        # have, too) and went on: every planned step, step 7 at most twice.
+        assert sorted(set(steps)) == list(range(1, 11)) and len(steps) - len(set(steps)) <= 1
+        by_step: dict[int, list[list[str]]] = {}
         for r in rows:
             by_step.setdefault(r["step"], []).append(r["keys"])
+        # Exact replay: a step run twice trained on the same rows in the same order.
         assert all(all(k == keys[0] for k in keys) for keys in by_step.values())
-        per_epoch = [sum((by_step[s][0] for s in range(1 + 5 * e, 6 + 5 * e)), []) for e in (0, 1)]
-        assert all(len(set(keys)) == len(keys) == 80 and set(keys) <= train_keys for keys in per_epoch)
-    # Together the two ranks covered every training molecule in each epoch.
-    epoch0 = set()
-    for rank in (0, 1):
-        rows = [json.loads(line) for line in (logs / f"rank{rank}.jsonl").read_text().splitlines()]
-        epoch0 |= {k for r in rows if r["epoch"] == 0 for k in r["keys"]}
-    assert epoch0 == train_keys
+        for e in (0, 1):
+            keys = sum((by_step[s][0] for s in range(1 + 5 * e, 6 + 5 * e)), [])
+            assert len(keys) == len(set(keys)) == 80  # no row twice within an epoch
+            epochs[e].append(set(keys))
+    for e, (rank0, rank1) in epochs.items():
+        # The workers' shares are disjoint and together they are every training row: none skipped.
+        assert not rank0 & rank1 and rank0 | rank1 == set(train_keys), e
+    # Epochs differ in order (local shuffle reseeded per epoch), not in who holds which rows.
+    first = [k for r in _log(logs, 0) if r["epoch"] == 0 for k in r["keys"]]
+    second = [k for r in _log(logs, 0) if r["epoch"] == 1 for k in r["keys"]]
+    assert first != second and set(first) == set(second)

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,40 +16,23 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
 from ray.train import (
-    CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback,
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+    UserCallback,
 )
 from ray.train.torch import TorchTrainer
 
 from acml_ray.config import ACMLConfig
+from acml_ray.data.columnar import input_columns
 from acml_ray.data.paired import emb_column
-from acml_ray.environment import apply_defaults, default_env, is_local
 from acml_ray.storage.filesystem import join, resolve_filesystem
 from acml_ray.tracking import TrackingRun, start_run
 from acml_ray.train.best import download_best
-from acml_ray.train.loop import SORT_KEYS, STATE_FILE, DebugHooks, train_loop_per_worker
-
-# Workers must stay on loopback and quiet, wherever the driver was started from.
-
-
-def init_ray(num_cpus: int | None = None, use_gpu: bool = False) -> None:
-    """Connect to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``), or start a
-    local Ray on loopback; workers get the environment defaults (caller's values win)."""
-    if ray.is_initialized():
-        return
-    local = is_local()
-    apply_defaults(local)
-    env = default_env(local)
-    if not use_gpu:
-        env["DS_ACCELERATOR"] = os.environ.get("DS_ACCELERATOR", "cpu")
-    if not local:
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env})
-        return
-    # The dashboard (on loopback) serves Ray's State API, which Ray Train's placement-group
-    # cleaner polls: without it the cleaner warns every few seconds and cannot free the
-    # placement group of a trial that dies.
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             _node_ip_address="127.0.0.1", runtime_env={"env_vars": env}, configure_logging=True,
-             logging_level="WARNING")
+from acml_ray.train.loop import SORT_KEYS, STATE_FILE, BatchCallback, train_loop_per_worker
 
 
 @dataclass
@@ -113,9 +96,33 @@ def run_location(cfg: ACMLConfig, run_name: str) -> str:
     return join(storage, run_name)
 
 
-def _read_parquet(location: str) -> ray.data.Dataset:
+def _read_parquet(location: str, dataset: pads.Dataset, columns: list[str], in_store_mib: float,
+                  seed: int | None = None) -> ray.data.Dataset:
+    """A Ray Data read of `columns`; with `seed`, the files come in a seeded order that is the
+    same in every epoch and after every restart (see acml_ray.train.loop, "Data order").
+
+    A table of at most `in_store_mib` on disk is read once into Ray's object store (shared
+    memory, not the workers' heaps): short epochs then skip Ray Data's per-epoch file listing
+    and read tasks. Larger tables stream from the files every epoch."""
+    from ray.data import FileShuffleConfig
+
     fs, path = resolve_filesystem(location)
-    return ray.data.read_parquet(path, filesystem=fs)
+    shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=False) if seed is not None else None
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=columns, shuffle=shuffle)
+    size = sum(info.size or 0 for info in dataset.filesystem.get_file_info(dataset.files))
+    if size <= in_store_mib * 2**20:
+        ds.context.execution_options.preserve_order = True  # the file order above, kept
+        ds = ds.materialize()
+    return ds
+
+
+def _data_config() -> DataConfig:
+    """Split "train" across the workers (each streams only its share); "val" stays whole (rank 0
+    streams it). Order is preserved, which makes Ray Data's split deterministic: a worker gets the
+    same rows in the same order in every epoch and after a restart."""
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return DataConfig(datasets_to_split=["train"], execution_options=options)
 
 
 def _log_split(tracking: TrackingRun, tables: dict[str, pads.Dataset]) -> None:
@@ -123,13 +130,21 @@ def _log_split(tracking: TrackingRun, tables: dict[str, pads.Dataset]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, dataset in tables.items():
             columns = [c for c in SORT_KEYS if c in dataset.schema.names]
-            pacsv.write_csv(dataset.to_table(columns=columns), Path(tmp, f"{name}_ids.csv"))
+            writer = None
+            for batch in dataset.to_batches(columns=columns):  # streamed: tables may be large
+                writer = writer or pacsv.CSVWriter(Path(tmp, f"{name}_ids.csv"), batch.schema)
+                writer.write_batch(batch)
+            if writer is None:
+                pacsv.write_csv(pa.table({c: pa.array([], pa.string()) for c in columns}),
+                                Path(tmp, f"{name}_ids.csv"))
+            else:
+                writer.close()
         tracking.log_artifacts(tmp, "split")
 
 
 def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = None,
         modality_dims: dict[str, int] | None = None, run_name: str | None = None,
-        resume: bool | None = False, hooks: DebugHooks | None = None,
+        resume: bool | None = False, batch_callbacks: list[BatchCallback] | None = None,
         callbacks: list[UserCallback] | None = None, mark_failed: bool = True) -> TrainResult:
     """Train with Ray Train + DeepSpeed on Parquet training tables (paths, dirs or s3:// URIs).
 
@@ -140,7 +155,8 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
         resume: continue the run `run_name` from its latest checkpoint; without it an existing
             run folder is an error (Ray would silently resume it). None: resume if the run
             exists, else start it (a Tune trial restarted by `Tuner.restore`).
-        hooks: test hooks (fault injection, consumed-batch log).
+        batch_callbacks: `BatchCallback`s run on every rank after every step (e.g. a log of the
+            rows each step trained on); pickled into the workers.
         callbacks: Ray Train controller callbacks, e.g. Tune's `TuneReportCallback`, which
             forwards every report (rank 0's epoch metrics) to the enclosing Tune trial.
         mark_failed: close the MLflow run as FAILED when training raises. A Tune trial passes
@@ -155,6 +171,11 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
     # Opened once, before any run is: both tables must exist and be Parquet.
     tables = {"train": _dataset(train), "val": _dataset(val)}
     modality_dims = modality_dims or modality_dims_from_table(train, names, tables["train"])
+    columns = input_columns(names, tables["train"].schema.names)
+    for name, dataset in tables.items():
+        missing = [c for c in columns if c not in dataset.schema.names]
+        if missing:
+            raise ValueError(f"{train if name == 'train' else val}: the {name} table lacks columns {missing}")
     global_batch = cfg.train.batch_size * cfg.train.num_workers
     rows = tables["train"].count_rows()
     if cfg.train.drop_last and rows < global_batch:  # fail here, not inside every worker
@@ -186,8 +207,8 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"acml": cfg.model_dump(mode="json"), "modality_dims": modality_dims,
-                               "best_uri": join(run_uri, "best"), "tracking": tracking,
-                               "hooks": asdict(hooks or DebugHooks())},
+                               "train_rows": rows, "best_uri": join(run_uri, "best"), "tracking": tracking,
+                               "batch_callbacks": list(batch_callbacks or [])},
             scaling_config=ScalingConfig(
                 num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                 resources_per_worker={"CPU": cfg.train.cpus_per_worker, **cfg.train.resources_per_worker},
@@ -201,10 +222,10 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
                 # Ray Train logs every report and checkpoint at INFO; our epoch line is enough.
                 logging_config=LoggingConfig(log_level="WARNING"),
             ),
-            datasets={"train": _read_parquet(train), "val": _read_parquet(val)},
-            # Not split: every worker holds the table and takes its slice of each global batch
-            # (deterministic, so resume replays the same order; see acml_ray.train.loop).
-            dataset_config=DataConfig(datasets_to_split=[]),
+            datasets={"train": _read_parquet(train, tables["train"], columns, cfg.train.object_store_table_mib,
+                                             seed=cfg.train.seed),
+                      "val": _read_parquet(val, tables["val"], columns, cfg.train.object_store_table_mib)},
+            dataset_config=_data_config(),
         )
         result = trainer.fit()
         if result.error is not None:
