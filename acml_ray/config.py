@@ -325,7 +325,7 @@ class IndexConfig(_Strict):
     ann_threshold: int = Field(200_000, ge=1, description="rows from which an IVF (ANN) index replaces exact search")
     nlist: int | None = Field(None, ge=1, description="IVF lists; default 4 * sqrt(rows)")
     nprobe: int = Field(32, ge=1, description="IVF lists scanned per query")
-    train_per_list: int = Field(64, ge=39, description="k-means training rows per IVF list")
+    train_per_list: int = Field(40, ge=39, description="k-means training rows per IVF list (FAISS warns below 39)")
 
 
 class ACMLConfig(_Strict):

@@ -66,6 +66,27 @@ def _query_modality(index) -> str:
     return "smiles" if "smiles" in index.modalities else index.modalities[0]
 
 
+def query_inputs(modality: str, held, limit: int) -> tuple[list[str], list]:
+    """(InChIKeys, raw inputs) of held-out molecules for `modality`: csp5-simulated spectra from
+    the shipped ChEMBL NMR set for nmr13c/nmr1h (molecules without one are left out), RDKit
+    depictions for image, the SMILES text for smiles."""
+    if modality in ("nmr13c", "nmr1h"):
+        from acml_ray.data.sources import load_source
+
+        spectra = load_source("chembl_nmr").set_index("inchikey")
+        rows = held[held.inchikey.isin(spectra.index)].head(limit)
+        return rows.inchikey.tolist(), [spectra.loc[k, modality].tolist() for k in rows.inchikey]
+    rows = held.head(limit)
+    if modality == "image":
+        from PIL import Image
+
+        from acml_ray.modalities import build_modality
+
+        depict = build_modality("image")
+        return rows.inchikey.tolist(), [Image.fromarray(depict.render(s)) for s in rows.smiles]
+    return rows.inchikey.tolist(), rows.smiles.tolist()
+
+
 def _latencies(fn, vectors: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     times, found = [], []
     for v in vectors:
@@ -131,37 +152,32 @@ def speed(index, vectors: np.ndarray, modality: str, index_path: str, workdir: P
     return results
 
 
-def identify(index, model_dir: Path, index_path: str, cfg, limit: int, workdir: Path) -> dict:
-    """Held-out molecules added to the index, then searched by each query modality."""
+def add_held_out(model_dir: Path, index_path: str, cfg, workdir: Path):
+    """Insert the model's held-out molecules into the library index (incrementally)."""
     import pandas as pd
 
-    from acml_ray.data.sources import load_source
-    from acml_ray.search import Query, build_index
+    from acml_ray.search import build_index
 
     held = _held_out(model_dir, 10**9)
-    spectra = load_source("chembl_nmr")
-    spectra = spectra.set_index("inchikey")
     library = workdir / "held_out.csv"
     pd.DataFrame({"id": [f"held_out:{k}" for k in held.inchikey], "smiles": held.smiles}).to_csv(library, index=False)
-    added = build_index(model_dir, index_path, str(library), cfg)
-    from acml_ray.search import StructureIndex
+    return build_index(model_dir, index_path, str(library), cfg)
 
-    index = StructureIndex(index_path)
+
+def identify(index, model_dir: Path, added, limit: int) -> dict:
+    """Rank of each held-out molecule's true structure among the library's, per query modality."""
+    from acml_ray.search import Query
+
+    held = _held_out(model_dir, 10**9)
     meta = index.metadata()
     row_of = dict(zip(meta["inchikey"], range(len(meta))))
     report = {"added_to_library": added.added, "already_in_library": added.already_indexed,
               "library_rows": index.rows}
     for modality in index.modalities:
-        if modality == "nmr13c":
-            rows = held[held.inchikey.isin(spectra.index)]
-            rows = rows.head(limit)
-            raws = [spectra.loc[k, "nmr13c"].tolist() for k in rows.inchikey]
-        elif modality == "smiles":
-            rows = held.head(limit)
-            raws = rows.smiles.tolist()
-        else:
+        if modality not in ("nmr13c", "nmr1h", "image", "smiles"):
             continue
-        queries = [Query(k, r) for k, r in zip(rows.inchikey, raws)]
+        keys, raws = query_inputs(modality, held, limit)
+        queries = [Query(k, r) for k, r in zip(keys, raws)]
         vectors, kept, errors = index.encode(modality, queries)
         truth = np.array([row_of[queries[i].query_id] for i in kept])
         out = {"queries": len(kept), "failed": len(errors)}
@@ -184,7 +200,7 @@ def identify(index, model_dir: Path, index_path: str, cfg, limit: int, workdir: 
     return report
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="trained run folder (with data/val.parquet) or model folder")
     parser.add_argument("--index", required=True, help="index folder (built or resumed here)")
@@ -195,17 +211,16 @@ def main() -> None:
     parser.add_argument("--rss-probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--modality", help=argparse.SUPPRESS)
     parser.add_argument("--vectors", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.rss_probe:
         rss_probe(args.index, args.modality, args.vectors)
-        return
+        return {}
 
     from acml_ray.cli.common import parse_overrides
     from acml_ray.config import load_config
-    from acml_ray.environment import apply_defaults
+    from acml_ray.environment import apply_defaults, init_ray
     from acml_ray.model.serialization import resolve_model
     from acml_ray.search import Query, StructureIndex, build_index
-    from acml_ray.environment import init_ray
 
     apply_defaults()
     cfg = load_config(None, parse_overrides(args.set or [])).index
@@ -213,14 +228,18 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir, _ = resolve_model(args.model, workdir)
     library = _moses_library(args.size, workdir)
-    init_ray(num_cpus=None)
     import ray
 
+    started_ray = not ray.is_initialized()  # a caller's Ray (a test's) stays up
+    init_ray(num_cpus=None)
     cores = int(ray.cluster_resources().get("CPU", 1))
     result = build_index(model_dir, args.index, library, cfg, source=args.model)
-    ray.shutdown()
+    added = add_held_out(model_dir, args.index, cfg, workdir) if args.identify else None
+    if started_ray:
+        ray.shutdown()  # searching needs no Ray; its workers' memory goes back to the machine
     index = StructureIndex(args.index)
-    shards = [s for s in index.manifest.shards if s.library == next(iter(index.manifest.libraries))]
+    key = next(k for k, v in index.manifest.libraries.items() if v["location"] == library)
+    shards = [s for s in index.manifest.shards if s.library == key]
     built_rows, built_s = sum(s.rows for s in shards), sum(s.seconds for s in shards)
     build = {"rows": built_rows, "seconds": built_s, "molecules_per_s": built_rows / max(built_s, 1e-9),
              "cores": cores, "molecules_per_s_per_core": built_rows / max(built_s, 1e-9) / cores,
@@ -228,9 +247,10 @@ def main() -> None:
     print(f"build: {json.dumps(build)}", flush=True)
 
     modality = _query_modality(index)
-    held = _held_out(model_dir, args.queries)
+    held = _held_out(model_dir, 10**9)
     t = time.perf_counter()
-    vectors, _, errors = index.encode(modality, [Query(k, s) for k, s in zip(held.inchikey, held.smiles)])
+    keys, raws = query_inputs(modality, held, args.queries)
+    vectors, _, errors = index.encode(modality, [Query(k, r) for k, r in zip(keys, raws)])
     encode_ms = (time.perf_counter() - t) * 1000 / max(1, len(vectors))
     results = speed(index, vectors, modality, args.index, workdir)
     results["query_encode_ms_per_query"] = encode_ms
@@ -238,7 +258,7 @@ def main() -> None:
     print(f"search: {json.dumps(results)}", flush=True)
     report = {"build": build, "search": results}
     if args.identify:
-        report["identification"] = identify(index, model_dir, args.index, cfg, args.queries, workdir)
+        report["identification"] = identify(index, model_dir, added, args.queries)
         print(f"identification: {json.dumps(report['identification'])}", flush=True)
     (workdir / "report.json").write_text(json.dumps(report, indent=2))
     print(f"build: {build['molecules_per_s']:.0f} molecules/s on {cores} cores "
@@ -254,6 +274,7 @@ def main() -> None:
     print(f"report: {workdir / 'report.json'}")
     ann_p50 = results.get("ann", results["exact"])["p50_ms"]
     print(f"ratio: {results['exact']['p50_ms'] / ann_p50:.2f}")
+    return report
 
 
 if __name__ == "__main__":

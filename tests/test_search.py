@@ -341,3 +341,30 @@ def test_picture_queries_are_prepared_like_depictions(tmp_path, depiction_modali
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ModalityInputError, match="unreadable image"):
         picture_tensor(depiction_modality, tmp_path / "broken.png")
+
+
+def test_search_benchmark_smoke(ray_local, models, tmp_path):
+    """benchmarks/search.py end to end at toy size: build rate, latency, recall, size, RSS and the
+    identification of held-out molecules (5 nmr13c spectra inserted into a 200-row MOSES library)."""
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from acml_ray.data.sources import load_source
+    from benchmarks import search as bench
+
+    run = tmp_path / "run"
+    shutil.copytree(models["a"], run / "model")
+    (run / "data").mkdir()
+    held = load_source("chembl_nmr").head(8)[["smiles", "inchikey"]]
+    held.to_parquet(run / "data" / "val.parquet")
+    report = bench.main(["--model", str(run), "--index", str(tmp_path / "index"), "--size", "200",
+                         "--queries", "5", "--identify", "--set", "index.ann_threshold=100", "--set", "index.nlist=4"])
+    build, speed, found = report["build"], report["search"], report["identification"]
+    assert build["rows"] == 200 and build["molecules_per_s"] > 0
+    assert speed["rows"] == 208 and speed["kind"] == "ivf"  # 200 MOSES + 8 held-out drugs
+    assert 0 < speed["ann"]["recall@10"] <= 1 and speed["exact"]["p50_ms"] > 0
+    assert speed["index_size_mib"] > 0 and speed["peak_rss_searching_mib"] > 0
+    assert found["added_to_library"] == 8 and found["nmr13c"]["queries"] == 5
+    for variant in ("all", "formula"):
+        assert 0 <= found["nmr13c"][variant]["top1"] <= found["nmr13c"][variant]["top10"] <= 1
+    assert found["nmr13c"]["formula"]["top10"] >= found["nmr13c"]["all"]["top10"]  # fewer candidates

@@ -646,10 +646,16 @@ def update_ann(store: IndexStore, manifest: Manifest, cfg: IndexConfig) -> dict[
         for shard in manifest.shards[start:]:
             index.add(_shard_vectors(store, shard, modality))
         name = f"faiss/{modality}-{uuid.uuid4().hex[:12]}.faiss"
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / "index.faiss"
-            faiss.write_index(index, str(local))
-            store.upload(local, name)
+        if store.is_local:  # written in place, then renamed: no second copy of a large file
+            target = Path(store.path(name))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            faiss.write_index(index, str(target) + ".tmp")
+            Path(str(target) + ".tmp").replace(target)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / "index.faiss"
+                faiss.write_index(index, str(local))
+                store.upload(local, name)
         del index
         old = current.file if current is not None else None
         manifest.ann[modality] = AnnEntry(file=name, kind=kind, rows=rows, shards=len(manifest.shards), nlist=nlist,
