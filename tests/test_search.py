@@ -37,7 +37,7 @@ from acml_ray.search import (
 from acml_ray.search.build import emb_column, formula_and_mass, read_shard_metadata
 from acml_ray.search.layout import IndexStore
 
-DIMS = {"ecfp": 128, "nmr13c": 256}
+DIMS = {"ecfp": 128, "nmr13c": 256, "ms": 256}
 BAD_ROWS = ["not a smiles", "", "C" * 60]  # unparsable, empty, too many heavy atoms
 
 
@@ -45,7 +45,8 @@ def _model(directory: Path, seed: int) -> Path:
     import torch
 
     cfg = load_config(None, {"graph_encoder.hidden_dim": 16, "projection.dims": [32],
-                             "modalities": [{"name": "ecfp", "options": {"n_bits": 128}}, {"name": "nmr13c"}]})
+                             "modalities": [{"name": "ecfp", "options": {"n_bits": 128}}, {"name": "nmr13c"},
+                                            {"name": "ms"}]})
     torch.manual_seed(seed)
     save_model(ACMLModel.from_config(cfg, DIMS), cfg, directory)
     return directory
@@ -182,13 +183,15 @@ def test_bad_queries_get_one_error_each_and_the_rest_run(flat_index, tmp_path):
     (queries / "empty.json").write_text("[]")
     (queries / "broken.jdx").write_bytes(b"\x89PNG not a spectrum")
     (queries / "outside.json").write_text(json.dumps([[500.0, 1.0]]))  # no peak in -50..350 ppm
+    (queries / "figure.png").write_bytes(b"\x89PNG\r\n")  # a picture given to an NMR modality
     out = tmp_path / "hits.json"
     proc = subprocess.run([sys.executable, "-m", "acml_ray.cli.main", "search", "--index", str(flat_index["path"]),
                            "--modality", "nmr13c", "--query", str(queries), "--query", "[[128.0, 1.0]]",
                            "--top", "3", "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr  # some queries failed, the others answered
     errors = [line for line in proc.stderr.splitlines() if line.startswith("acml search: query")]
-    assert len(errors) == 3
+    assert len(errors) == 4
+    assert any("figure.png: a picture is not a nmr13c input (wrong modality?" in e for e in errors)
     assert any("empty.json: empty spectrum" in e for e in errors)
     assert any("broken.jdx" in e and "JCAMP" in e for e in errors)
     assert any("outside.json: no peaks within -50..350 ppm" in e for e in errors)
@@ -197,6 +200,13 @@ def test_bad_queries_get_one_error_each_and_the_rest_run(flat_index, tmp_path):
     assert {r["query_id"] for r in answered} == {str(queries / "good.json"), "[[128.0, 1.0]]"}
     assert all(len(r["candidates"]) == 3 for r in answered)
     assert "inchikey" in proc.stdout and "score" in proc.stdout  # the table
+    # Mass spectra: every spectrum of an MGF file is a query; one without peaks fails alone.
+    (tmp_path / "unknowns.mgf").write_text(
+        "BEGIN IONS\nTITLE=unknown 1\nPEPMASS=181.05\n77.04 30\n105.03 100\n163.04 20\nEND IONS\n"
+        "BEGIN IONS\nTITLE=no peaks\nPEPMASS=200.0\nEND IONS\n")
+    ms = search(str(flat_index["path"]), "ms", [str(tmp_path / "unknowns.mgf")], top_k=2)
+    assert ms.candidates["query_id"].unique().tolist() == ["unknowns.mgf:0 unknown 1"]
+    assert len(ms.errors) == 1 and "no peaks" in ms.errors[0].query_id and "empty spectrum" in ms.errors[0].error
     # The wrong modality for this model is one clear error, before anything runs.
     assert main(["search", "--index", str(flat_index["path"]), "--modality", "image", "--query", "x.png"]) == 2
 

@@ -116,6 +116,11 @@ def _file_queries(path: Path, modality: Modality, default: CandidateFilter) -> t
         return table_queries(rows, modality, default, name=path.name, base=path.parent)
     if modality.name == "image":
         return [Query(qid, path, default)], []
+    if suffix in IMAGE_SUFFIXES:  # the usual mix-up: a picture handed to a spectrum or text modality
+        return [], [QueryError(qid, f"a picture is not a {modality.name} input (wrong modality? use --modality image)")]
+    if suffix in (".mgf", ".msp", ".mzml", ".mzxml") and modality.name != "ms":
+        return [], [QueryError(qid, f"a mass-spectrum file is not a {modality.name} input (wrong modality? "
+                                    "use --modality ms)")]
     if modality.name == "ms":
         return _spectrum_file_queries(path, default)
     if modality.input_column == "smiles":
