@@ -599,8 +599,12 @@ def _shard_vectors(store: IndexStore, shard: ShardEntry, modality: str) -> np.nd
 
 
 def default_nlist(rows: int) -> int:
-    """4 * sqrt(rows), a power of two (FAISS's guidance for IVF list counts)."""
-    return 2 ** max(1, round(math.log2(4 * math.sqrt(max(rows, 1)))))
+    """4 * sqrt(rows) as a power of two (FAISS's guidance for IVF list counts), halved until every
+    list gets at least 39 training rows (fewer leave k-means centroids poorly placed)."""
+    nlist = 2 ** max(1, round(math.log2(4 * math.sqrt(max(rows, 1)))))
+    while nlist > 1 and nlist * 39 > rows:
+        nlist //= 2
+    return nlist
 
 
 def _training_sample(store: IndexStore, shards: list[ShardEntry], modality: str, size: int,
