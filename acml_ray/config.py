@@ -10,10 +10,13 @@ YAML files only need to name what differs from these defaults.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DownstreamMethod = Literal["linear_probe", "finetune", "scratch", "ecfp_rf", "ecfp_linear"]
+EvalSection = Literal["retrieval", "isomers", "interpret", "downstream"]
 
 
 class _Strict(BaseModel):
@@ -235,8 +238,8 @@ class DownstreamConfig(_Strict):
 
     tasks: list[TaskConfig] = Field(default_factory=lambda: [
         TaskConfig(name="b3db_classification"), TaskConfig(name="freesolv")])
-    methods: list[Literal["linear_probe", "finetune", "scratch", "ecfp_rf", "ecfp_linear"]] = Field(
-        default_factory=lambda: ["linear_probe", "finetune", "scratch", "ecfp_rf", "ecfp_linear"])
+    methods: list[DownstreamMethod] = Field(
+        default_factory=lambda: list(get_args(DownstreamMethod)))
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     epochs: int = Field(10, ge=1, description="most epochs of a fine-tune / scratch training")
@@ -291,8 +294,7 @@ class EvalConfig(_Strict):
     pool_repeats: int = Field(20, ge=1, description="random pools averaged at pool_size")
     top_k: list[int] = Field(default_factory=lambda: [1, 2, 3, 5, 10, 20])
     seed: int = 0
-    sections: list[Literal["retrieval", "isomers", "interpret", "downstream"]] = Field(
-        default_factory=lambda: ["retrieval", "isomers", "interpret", "downstream"])
+    sections: list[EvalSection] = Field(default_factory=lambda: list(get_args(EvalSection)))
     chunk_mib: int = Field(256, ge=1, description="memory bound of one similarity chunk")
     isomers: IsomerEvalConfig = Field(default_factory=IsomerEvalConfig)
     interpret: InterpretConfig = Field(default_factory=InterpretConfig)

@@ -19,6 +19,7 @@ auth for a new local cluster) stays in force for the driver and the servers it s
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -94,4 +95,4 @@ def init_ray(num_cpus: int | None = None, use_gpu: bool = False) -> None:
     # placement group of a trial that dies.
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", runtime_env={"env_vars": env}, configure_logging=True,
-             logging_level="WARNING")
+             logging_level=logging.WARNING)

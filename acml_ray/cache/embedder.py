@@ -74,22 +74,22 @@ class CachedEmbedder:
                 keys[i] = self.modality.content_key(raw)
             except ModalityInputError as exc:
                 reasons[i] = exc.reason
-        valid = [i for i in range(n) if keys[i] is not None]
+        valid = {i: key for i, key in enumerate(keys) if key is not None}
         vectors = np.zeros((n, self.modality.dim), dtype=np.float32)
-        cached, found = self.cache.lookup([keys[i] for i in valid])
+        cached, found = self.cache.lookup(list(valid.values()))
         missing: dict[str, int] = {}  # key -> first row needing it
-        for j, i in enumerate(valid):
+        for j, (i, key) in enumerate(valid.items()):
             if found[j]:
                 vectors[i] = cached[j]
                 report.cache_hits += 1
             else:
-                missing.setdefault(keys[i], i)
+                missing.setdefault(key, i)
         computed = self._encode_missing(raws, missing, reasons, report)
-        for i in valid:
-            if reasons[i] is None and keys[i] in computed:
-                vectors[i] = computed[keys[i]]
-            elif reasons[i] is None and keys[i] in missing:
-                reasons[i] = reasons[missing[keys[i]]]  # a duplicate of a rejected input
+        for i, key in valid.items():
+            if reasons[i] is None and key in computed:
+                vectors[i] = computed[key]
+            elif reasons[i] is None and key in missing:
+                reasons[i] = reasons[missing[key]]  # a duplicate of a rejected input
         ok = np.array([r is None for r in reasons], dtype=bool)
         report.corrupt_shards = self.cache.stats.shards_corrupt - corrupt_before
         report.rejected = int((~ok).sum())

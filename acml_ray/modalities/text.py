@@ -35,7 +35,8 @@ def _sentence_transformers_layout(model_dir: Path) -> tuple[Path, Pooling | None
     if not modules_file.is_file():
         return model_dir, None, False
     modules = json.loads(modules_file.read_text())
-    transformer_dir, pooling, normalise = model_dir, None, False
+    transformer_dir, normalise = model_dir, False
+    pooling_mode: Pooling | None = None
     for module in modules:
         kind = module.get("type", "")
         if kind.endswith(".Transformer"):
@@ -44,12 +45,12 @@ def _sentence_transformers_layout(model_dir: Path) -> tuple[Path, Pooling | None
             cfg_file = model_dir / module.get("path", "") / "config.json"
             cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
             if cfg.get("pooling_mode_cls_token"):
-                pooling = "cls"
+                pooling_mode = "cls"
             elif cfg.get("pooling_mode_mean_tokens", True):
-                pooling = "mean"
+                pooling_mode = "mean"
         elif kind.endswith(".Normalize"):
             normalise = True
-    return transformer_dir, pooling, normalise
+    return transformer_dir, pooling_mode, normalise
 
 
 class TransformerTextEncoder(nn.Module):

@@ -175,7 +175,9 @@ class ACMLModel(nn.Module):
 
     def temperatures(self) -> dict[str, float]:
         """Current temperature per modality (for logging)."""
-        return {name: float(loss.temperature().detach()) for name, loss in self.losses.items()}
+        # A user-supplied loss without a `temperature` is simply not listed.
+        return {name: float(loss.temperature().detach()) for name, loss in self.losses.items()  # type: ignore[operator]
+                if hasattr(loss, "temperature")}
 
     def _check_modality(self, modality: str) -> None:
         if modality not in self.modality_dims:

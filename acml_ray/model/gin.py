@@ -28,7 +28,7 @@ class _CategoricalEncoder(nn.Module):
         super().__init__()
         self.embeddings = nn.ModuleList(nn.Embedding(int(d), emb_dim) for d in dims)
         for emb in self.embeddings:
-            nn.init.xavier_uniform_(emb.weight)
+            nn.init.xavier_uniform_(emb.weight)  # type: ignore[union-attr]  # nn.ModuleList items are Modules
 
     @property
     def num_columns(self) -> int:

@@ -127,16 +127,12 @@ def resolve_model(ref: str, workdir: str | Path, tracking_uri: str | None = None
         download_best(ref, local)
         return local, None
     elif ref.startswith("s3://"):
-        import pyarrow.fs as pafs
-
-        from acml_ray.storage import join, resolve_filesystem
-
         local = Path(workdir) / "remote_run"
         for rel in (MODEL_FILE, f"model/{MODEL_FILE}", "data/val.parquet"):
-            fs, path = resolve_filesystem(join(ref, rel))
-            if fs.get_file_info(path).type == pafs.FileType.File:
+            fs, remote = resolve_filesystem(join(ref, rel))
+            if fs.get_file_info(remote).type == pafs.FileType.File:
                 (local / rel).parent.mkdir(parents=True, exist_ok=True)
-                pafs.copy_files(path, str(local / rel), source_filesystem=fs)
+                pafs.copy_files(remote, str(local / rel), source_filesystem=fs)
         ref = str(local)
     path = Path(ref.removeprefix("file://"))
     if (path / MODEL_FILE).is_file():

@@ -44,7 +44,7 @@ def register_pyfunc(uri: str, name: str, alias: str, *, artifact_name: str, log_
             info = mlflow.pyfunc.log_model(name=artifact_name, registered_model_name=name, **log_model_args)
             run_id = active.info.run_id
     finally:
-        mlflow.set_tracking_uri(previous_uri)
+        mlflow.set_tracking_uri(previous_uri)  # type: ignore[arg-type]  # None unsets it
     model_version = str(info.registered_model_version)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, model_version, key, value)

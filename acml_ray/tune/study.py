@@ -268,6 +268,8 @@ def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary] | None, comple
     """
     from acml_ray.tracking import TrackingRun, child_runs
 
+    if plan.tracking_uri is None or plan.parent_run_id is None:  # the study runs without MLflow
+        return
     by_name = child_runs(TrackingRun(plan.tracking_uri, plan.parent_run_id))
     if trials is None:
         for run, status in by_name.values():
@@ -359,7 +361,7 @@ def run_study(cfg: ACMLConfig, space: SearchSpace, train_data: str | None = None
     # The trial actor only drives its Train run (the workers reserve their own CPUs/GPUs). Tune
     # rejects an all-zero request, so with driver_cpus 0 it reserves 1 MiB of Ray's memory
     # resource instead of a CPU that the trial's workers would then lack.
-    driver = {"CPU": t.driver_cpus} if t.driver_cpus > 0 else {"memory": 2**20}
+    driver: dict[str, float] = {"CPU": t.driver_cpus} if t.driver_cpus > 0 else {"memory": 2**20}
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(_run_trial, base=cfg.model_dump(mode="json"), space=space, plan=plan), driver)
 
@@ -421,7 +423,7 @@ def run_study(cfg: ACMLConfig, space: SearchSpace, train_data: str | None = None
         study.best = _best(ranked, lambda s: s.score, t.mode)
         study.best_dir, study.best_config = _export_best(study.best, cfg, plan, parent)
     if parent is not None:
-        summary = {"tune/trials": len(trials), "tune/stopped_early": sum(s.stopped_early for s in trials),
+        summary: dict[str, float] = {"tune/trials": len(trials), "tune/stopped_early": sum(s.stopped_early for s in trials),
                    "tune/errors": sum(s.error is not None for s in trials)}
         if study.best is not None:
             summary["best/" + t.metric.replace("/", "_")] = study.best.score
