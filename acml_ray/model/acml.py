@@ -19,6 +19,10 @@ from acml_ray.model.losses import ContrastiveLoss
 from acml_ray.model.projection import ProjectionHead
 
 MASK_SUFFIX = "__mask"
+# Builds the model a run trains from its config and the cached vector widths; the default is
+# `ACMLModel.from_config`. Give your own to `fit` (and to `load_model` to read it back) to train
+# a model with your own parts.
+ModelFactory = Callable[[ACMLConfig, Mapping[str, int]], "ACMLModel"]
 
 
 class _GatherWithGrad(torch.autograd.Function):

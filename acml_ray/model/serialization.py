@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from acml_ray import __version__
 from acml_ray.config import ACMLConfig
-from acml_ray.model.acml import ACMLModel
+from acml_ray.model.acml import ACMLModel, ModelFactory
 from acml_ray.storage import download, join, resolve_filesystem
 
 MODEL_FILE = "model.pt"
@@ -41,8 +41,12 @@ def save_model(model: ACMLModel, cfg: ACMLConfig, directory: str | Path,
     return path
 
 
-def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[ACMLModel, ACMLConfig, dict]:
+def load_model(directory: str | Path, map_location: str = "cpu",
+               model_factory: ModelFactory | None = None) -> tuple[ACMLModel, ACMLConfig, dict]:
     """Rebuild a saved model in eval mode -> (model, config, extra).
+
+    `model_factory` is the one training used (`fit(model_factory=...)`); default
+    `ACMLModel.from_config`.
 
     The file is read with ``weights_only=True``: models travel between teams through the
     registry, and a model file must never be able to run code when it is loaded.
@@ -59,7 +63,7 @@ def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[ACMLMo
             f"{path} was saved by acml-ray {saved_by} with a configuration acml-ray {__version__} "
             f"cannot read (a newer release's settings?); load it with that release or later: {err}"
         ) from err
-    model = ACMLModel.from_config(cfg, blob["modality_dims"])
+    model = (model_factory or ACMLModel.from_config)(cfg, blob["modality_dims"])
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model, cfg, blob.get("extra", {})

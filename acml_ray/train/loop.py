@@ -301,7 +301,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if n_steps == 0:
         raise ValueError(f"{n_rows} training rows give no full global batch of "
                          f"{t.batch_size} x {world} workers")
-    model = ACMLModel.from_config(cfg, modality_dims)
+    model = (loop_config.get("model_factory") or ACMLModel.from_config)(cfg, modality_dims)
     if t.sync_batchnorm:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     engine = build_engine(model, cfg, model.trainable_parameters(), total_steps=t.epochs * n_steps)

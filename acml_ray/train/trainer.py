@@ -27,6 +27,7 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from acml_ray.config import ACMLConfig
+from acml_ray.model.acml import ModelFactory
 from acml_ray.data.columnar import input_columns
 from acml_ray.data.paired import emb_column
 from acml_ray.storage.filesystem import join, resolve_filesystem
@@ -145,7 +146,8 @@ def _log_split(tracking: TrackingRun, tables: dict[str, pads.Dataset]) -> None:
 def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = None,
         modality_dims: dict[str, int] | None = None, run_name: str | None = None,
         resume: bool | None = False, batch_callbacks: list[BatchCallback] | None = None,
-        callbacks: list[UserCallback] | None = None, mark_failed: bool = True) -> TrainResult:
+        callbacks: list[UserCallback] | None = None, mark_failed: bool = True,
+        model_factory: ModelFactory | None = None) -> TrainResult:
     """Train with Ray Train + DeepSpeed on Parquet training tables (paths, dirs or s3:// URIs).
 
     Args:
@@ -162,6 +164,9 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
         mark_failed: close the MLflow run as FAILED when training raises. A Tune trial passes
             False: its study closes the run with Tune's verdict instead (a trial stopped by ASHA
             fails here when Tune frees it, possibly after the study closed the run).
+        model_factory: ``factory(cfg, modality_dims) -> ACMLModel``, run in every worker to build
+            the model (default `ACMLModel.from_config`); pickled into the workers. The best model
+            is saved as weights + config: read it back with ``load_model(dir, model_factory=...)``.
     """
     train, val = table_locations(cfg, train_data, val_data)
     # The run's config (MLflow, model.pt) names the tables it used: `acml evaluate` falls back to
@@ -208,7 +213,7 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
             train_loop_per_worker,
             train_loop_config={"acml": cfg.model_dump(mode="json"), "modality_dims": modality_dims,
                                "train_rows": rows, "best_uri": join(run_uri, "best"), "tracking": tracking,
-                               "batch_callbacks": list(batch_callbacks or [])},
+                               "batch_callbacks": list(batch_callbacks or []), "model_factory": model_factory},
             scaling_config=ScalingConfig(
                 num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                 resources_per_worker={"CPU": cfg.train.cpus_per_worker, **cfg.train.resources_per_worker},
