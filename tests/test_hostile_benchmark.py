@@ -18,16 +18,16 @@ def test_hostile_inputs_each_take_under_a_second() -> None:
     assert len(sets["nci"]) == len(sets["wehi"]) == 100
     rows = sets["nci"] + sets["wehi"] + hostile.garbage(300, seed=0, real=[s for _, s in sets["nci"]])
     timings = hostile.time_each(rows)
-    assert len(timings) == len(rows) and len({mol_id for _, mol_id, _ in timings}) == len(rows)
-    slowest = max(timings)
+    assert len(timings) == len(rows) and len({mol_id for _, _, mol_id, _ in timings}) == len(rows)
+    slowest = max(timings)  # by CPU time: wall time on a shared machine also counts other jobs
     assert slowest[0] < 1.0, slowest
-    outcomes = {mol_id: outcome for _, mol_id, outcome in timings}
+    outcomes = {mol_id: outcome for _, _, mol_id, outcome in timings}
     assert outcomes["garbage-0"] == "too long: 100000 characters > 2000"  # the 100k-atom ring
     assert outcomes["garbage-5"].startswith("radical")  # [0C]CC
     assert outcomes["garbage-6"] == "accepted"  # a BOM before ethanol is stripped
     assert outcomes["garbage-8"].startswith("invalid text encoding")  # NUL
     assert outcomes["garbage-10"] == "invalid text encoding"  # latin-1 bytes
-    accepted = sum(outcome == "accepted" for _, mol_id, outcome in timings if not mol_id.startswith("garbage"))
+    accepted = sum(outcome == "accepted" for _, _, mol_id, outcome in timings if not mol_id.startswith("garbage"))
     assert accepted >= 180  # real screening compounds mostly pass
 
 

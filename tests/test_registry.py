@@ -156,6 +156,15 @@ def _post(base: str, smiles: list[str], timeout: float = 60) -> list[dict]:
         return json.loads(response.read())["predictions"]
 
 
+def uvicorn_workers(pid: int) -> list:
+    """The live worker processes under a `mlflow models serve` (spawned by uvicorn; not
+    multiprocessing's resource tracker)."""
+    import psutil
+
+    return [p for p in psutil.Process(pid).children(recursive=True)
+            if "spawn_main" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE]
+
+
 def _wait_until_up(base: str, server, log_path: Path, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while True:
@@ -175,8 +184,6 @@ def test_mlflow_models_serve_answers_http(registered, run_dir, tmp_path, stop_pr
     """`mlflow models serve` as docs/cluster.md runs it (2 workers, a request timeout): hostile
     rows come back as errors beside the others' embeddings, and a worker killed by a signal (as a
     native crash would) is replaced while the other keeps answering."""
-    import psutil
-
     (port,) = free_ports(1)
     bin_dir = str(Path(sys.executable).parent)
     # `mlflow models serve` execs `uvicorn` by name: the venv's bin must be on PATH (as when activated).
@@ -207,18 +214,15 @@ def test_mlflow_models_serve_answers_http(registered, run_dir, tmp_path, stop_pr
         assert len(answer[-1][GRAPH_COLUMN]) == 16
 
         # A worker dies as a segfault would kill it: the server stays up, uvicorn replaces it.
-        workers = [p for p in psutil.Process(server.pid).children(recursive=True)
-                   if "multiprocessing" in " ".join(p.cmdline())]
+        workers = uvicorn_workers(server.pid)
         assert len(workers) == 2, [p.cmdline() for p in workers]
         workers[0].send_signal(11)  # SIGSEGV
         workers[0].wait(timeout=30)
         assert _post(base, ["CCO"])[0]["canonical_smiles"] == "CCO"  # answered meanwhile
         deadline = time.monotonic() + 120
         while True:
-            alive = [p for p in psutil.Process(server.pid).children(recursive=True)
-                     if "multiprocessing" in " ".join(p.cmdline()) and p.is_running()
-                     and p.status() != psutil.STATUS_ZOMBIE]
-            if len(alive) == 2 and workers[0].pid not in {p.pid for p in alive}:
+            alive = {p.pid for p in uvicorn_workers(server.pid)}
+            if len(alive) == 2 and workers[0].pid not in alive:
                 break
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(1)

@@ -19,11 +19,12 @@ encoder as an actor pool, and write Parquet shards split train/val by a hash of 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -440,6 +441,21 @@ def _say(message: str) -> None:
     print(f"[acml embed] {message}", flush=True)
 
 
+def _remote_args_allowed(run: Callable[[ACMLConfig], EmbedRunResult]) -> Callable[[ACMLConfig], EmbedRunResult]:
+    """Ray 2.60 deprecates remote args such as `max_retries` / `max_restarts` on reads, maps and
+    writes, yet offers no other way to bound a task's retries or an actor's restarts (its
+    default is forever): keep them, without the warning, until the pin passes Ray 2.63."""
+
+    @functools.wraps(run)
+    def wrapper(cfg: ACMLConfig) -> EmbedRunResult:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            return run(cfg)
+
+    return wrapper
+
+
+@_remote_args_allowed
 def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
     """Run the Ray Data embedding pipeline described by ``cfg.embed`` (see the module doc).
 
@@ -477,16 +493,12 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
     actors = {"max_restarts": ec.max_retries, "max_task_retries": ec.max_retries}
     text_columns = [ec.smiles_column, *([ec.id_column] if ec.id_column else [])]
     try:
-        with warnings.catch_warnings():
-            # Ray 2.60 deprecates `ray_remote_args` of reads and writes but offers no other way
-            # to bound their retries (its default is forever); revisit when the pin passes 2.63.
-            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            if fmt == "csv":
-                ds = ray.data.read_csv(in_path, filesystem=in_fs, file_extensions=["csv", "gz"],
-                                       ray_remote_args=tasks, **csv_read_options(text_columns, wanted))
-                ds = ds.select_columns(wanted)
-            else:
-                ds = ray.data.read_parquet(in_path, filesystem=in_fs, columns=wanted, ray_remote_args=tasks)
+        if fmt == "csv":
+            ds = ray.data.read_csv(in_path, filesystem=in_fs, file_extensions=["csv", "gz"],
+                                   ray_remote_args=tasks, **csv_read_options(text_columns, wanted))
+            ds = ds.select_columns(wanted)
+        else:
+            ds = ray.data.read_parquet(in_path, filesystem=in_fs, columns=wanted, ray_remote_args=tasks)
     finally:
         context.execution_options.preserve_order = previous
     _say(f"reading {fmt} from {ec.input}; modalities {names}; cache {cfg.resolved_cache_dir()}")
@@ -535,9 +547,7 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
                                   fn_kwargs={"modalities": names, "keep_columns": ec.keep_columns,
                                              "split": split, "val_fraction": cfg.data.val_fraction,
                                              "seed": cfg.data.split_seed})
-            with warnings.catch_warnings():  # as for the reads above
-                warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-                rows.write_parquet(path, filesystem=out_fs, ray_remote_args=tasks)
+            rows.write_parquet(path, filesystem=out_fs, ray_remote_args=tasks)
             written.append(writing)
             writing = None
         quarantine_path = f"{out_path}/quarantine.parquet"
