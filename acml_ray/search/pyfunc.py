@@ -141,15 +141,10 @@ def register_search_model(index: str, name: str, alias: str = "champion", tracki
     full-size index is gigabytes). Returns a `RegisteredModel` (load it as ``models:/NAME@alias``).
     """
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    from acml_ray.registry.register import (
-        RegisteredModel,
-        _registry_experiment,
-        check_names,
-        pinned_requirements,
-    )
+    from acml_ray.registry.register import REGISTRY_EXPERIMENT, RegisteredModel, check_names, pinned_requirements
     from acml_ray.search.query import StructureIndex
+    from acml_ray.tracking.registry import register_pyfunc
 
     check_names(name, alias)
     uri = tracking_uri or mlflow.get_tracking_uri()
@@ -157,8 +152,6 @@ def register_search_model(index: str, name: str, alias: str = "champion", tracki
     location = index if "://" in index else str(Path(index).resolve())
     if embed and "://" in index:
         raise ValueError("embed=True needs a local index folder; an s3:// index is read where it lives")
-    client = MlflowClient(tracking_uri=uri)
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     manifest = opened.manifest
     tags = {"acml.index": location, "acml.index_rows": str(manifest.rows),
             "acml.index_modalities": ",".join(manifest.modalities),
@@ -168,28 +161,17 @@ def register_search_model(index: str, name: str, alias: str = "champion", tracki
         code = Path(tmp) / "code" / "acml_ray"
         shutil.copytree(Path(__file__).resolve().parents[1], code,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sets"))
-        requirements = pinned_requirements() + _pins(_EXTRA_REQUIREMENTS)
-        try:
-            mlflow.set_tracking_uri(uri)
-            with mlflow.start_run(experiment_id=_registry_experiment(client, uri, artifact_location),
-                                  run_name=f"register-{name}") as run:
-                mlflow.set_tags(tags)
-                info = mlflow.pyfunc.log_model(
-                    name=PYFUNC_NAME, python_model=str(Path(__file__).with_name("serving_model.py")),
-                    artifacts={INDEX_ARTIFACT: location} if embed else None,
-                    model_config=None if embed else {"index": location}, code_paths=[str(code)],
-                    signature=search_signature(), pip_requirements=requirements,
-                    registered_model_name=name)
-                run_id = run.info.run_id
-        finally:
-            mlflow.set_tracking_uri(previous)
-    version = str(info.registered_model_version)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    client.update_model_version(name, version, description=(
-        f"ACML structure search over {manifest.rows} structures ({', '.join(manifest.modalities)}); input: "
-        "DataFrame with query[, modality, query_id, formula, mass, tol]; output: ranked candidates"))
-    client.set_registered_model_alias(name, alias, version)
+        version, run_id = register_pyfunc(
+            uri, name, alias, artifact_name=PYFUNC_NAME, tags=tags, metrics={},
+            description=(f"ACML structure search over {manifest.rows} structures ({', '.join(manifest.modalities)}); "
+                         "input: DataFrame with query[, modality, query_id, formula, mass, tol]; output: ranked "
+                         "candidates"),
+            experiment=REGISTRY_EXPERIMENT, artifact_location=artifact_location, run_name=f"register-{name}",
+            log_model_args=dict(
+                python_model=str(Path(__file__).with_name("serving_model.py")),
+                artifacts={INDEX_ARTIFACT: location} if embed else None,
+                model_config=None if embed else {"index": location}, code_paths=[str(code)],
+                signature=search_signature(), pip_requirements=pinned_requirements() + _pins(_EXTRA_REQUIREMENTS)))
     return RegisteredModel(name=name, version=version, alias=alias, tracking_uri=uri, run_id=run_id, tags=tags)
 
 
