@@ -576,7 +576,10 @@ def test_gallery_molecules_the_model_trained_on_are_dropped_and_counted(tiny_run
         "training_table": None, "checked": True, "gallery": 10 + n_val, "in_training": 10,
         "fraction": pytest.approx(10 / (10 + n_val)), "excluded": True, "dropped": 10}
     assert report["held_out_molecules"] == n_val and report["held_out_rejected"] == 2
-    assert "10 of 46 molecules (21.7 %), 10 dropped" in (tmp_path / "on" / "report.md").read_text()
+    text = (tmp_path / "on" / "report.md").read_text()
+    assert "10 of 46 molecules (21.7 %), 10 dropped" in text
+    assert "| retrieval | deduplicate | duplicate InChIKey | 1 |" in text  # counted by kind, not by key
+    assert "| retrieval | exclude_training | in the model's training set | 10 |" in text
     off = evaluate_run(str(tiny_run), cfg.model_copy(update={"exclude_training": False}), tmp_path / "off",
                        data=str(gallery), progress=False)
     assert off["training_overlap"]["in_training"] == 10 and off["training_overlap"]["dropped"] == 0

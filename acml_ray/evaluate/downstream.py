@@ -28,6 +28,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import re
 import sys
 import time
 import warnings
@@ -563,6 +564,13 @@ def _summary(values: list[dict[str, float]], seeds: list[int], seconds: list[flo
             "seconds": [round(s, 2) for s in seconds], **metrics}
 
 
+def reason_kind(reason: str) -> str:
+    """What a quarantine reason counts as: its text before any detail (``: ...``, `` (...)``, a
+    quoted value, an InChIKey), e.g. ``duplicate InChIKey BSYNRYMUTXBXSQ-... (row 3)`` ->
+    ``duplicate InChIKey``."""
+    return re.split(r":| \(| '| [A-Z]{14}-[A-Z]{10}-[A-Z]", reason, maxsplit=1)[0]
+
+
 def _quarantine_rows(task: str, data: TaskData, index: Sequence[int], stage: str, reasons: Sequence[str]
                      ) -> list[dict]:
     return [{"mol_id": f"{task}:row {data.rows[i]}", "input": data.smiles[i][:300], "stage": stage,
@@ -605,7 +613,7 @@ def run_task(model: ACMLModel, run_cfg: ACMLConfig, data: TaskData, cfg: Downstr
         path.write_text(split_csv)
         split_info["file"] = str(path)
 
-    by_reason = Counter(q["reason"].split(":")[0].split(" (")[0] for q in quarantine)
+    by_reason = Counter(reason_kind(q["reason"]) for q in quarantine)
     report = {"kind": data.kind, "tasks": data.task_names, **data.notes, "n_input": len(data.smiles),
               "n": len(smiles), "rejected": len(quarantine), "rejected_by_reason": dict(by_reason.most_common()),
               "split": split_info, "seeds": list(cfg.seeds),
@@ -679,4 +687,4 @@ def downstream_report(model: ACMLModel, run_cfg: ACMLConfig, cfg: DownstreamConf
 
 __all__ = ["BUILTIN_TASKS", "DETERMINISTIC", "FitInputs", "FitRunner", "TaskData", "downstream_report", "ecfp",
            "fit_predict", "load_tasks", "masked_classification", "masked_errors", "masked_roc_auc",
-           "murcko_scaffold", "reference_score", "run_task", "scaffold_split", "score"]
+           "murcko_scaffold", "reason_kind", "reference_score", "run_task", "scaffold_split", "score"]

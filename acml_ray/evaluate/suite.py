@@ -24,7 +24,7 @@ from acml_ray.chem import GraphFeaturizer, Rejected
 from acml_ray.config import ACMLConfig, DataSourceConfig, EvalConfig
 from acml_ray.data.paired import PairedExamples, emb_column
 from acml_ray.data.sources import SHIPPED_SOURCES, load_source
-from acml_ray.evaluate.downstream import check_tasks, downstream_report
+from acml_ray.evaluate.downstream import check_tasks, downstream_report, reason_kind
 from acml_ray.evaluate.embeddings import graph_embeddings, paired_from_smiles, project_examples
 from acml_ray.evaluate.interpret import descriptor_table, interpret_report
 from acml_ray.evaluate.isomers import build_isomer_sets, isomer_report
@@ -350,7 +350,7 @@ def _evaluate(model: ACMLModel, run_cfg: ACMLConfig, extra: dict, run_dir: Path 
 
     table = pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA)
     pq.write_table(table, out / "quarantine.parquet")
-    by = Counter((q["section"], q["stage"], q["reason"].split(":")[0].split(" (")[0]) for q in quarantine)
+    by = Counter((q["section"], q["stage"], reason_kind(q["reason"])) for q in quarantine)
     report["quarantine"] = {"file": "quarantine.parquet", "rows": len(quarantine),
                             "by_reason": [{"section": k[0], "stage": k[1], "reason": k[2], "rows": n}
                                           for k, n in by.most_common()]}
