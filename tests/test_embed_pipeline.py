@@ -274,7 +274,7 @@ def test_embed_survives_a_crashing_row_and_hostile_csv(tmp_path, chembl_drugs, r
     assert accepted.isdisjoint(reasons) and accepted | set(reasons) == {f"g{i}" for i in range(20)} | {
         "crash", "latin", "nul"}
     assert report["counts"]["input"] == 23 and report["quarantined_by_reason"]["worker crashed"] == 1
-    assert report["reports"]["ecfp"]["corrupt_cache_shards"] == 0
+    assert report["reports"]["ecfp"]["cache_shards_corrupt"] == 0
 
 
 class _CuttableProxy:
@@ -374,9 +374,9 @@ def test_corrupt_cache_shards_are_counted_in_the_report(tmp_path, molecules) -> 
     again = embed_table(feats, CachedEmbedder(modality, str(tmp_path)))
     summary = summarise(again.select(stats_columns(["ecfp"])), ["ecfp"])
     report = summary.reports["ecfp"]
-    assert report["corrupt_cache_shards"] == 1 and report["cache_hits"] == 0
+    assert report["cache_shards_corrupt"] == 1 and report["cache_hits"] == 0
     assert report["encoded"] == summarise(first.select(stats_columns(["ecfp"])), ["ecfp"]).reports["ecfp"]["encoded"]
-    assert summarise(first.select(stats_columns(["ecfp"])), ["ecfp"]).reports["ecfp"]["corrupt_cache_shards"] == 0
+    assert summarise(first.select(stats_columns(["ecfp"])), ["ecfp"]).reports["ecfp"]["cache_shards_corrupt"] == 0
 
 
 def test_three_latin1_rows_after_4999_good_ones_cost_three_rows(tmp_path) -> None:

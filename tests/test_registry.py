@@ -161,8 +161,14 @@ def uvicorn_workers(pid: int) -> list:
     multiprocessing's resource tracker)."""
     import psutil
 
-    return [p for p in psutil.Process(pid).children(recursive=True)
-            if "spawn_main" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE]
+    workers = []
+    for process in psutil.Process(pid).children(recursive=True):
+        try:  # a process may exit between the listing and the look
+            if "spawn_main" in " ".join(process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE:
+                workers.append(process)
+        except psutil.Error:
+            pass
+    return workers
 
 
 def _wait_until_up(base: str, server, log_path: Path, seconds: float) -> None:

@@ -313,7 +313,7 @@ def summarise(stats: pa.Table, modalities: Sequence[str], keep_columns: Sequence
             by_reason[r] = by_reason.get(r, 0) + 1
         reports[m] = {"rows": int(pc.sum(live).as_py() or 0), "cache_hits": total["hits"],
                       "encoded": total["encoded"], "forward_passes": total["fwd"],
-                      "corrupt_cache_shards": total["corrupt"],
+                      "cache_shards_corrupt": total["corrupt"],
                       "rejected": rejected.num_rows, "reasons": by_reason,
                       "embedded": int(pc.sum(stats.column(mask_column(m))).as_py() or 0)}
         any_ok = pc.or_(any_ok, stats.column(mask_column(m)))
@@ -562,7 +562,7 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
                 cache = EmbeddingCache(cache_path, m.name, m.fingerprint, m.dim, filesystem=cache_fs)
                 cache.compact()
                 # Shards that turned corrupt after the actors read the cache are found here.
-                summary.reports[m.name]["corrupt_cache_shards"] += cache.stats.shards_corrupt
+                summary.reports[m.name]["cache_shards_corrupt"] += cache.stats.shards_corrupt
         timings["total_s"] = time.perf_counter() - started
 
         result = EmbedRunResult(
@@ -591,7 +591,7 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
     for m, r in summary.reports.items():
         _say(f"{m}: embedded {r['embedded']}, cache hits {r['cache_hits']}, encoded {r['encoded']}, "
              f"forward passes {r['forward_passes']}, rejected {r['rejected']}, "
-             f"corrupt cache shards {r['corrupt_cache_shards']} (set aside, rows recomputed)")
+             f"corrupt cache shards {r['cache_shards_corrupt']} (set aside, rows recomputed)")
     _say(f"quarantined by reason: {summary.quarantined_by_reason}")
     _say(f"wrote {result.train_path}, {result.val_path}, {result.quarantine_path} in {timings['total_s']:.1f} s")
     if c["usable"] == 0:  # the report and quarantine above say why; no training table exists
