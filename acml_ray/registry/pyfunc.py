@@ -7,7 +7,10 @@ Input: a DataFrame with a ``smiles`` column. Output: one row per input row, in o
   cross-modal retrieval compares with the modality side, by cosine similarity),
 - ``canonical_smiles`` and ``inchikey`` of the parsed molecule,
 - ``error``: null for embedded rows, else why the row got no embedding (unparsable SMILES, too
-  many heavy atoms, ...); such rows have null embeddings and never fail the batch.
+  many heavy atoms, ...); such rows have null embeddings and never fail the batch. Rows are
+  parsed through the featuriser's bounded guard (`acml_ray.chem.guard`): a hostile row (100,000
+  characters, a NUL byte) costs milliseconds and its own `error`, never the worker (serving with
+  several workers and a timeout: docs/cluster.md).
 
 Embeddings are lists of floats in a single column each (not one column per dimension): the widths
 differ per model, `mlflow models serve` returns them as JSON arrays, and ``np.stack(df[col])``
