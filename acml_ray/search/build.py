@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from acml_ray.chem import GraphFeaturizer, MolGraph, Rejected, row_arrow_schema
+from acml_ray.chem import GraphFeaturizer, Rejected, row_arrow_schema
 from acml_ray.config import ACMLConfig, FeaturizerConfig, IndexConfig
 from acml_ray.search.layout import (
     METADATA_COLUMNS,
@@ -172,15 +172,15 @@ class LibraryEncoder:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
-        from torch_geometric.data import Batch
+
+        from acml_ray.data.columnar import collate  # vectorised: no Python object per molecule
 
         ok = pc.equal(batch.column("status"), "ok")
         rows = np.flatnonzero(ok.to_numpy(zero_copy_only=False))
         n, dim = batch.num_rows, self.model.embed_dim
         vectors = {m: np.zeros((n, dim), np.float32) for m in self.model.modalities}
         if rows.size:
-            live = batch.filter(ok).select([*_GRAPH_COLUMNS, "smiles", "inchikey"]).to_pylist()
-            graphs = Batch.from_data_list([MolGraph.from_row(r).to_pyg() for r in live])
+            graphs, _ = collate(batch.filter(ok), check=False)  # the featuriser built these rows
             with torch.no_grad():
                 raw = self.model.encode_graph(graphs.to(self.device))
                 for m in self.model.modalities:
