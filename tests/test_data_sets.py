@@ -46,20 +46,34 @@ def test_qm9_groups_are_isomers():
     assert (sizes >= 2).all()
 
 
-def test_simulated_spectra_are_plausible():
-    if "nmr" not in _provenance():
+def test_simulated_spectra_are_plausible_compact_and_outside_the_evaluation_sets():
+    record = _provenance().get("nmr")
+    if record is None:
         pytest.skip("csp5 spectra not built (python data/build.py --only nmr)")
-    frame = pd.read_parquet(SETS / "nmr_chembl.parquet")
-    assert frame["inchikey"].is_unique
+    from rdkit import Chem
+
+    from acml_ray.data.sources import load_source
+
+    stored = pd.read_parquet(SETS / record["file"])
+    assert str(stored["nmr13c_cppm"].iloc[0].dtype) == "int16"  # hundredths of a ppm
+    frame = load_source("nmr_spectra")
+    assert len(frame) == record["rows"] and frame["inchikey"].is_unique
+    assert set(frame["origin"]) <= {"chembl_approved_drugs", "moses_test"}
     c13 = np.concatenate(frame["nmr13c"].to_list())
     h1 = np.concatenate(frame["nmr1h"].to_list())
     assert -50 < c13.min() and c13.max() < 350 and 0 <= np.percentile(h1, 1) and np.percentile(h1, 99) < 14
-    # one predicted shift per carbon atom
-    from rdkit import Chem
-
-    row = frame.iloc[0]
-    mol = Chem.MolFromSmiles(row["smiles"])
-    assert len(row["nmr13c"]) == sum(a.GetSymbol() == "C" for a in mol.GetAtoms())
+    np.testing.assert_allclose(frame["nmr13c"].iloc[0], stored["nmr13c_cppm"].iloc[0] / 100, atol=1e-4)
+    # one predicted shift per carbon atom, one per hydrogen
+    for _, row in frame.head(20).iterrows():
+        mol = Chem.AddHs(Chem.MolFromSmiles(row["smiles"]))
+        assert len(row["nmr13c"]) == sum(a.GetSymbol() == "C" for a in mol.GetAtoms())
+        assert len(row["nmr1h"]) == sum(a.GetSymbol() == "H" for a in mol.GetAtoms())
+    # no molecule (not even another stereo or charge form) of a downstream task
+    ours = set(frame["inchikey"].str[:14])
+    for task in ("b3db_classification", "b3db_regression", "freesolv", "solubility"):
+        mols = (Chem.MolFromSmiles(s) for s in load_source(task)["smiles"])
+        assert not ours & {Chem.MolToInchiKey(m)[:14] for m in mols if m is not None}, task
+    assert not ours & set(load_source("qm9_isomers")["inchikey"].str[:14])
 
 
 def test_wheel_carries_the_sets_and_configs(tmp_path):
@@ -91,8 +105,11 @@ def test_wheel_carries_the_sets_and_configs(tmp_path):
         "from acml_ray.data.sources import load_source\n"
         f"assert acml_ray.__file__.startswith({str(site)!r}), acml_ray.__file__\n"
         "packaged_config('demo')\n"
-        "for name in ('qm9_isomers', 'moses_sample', 'chembl_nmr'):\n"
+        "for name in ('qm9_isomers', 'moses_sample', 'nmr_spectra'):\n"
         "    assert len(load_source(name)) > 0, name\n"
+        "from acml_ray.modalities import build_modality\n"
+        "for name in ('nmr13c', 'nmr1h'):\n"
+        "    assert build_modality(name, {'encoder': 'pretrained'}).encode([[7.0, 77.0]]).shape[0] == 1\n"
         "print('ok')\n"
     )
     # Run from an empty folder with only the unpacked wheel on the path, so the checkout's

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from acml_ray.modalities import ModalityInputError, available_modalities, build_modality
-from acml_ray.modalities.ms import read_spectra, spectra_frame
+from acml_ray.data.spectra import read_spectra, spectra_frame
 from acml_ray.modalities.spectrum import SpectrumCNN, bin_peaks, parse_peak_input, read_jcamp
 
 MATCHMS_DATA = Path(__file__).parent / "data" / "matchms"
@@ -396,12 +396,9 @@ def test_encode_real_spectra_and_round_trip_through_a_table(tmp_path, pesticides
 
 
 def test_shipped_simulated_nmr_spectra_encode(tmp_path):
-    path = Path(__file__).parents[1] / "acml_ray" / "data" / "sets" / "nmr_chembl.parquet"
-    if not path.is_file():
-        pytest.skip("acml_ray/data/sets/nmr_chembl.parquet not built (python data/build.py --only nmr)")
-    import pandas as pd
+    from acml_ray.data.sources import load_source
 
-    frame = pd.read_parquet(path).head(16)
+    frame = load_source("nmr_spectra").head(16)
     for name in ("nmr13c", "nmr1h"):
         vectors = build_modality(name).encode(list(frame[name]))
-        assert vectors.shape == (16, 256) and np.isfinite(vectors).all()
+        assert vectors.shape == (16, build_modality(name).dim) and np.isfinite(vectors).all()

@@ -7,15 +7,25 @@ points. Peaks can be broadened with a Lorentzian or Gaussian line of a given ful
 half maximum (FWHM); each line is integrated over every bin, so a width of 0 is exactly "one
 peak, one bin" and a wider line spreads intensity without moving its largest bin.
 
-**Encoders.** No pretrained NMR or MS encoder ships offline (the reference's CReSS weights are
-not on PyPI), so by default the encoder is a *fixed random-feature* CNN: strided convolutions
-with ReLU, position-keeping average pooling and a linear read-out, initialised from a
-`torch.Generator` seeded with `seed`. It is frozen like any pretrained encoder, identical in
-every process (same seed => same weights => same fingerprint), and preserves where peaks are
-(unlike a global pool). It is a legitimate frozen feature extractor for contrastive training
-of the graph side, but a pretrained spectrum encoder will do better: pass its state dict as
-`weights_path` (a local file or an ``s3://`` URI) with matching `channels` / `kernel_size` /
-`pool_positions` / `dim`.
+**Encoders** (option `encoder`):
+
+- ``"pretrained"``: a `SpectrumCNN` pretrained in this project, self-supervised on simulated
+  spectra (`acml_ray.modalities.spectrum_pretrain`), shipped in `acml_ray/modalities/pretrained/`
+  for 13C and 1H; or the user's own weights given as `weights_path` (a local file or an
+  ``s3://`` URI, e.g. the output of ``acml pretrain-spectrum``).
+- ``"random"``: a *fixed random-feature* CNN (same architecture, initialised from a
+  `torch.Generator` seeded with `seed`): identical in every process, a fair baseline.
+- ``"binned"``: no encoder, the binned spectrum itself is the vector (``dim = n_bins``).
+
+Every encoder is frozen. Weights saved by `acml pretrain-spectrum` carry their architecture and
+preprocessing, and are refused with a clear error when the modality is configured differently.
+
+**Real-world input.** Peak lists without intensities count 1 per peak; a list with some
+intensities missing is an error (ambiguous). `reference_offset` (ppm) is added to every position
+(re-referencing, e.g. a spectrum referenced to a solvent line instead of TMS); `solvent` removes
+the residual solvent lines of one NMR solvent (Fulmer et al., Organometallics 2010, 29, 2176) within
+`solvent_window` ppm, counting them in `solvent_peaks_removed`; peaks outside the range are
+dropped and counted in `peaks_out_of_range`.
 """
 
 from __future__ import annotations
@@ -37,6 +47,25 @@ from acml_ray.modalities.base import Modality, ModalityInputError
 
 LineShape = Literal["lorentzian", "gaussian"]
 IntensityScale = Literal["none", "sqrt", "log1p"]
+EncoderKind = Literal["pretrained", "random", "binned"]
+
+# Weights pretrained in this project (`acml pretrain-spectrum`), one `<modality>.pt` each, with
+# a `<modality>.json` stating their training config and data provenance.
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+CNN_DEFAULTS: dict[str, Any] = {"channels": [16, 32, 64, 64], "kernel_size": 9, "pool_positions": 32,
+                                "dim": 256}
+
+# Residual solvent lines, ppm from TMS (Fulmer et al. 2010, Table 1/2): the lines a real
+# spectrum carries that belong to no atom of the sample. Water lines included for 1H.
+SOLVENT_LINES: dict[str, dict[str, tuple[float, ...]]] = {
+    "cdcl3": {"13C": (77.16,), "1H": (7.26, 1.56)},
+    "dmso-d6": {"13C": (39.52,), "1H": (2.50, 3.33)},
+    "cd3od": {"13C": (49.00,), "1H": (3.31, 4.87)},
+    "d2o": {"13C": (), "1H": (4.79,)},
+    "acetone-d6": {"13C": (29.84, 206.26), "1H": (2.05, 2.84)},
+    "c6d6": {"13C": (128.06,), "1H": (7.16, 0.40)},
+    "cd3cn": {"13C": (1.32, 118.26), "1H": (1.94, 2.13)},
+}
 
 
 @dataclass(frozen=True)
@@ -75,6 +104,11 @@ def peaks_from_arrays(positions: Any, intensities: Any | None, continuous: bool 
             f"wrong shape: positions {pos.shape} and intensities {inten.shape} must be equal 1-D")
     if pos.size == 0:
         raise ModalityInputError("empty spectrum")
+    if intensities is not None and not continuous and np.isnan(inten).any() and not np.isnan(inten).all():
+        raise ModalityInputError(
+            f"{int(np.isnan(inten).sum())} of {inten.size} peak intensities missing: give all or none")
+    if intensities is not None and np.isnan(inten).all():
+        inten = np.ones_like(pos)  # a table column of intensities that are all missing = none given
     if not (np.isfinite(pos).all() and np.isfinite(inten).all()):
         raise ModalityInputError("non-finite peak position or intensity")
     if continuous:
@@ -187,6 +221,80 @@ def read_jcamp(path: str | os.PathLike) -> Peaks:
     return peaks_from_arrays(axis, data, continuous=True)
 
 
+def read_nmr_folder(path: str | os.PathLike, line_broadening_hz: float = 1.0) -> Peaks:
+    """Read a 1-D spectrum from a Bruker or Varian/Agilent data folder with nmrglue.
+
+    - Bruker processed data (``pdata/<n>/1r`` + ``procs``, or the experiment folder, whose
+      ``pdata/1`` is taken): the real spectrum on the ppm axis of ``OFFSET``, ``SW_p``, ``SF``.
+    - A Bruker FID (``fid`` + ``acqus``) or a Varian FID (``fid`` + ``procpar``): digital filter
+      removed (Bruker), exponential apodisation of `line_broadening_hz`, zero fill to twice the
+      next power of two, Fourier transform, automatic phasing (nmrglue's ACME), real part; ppm
+      axis from the carrier and the 0 ppm frequency (Bruker ``O1`` / ``BF1``, Varian ``sfrq`` /
+      ``reffrq``).
+
+    Returns a continuous `Peaks` (a profile; negative baseline clipped at 0).
+    """
+    import nmrglue as ng
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ModalityInputError(f"missing folder: {path}")
+    if (path / "1r").is_file() and (path / "procs").is_file():
+        return _bruker_processed(path)
+    if (path / "acqus").is_file() and (path / "pdata" / "1" / "1r").is_file():
+        return _bruker_processed(path / "pdata" / "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nmrglue warns about every parameter it cannot guess
+        try:
+            if (path / "acqus").is_file() and (path / "fid").is_file():
+                dic, fid = ng.bruker.read(str(path))
+                acqus = dic["acqus"]
+                fid = ng.bruker.remove_digital_filter(dic, fid)
+                sw, zero_mhz = float(acqus["SW_h"]), float(acqus["BF1"])
+                carrier_hz = float(acqus["O1"])
+            elif (path / "procpar").is_file() and (path / "fid").is_file():
+                dic, fid = ng.varian.read(str(path))
+                par = dic["procpar"]
+                sw, sfrq = float(par["sw"]["values"][0]), float(par["sfrq"]["values"][0])
+                if "reffrq" not in par:
+                    raise ModalityInputError("Varian procpar has no reffrq: the ppm axis is unknown")
+                zero_mhz = float(par["reffrq"]["values"][0])
+                carrier_hz = (sfrq - zero_mhz) * 1e6
+            else:
+                raise ModalityInputError(f"{path} is no Bruker (acqus) or Varian (procpar) data folder")
+        except ModalityInputError:
+            raise
+        except (KeyError, ValueError, OSError, IndexError) as exc:
+            raise ModalityInputError(f"unreadable NMR data in {path}: {type(exc).__name__}: {exc}") from None
+        fid = np.asarray(fid)
+        if fid.ndim != 1 or fid.size < 8:
+            raise ModalityInputError(f"expected a 1-D FID, got shape {fid.shape}")
+        fid = ng.proc_base.em(fid, lb=line_broadening_hz / sw)
+        fid = ng.proc_base.zf_size(fid, 2 ** int(math.ceil(math.log2(fid.size)) + 1))
+        spectrum = ng.proc_autophase.autops(ng.proc_base.fft(fid), "acme", disp=False)
+    axis = ng.fileiobase.unit_conversion(spectrum.size, True, sw, zero_mhz, carrier_hz).ppm_scale()
+    return peaks_from_arrays(axis, spectrum.real, continuous=True)
+
+
+def _bruker_processed(pdata: Path) -> Peaks:
+    import nmrglue as ng
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            dic, data = ng.bruker.read_pdata(str(pdata), read_acqus=False, scale_data=True)
+            procs = dic["procs"]
+            offset, sw_p, sf = float(procs["OFFSET"]), float(procs["SW_p"]), float(procs["SF"])
+        except (KeyError, ValueError, OSError) as exc:
+            raise ModalityInputError(f"unreadable Bruker pdata in {pdata}: {type(exc).__name__}: {exc}") from None
+    data = np.asarray(data, dtype=np.float64)
+    if data.ndim != 1:
+        raise ModalityInputError(f"expected a 1-D processed spectrum, got shape {data.shape}")
+    # Bruker's convention: OFFSET is the ppm of the first (leftmost, highest) point.
+    axis = offset - np.arange(data.size) * (sw_p / sf) / data.size
+    return peaks_from_arrays(axis, data, continuous=True)
+
+
 def _to_ppm(x: np.ndarray, units: str, freq_mhz: str | None) -> np.ndarray:
     if units == "PPM":
         return x
@@ -274,23 +382,37 @@ class SpectrumCNN(nn.Module):
         return self.readout(torch.flatten(self.pool(x), 1))
 
 
-class SpectrumModality(Modality):
-    """Shared machinery of binned-spectrum modalities (NMR, MS): parse -> scale -> bin ->
-    broaden -> max-normalise -> frozen `SpectrumCNN`.
+def read_encoder_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a weights file: ``{"state_dict", "encoder", "preprocess", ...}`` as
+    `acml pretrain-spectrum` writes it, or a bare state dict (architecture then unknown)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        return state
+    return {"state_dict": state}
 
-    Peaks outside the range are dropped and counted in `peaks_out_of_range` (per instance);
-    a spectrum with no peak left in range is rejected.
+
+class SpectrumModality(Modality):
+    """Shared machinery of binned-spectrum modalities (NMR, MS): parse -> re-reference ->
+    remove solvent lines -> scale -> bin -> broaden -> max-normalise -> frozen encoder.
+
+    Peaks outside the range are dropped and counted in `peaks_out_of_range`, solvent lines in
+    `solvent_peaks_removed` (per instance); a spectrum with no peak left in range is rejected.
     """
 
     input_column = "spectrum"
     unit = ""
+    nucleus: str | None = None  # "13C" / "1H": which solvent lines apply
+    default_encoder: EncoderKind = "random"
 
     def __init__(self, lo: float, hi: float, bin_width: float, line_shape: LineShape = "lorentzian",
                  line_width: float = 0.0, intensity_scale: IntensityScale = "none",
-                 normalise: bool = True, channels: Sequence[int] = (16, 32, 64, 64),
-                 kernel_size: int = 9, pool_positions: int = 32, dim: int = 256, seed: int = 0,
+                 normalise: bool = True, channels: Sequence[int] | None = None,
+                 kernel_size: int | None = None, pool_positions: int | None = None,
+                 dim: int | None = None, seed: int = 0,
                  weights_path: str | None = None, cache_dir: str | None = None,
-                 input_column: str | None = None) -> None:
+                 input_column: str | None = None, encoder: EncoderKind | None = None,
+                 reference_offset: float = 0.0, solvent: str | None = None,
+                 solvent_window: float | None = None) -> None:
         super().__init__()
         if not hi > lo or bin_width <= 0:
             raise ValueError(f"need lo < hi and bin_width > 0, got {lo}, {hi}, {bin_width}")
@@ -300,26 +422,85 @@ class SpectrumModality(Modality):
             raise ValueError(f"intensity_scale must be none, sqrt or log1p, got {intensity_scale!r}")
         if line_width < 0:
             raise ValueError(f"line_width must be >= 0, got {line_width}")
+        encoder = encoder or ("pretrained" if weights_path is not None else self.default_encoder)
+        if encoder not in ("pretrained", "random", "binned"):
+            raise ValueError(f"encoder must be pretrained, random or binned, got {encoder!r}")
+        if encoder == "binned" and weights_path is not None:
+            raise ValueError("encoder 'binned' has no weights: drop weights_path or pick 'pretrained'")
+        if solvent is not None:
+            if self.nucleus is None:
+                raise ValueError(f"{self.name}: solvent lines apply to NMR only")
+            if solvent.lower() not in SOLVENT_LINES:
+                raise ValueError(f"unknown solvent {solvent!r}; known: {sorted(SOLVENT_LINES)}")
         self.lo, self.hi, self.bin_width = float(lo), float(hi), float(bin_width)
         self.n_bins = int(round((self.hi - self.lo) / self.bin_width))
         self.line_shape, self.line_width = line_shape, float(line_width)
         self.intensity_scale, self.normalise = intensity_scale, bool(normalise)
-        self.channels, self.kernel_size = tuple(int(c) for c in channels), int(kernel_size)
-        self.pool_positions, self._dim, self.seed = int(pool_positions), int(dim), int(seed)
+        # Architecture options left unset take the shipped weights' values (encoder "pretrained")
+        # or SpectrumCNN's defaults; set ones must match the weights.
+        given = {"channels": None if channels is None else [int(c) for c in channels],
+                 "kernel_size": kernel_size, "pool_positions": pool_positions, "dim": dim}
+        self._arch_given = {k: v for k, v in given.items() if v is not None}
+        arch = {**CNN_DEFAULTS, **self._arch_given}
+        self.channels, self.kernel_size = tuple(arch["channels"]), int(arch["kernel_size"])
+        self.pool_positions, self._dim, self.seed = int(arch["pool_positions"]), int(arch["dim"]), int(seed)
         self.weights_path, self.cache_dir = weights_path, cache_dir
+        self.encoder_kind: EncoderKind = encoder
+        self.reference_offset = float(reference_offset)
+        self.solvent = solvent.lower() if solvent else None
+        # Residual solvent multiplets span ~0.3 ppm (13C triplet of CDCl3) / ~0.02 ppm (1H).
+        self.solvent_window = float(solvent_window if solvent_window is not None
+                                    else (0.5 if self.nucleus == "13C" else 0.03))
         if input_column is not None:
             self.input_column = input_column
         self.peaks_out_of_range = 0
+        self.solvent_peaks_removed = 0
+        self.shipped: dict[str, Any] | None = None
+        if encoder == "pretrained" and weights_path is None:
+            self._use_shipped()
+
+    def _use_shipped(self) -> None:
+        """Adopt the architecture of this modality's shipped weights; refuse other preprocessing."""
+        card_path = PRETRAINED_DIR / f"{self.name}.json"
+        if not card_path.is_file():
+            raise ValueError(f"{self.name}: no pretrained weights ship with acml-ray; use encoder "
+                             f"'random' or 'binned', or give weights_path")
+        card = json.loads(card_path.read_text())
+        self.shipped = card
+        differ = {k: v for k, v in self._arch_given.items() if card["encoder"][k] != v}
+        if differ:
+            raise ValueError(f"{self.name}: the shipped weights are SpectrumCNN{card['encoder']}, "
+                             f"configured {differ}; use encoder 'random' for another "
+                             f"architecture, or give weights_path")
+        arch = card["encoder"]
+        self.channels, self.kernel_size = tuple(arch["channels"]), int(arch["kernel_size"])
+        self.pool_positions, self._dim = int(arch["pool_positions"]), int(arch["dim"])
+        self._check_preprocess(card["preprocess"], f"the shipped {self.name} weights")
+
+    def _check_preprocess(self, trained: dict[str, Any], what: str) -> None:
+        ours = self.preprocess_config()
+        keys = ("lo", "hi", "bin_width", "line_width", "intensity_scale", "normalise")
+        differ = {k: (trained.get(k), ours[k]) for k in keys if trained.get(k) != ours[k]}
+        if differ:
+            raise ValueError(f"{self.name}: {what} were trained on other preprocessing "
+                             f"(option: trained, configured) {differ}; match those options or use "
+                             f"encoder 'random'/'binned'")
 
     @property
     def dim(self) -> int:
-        return self._dim
+        return self.n_bins if self.encoder_kind == "binned" else self._dim
 
     def preprocess_config(self) -> dict[str, Any]:
-        return {"lo": self.lo, "hi": self.hi, "bin_width": self.bin_width, "n_bins": self.n_bins,
-                "line_shape": self.line_shape if self.line_width > 0 else None,
-                "line_width": self.line_width, "intensity_scale": self.intensity_scale,
-                "normalise": "max" if self.normalise else None, "binning": "centred-integrated-v1"}
+        config = {"lo": self.lo, "hi": self.hi, "bin_width": self.bin_width, "n_bins": self.n_bins,
+                  "line_shape": self.line_shape if self.line_width > 0 else None,
+                  "line_width": self.line_width, "intensity_scale": self.intensity_scale,
+                  "normalise": "max" if self.normalise else None, "binning": "centred-integrated-v1"}
+        # Only when set, so fingerprints (and caches) of plain spectra stay what they were.
+        if self.reference_offset:
+            config["reference_offset"] = self.reference_offset
+        if self.solvent:
+            config["solvent"] = [self.solvent, self.solvent_window]
+        return config
 
     def parse(self, raw: Any) -> Peaks:
         """Raw input -> `Peaks` (subclasses add file formats)."""
@@ -328,11 +509,28 @@ class SpectrumModality(Modality):
     def canonical_input(self, raw: Any) -> str:
         return self.parse(raw).canonical()
 
+    def clean(self, peaks: Peaks) -> Peaks:
+        """Re-reference and drop solvent lines (the documented normalisation of real spectra)."""
+        positions, intensities = peaks.positions + self.reference_offset, peaks.intensities
+        if self.solvent:
+            lines = np.asarray(SOLVENT_LINES[self.solvent][self.nucleus], dtype=np.float64)
+            near = (np.abs(positions[:, None] - lines[None, :]) <= self.solvent_window).any(axis=1) \
+                if lines.size else np.zeros(positions.shape, dtype=bool)
+            if peaks.continuous:  # a profile keeps its grid: the solvent region is zeroed
+                intensities = np.where(near, 0.0, intensities)
+            else:
+                positions, intensities = positions[~near], intensities[~near]
+            self.solvent_peaks_removed += int(near.sum()) if not peaks.continuous else int(near.any())
+            if positions.size == 0 or not (intensities > 0).any():
+                raise ModalityInputError(f"only {self.solvent} solvent lines in the spectrum")
+        return Peaks(positions, scale_intensities(intensities, self.intensity_scale), peaks.continuous)
+
     def binned(self, raw: Any) -> np.ndarray:
         """The preprocessed spectrum as float32 [n_bins]."""
-        peaks = self.parse(raw)
-        peaks = Peaks(peaks.positions, scale_intensities(peaks.intensities, self.intensity_scale),
-                      peaks.continuous)
+        return self.vector(self.clean(self.parse(raw)))
+
+    def vector(self, peaks: Peaks) -> np.ndarray:
+        """Bin, broaden and normalise cleaned `peaks` (float32 [n_bins])."""
         vector, dropped = bin_peaks(peaks, self.lo, self.hi, self.bin_width, self.line_shape,
                                     self.line_width)
         self.peaks_out_of_range += dropped
@@ -346,35 +544,50 @@ class SpectrumModality(Modality):
     def preprocess_one(self, raw: Any) -> torch.Tensor:
         return torch.from_numpy(self.binned(raw))
 
+    def architecture(self) -> dict[str, Any]:
+        """The `SpectrumCNN` arguments of this modality (what a weights file must match)."""
+        return {"channels": list(self.channels), "kernel_size": self.kernel_size,
+                "pool_positions": self.pool_positions, "dim": self._dim}
+
     def _build_encoder(self) -> nn.Module:
+        if self.encoder_kind == "binned":
+            return nn.Identity()
         cnn = SpectrumCNN(self.channels, self.kernel_size, self.pool_positions, self._dim, self.seed)
-        if self.weights_path is not None:
+        if self.encoder_kind == "random":
+            return cnn
+        if self.weights_path is None:
+            location, what = PRETRAINED_DIR / f"{self.name}.pt", f"the shipped {self.name} weights"
+        else:
             from acml_ray.modalities.weights import local_copy
 
-            state = torch.load(local_copy(self.weights_path, self.cache_dir), map_location="cpu",
-                               weights_only=True)
-            if isinstance(state, dict) and "state_dict" in state:
-                state = state["state_dict"]
-            try:
-                cnn.load_state_dict(state)
-            except RuntimeError as exc:
-                raise ValueError(
-                    f"{self.name}: weights {self.weights_path} do not fit SpectrumCNN(channels="
-                    f"{self.channels}, kernel_size={self.kernel_size}, pool_positions="
-                    f"{self.pool_positions}, dim={self._dim}): {exc}") from exc
+            location, what = local_copy(self.weights_path, self.cache_dir), f"weights {self.weights_path}"
+        saved = read_encoder_file(location)
+        if "encoder" in saved and dict(saved["encoder"]) != self.architecture():
+            raise ValueError(f"{self.name}: {what} do not fit SpectrumCNN{self.architecture()}: "
+                             f"they were saved for {dict(saved['encoder'])}; set those options")
+        if "preprocess" in saved:
+            self._check_preprocess(dict(saved["preprocess"]), what)
+        try:
+            cnn.load_state_dict(saved["state_dict"])
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{self.name}: {what} do not fit SpectrumCNN(channels="
+                f"{self.channels}, kernel_size={self.kernel_size}, pool_positions="
+                f"{self.pool_positions}, dim={self._dim}): {exc}") from exc
         return cnn
 
 
 class NmrModality(SpectrumModality):
-    """NMR spectra from peak lists (shift in ppm, optional intensity) or JCAMP-DX files."""
+    """NMR spectra from peak lists (shift in ppm, optional intensity), JCAMP-DX files, or
+    Bruker / Varian data folders (read with nmrglue)."""
 
     unit = "ppm"
 
     def parse(self, raw: Any) -> Peaks:
-        if isinstance(raw, os.PathLike):
-            return read_jcamp(raw)
-        if isinstance(raw, str) and not raw.lstrip().startswith(("[", "{")):
-            return read_jcamp(raw.strip())  # anything that is not JSON is taken as a file path
+        if isinstance(raw, (str, os.PathLike)) and not str(raw).lstrip().startswith(("[", "{")):
+            # Anything that is not JSON is a path: a Bruker/Varian folder or a JCAMP-DX file.
+            path = Path(str(raw).strip())
+            return read_nmr_folder(path) if path.is_dir() else read_jcamp(path)
         return parse_peak_input(raw)
 
 
@@ -387,6 +600,7 @@ class Nmr13CModality(NmrModality):
 
     name = "nmr13c"
     input_column = "nmr13c"
+    nucleus = "13C"
 
     def __init__(self, lo: float = -50.0, hi: float = 350.0, bin_width: float = 0.1,
                  line_width: float = 0.0, **options: Any) -> None:
@@ -403,6 +617,7 @@ class Nmr1HModality(NmrModality):
 
     name = "nmr1h"
     input_column = "nmr1h"
+    nucleus = "1H"
 
     def __init__(self, lo: float = 0.0, hi: float = 12.0, bin_width: float = 0.01,
                  line_width: float = 0.02, **options: Any) -> None:
