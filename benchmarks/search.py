@@ -118,7 +118,8 @@ def speed(index, vectors: np.ndarray, modality: str, index_path: str, workdir: P
     exact_ms, exact = _latencies(lambda v: index.search_vectors(modality, v, 10, exact=True)[1], vectors)
     results["exact"] = {"p50_ms": float(np.percentile(exact_ms, 50)), "p99_ms": float(np.percentile(exact_ms, 99))}
     sweep = {}
-    for nprobe in sorted({8, 16, 32, 64, 128, int(entry.nprobe or 32)}):
+    default_probe = min(int(entry.nprobe or 32), int(entry.nlist or 1))  # FAISS scans at most nlist lists
+    for nprobe in sorted({8, 16, 32, 64, 128, default_probe}):
         if entry.kind != "ivf" or nprobe > (entry.nlist or 0):
             continue
         ms, found = _latencies(lambda v, p=nprobe: index.search_vectors(modality, v, 10, nprobe=p)[1], vectors)
@@ -126,7 +127,8 @@ def speed(index, vectors: np.ndarray, modality: str, index_path: str, workdir: P
                          "recall@10": _recall(found, exact)}
     results["ann_sweep"] = sweep
     if entry.kind == "ivf":
-        results["ann"] = sweep[int(entry.nprobe or 32)]
+        results["ann"] = sweep[default_probe]
+        results["nprobe"] = default_probe
     meta = index.metadata()
     formulas = meta["formula"].sample(n=len(vectors), random_state=0, replace=True).tolist()
     from acml_ray.search import CandidateFilter
