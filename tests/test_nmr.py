@@ -209,7 +209,7 @@ def test_pretraining_learns_to_pair_views_and_writes_loadable_weights(simulated,
     with pytest.raises(ValueError, match="saved for"):
         build_modality("nmr1h", {"weights_path": str(tmp_path / "w.pt"), "dim": 128}).encoder
     with pytest.raises(ValueError, match="other preprocessing"):
-        build_modality("nmr1h", {"weights_path": str(tmp_path / "w.pt"), "line_width": 0.0}).encoder
+        build_modality("nmr1h", {"weights_path": str(tmp_path / "w.pt"), "hi": 14.0}).encoder
 
 
 def test_pretrain_spectrum_cli_leaves_out_the_held_out_molecules(simulated, tmp_path, capsys):

@@ -479,7 +479,9 @@ class SpectrumModality(Modality):
 
     def _check_preprocess(self, trained: dict[str, Any], what: str) -> None:
         ours = self.preprocess_config()
-        keys = ("lo", "hi", "bin_width", "line_width", "intensity_scale", "normalise")
+        # The grid must match: the CNN learned what each position means. Line width and
+        # intensity treatment may differ (pretraining drew random line widths and intensities).
+        keys = ("lo", "hi", "bin_width")
         differ = {k: (trained.get(k), ours[k]) for k in keys if trained.get(k) != ours[k]}
         if differ:
             raise ValueError(f"{self.name}: {what} were trained on other preprocessing "
@@ -582,6 +584,8 @@ class NmrModality(SpectrumModality):
     Bruker / Varian data folders (read with nmrglue)."""
 
     unit = "ppm"
+    # The encoders pretrained in this project (see docs/modalities.md for the measurement).
+    default_encoder: EncoderKind = "pretrained"
 
     def parse(self, raw: Any) -> Peaks:
         if isinstance(raw, (str, os.PathLike)) and not str(raw).lstrip().startswith(("[", "{")):
