@@ -40,20 +40,21 @@ def test_grid_helper_is_a_grid() -> None:
     assert mol.GetNumAtoms() == 12 and mol.GetNumBonds() == 3 * 3 + 2 * 4
 
 
+# Times are CPU time of this thread (wall time on a shared machine also counts other jobs' turns).
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_pathological_inputs_rejected_in_milliseconds(name: str) -> None:
     smiles = HOSTILE[name]
     # Default limits: the length cap answers before any parsing.
-    start = time.perf_counter()
+    start = time.thread_time()
     (result,) = GraphFeaturizer().featurize_batch([smiles])
-    assert time.perf_counter() - start < 0.05
+    assert time.thread_time() - start < 0.05
     assert isinstance(result, Rejected) and result.reason == f"too long: {len(smiles)} characters > 2000"
     # Without the length cap, the atom count on the unsanitised parse answers (linear time),
     # before sanitisation or ring perception could segfault or eat memory.
     loose = GraphFeaturizer(FeaturizerConfig(max_smiles_chars=10**6))
-    start = time.perf_counter()
+    start = time.thread_time()
     (result,) = loose.featurize_batch([smiles])
-    assert time.perf_counter() - start < 1.0, name
+    assert time.thread_time() - start < 1.0, name
     assert isinstance(result, Rejected)
     if name == "11k benzenes":  # the trailing "." makes it unparsable before any count
         assert result.reason == "unparsable SMILES"
@@ -135,10 +136,10 @@ def test_length_cap_is_configurable() -> None:
 def test_modalities_parse_through_the_guard(name: str) -> None:
     modality = build_modality(name)
     for smiles in HOSTILE.values():
-        start = time.perf_counter()
+        start = time.thread_time()
         with pytest.raises(ModalityInputError, match="too long"):
             modality.preprocess_one(smiles)
-        assert time.perf_counter() - start < 0.05
+        assert time.thread_time() - start < 0.05
     with pytest.raises(ModalityInputError, match="invalid text encoding"):
         modality.preprocess_one("C\x00C")
 
