@@ -204,17 +204,32 @@ def _broadcast_flag(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def _peak_rss_mib(device: torch.device) -> list[float]:
-    """Every rank's peak resident memory so far (MiB), in rank order (collective)."""
+def _memory_mib() -> dict[str, float]:
+    """This process's memory now (Linux /proc): ``rss`` (resident, shared pages included),
+    ``anon`` (private), ``shmem`` (shared memory it has touched: Ray's object store pages)."""
+    fields = {"VmRSS": "rss", "RssAnon": "anon", "RssShmem": "shmem"}
+    out = {}
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                key = line.split(":", 1)[0]
+                if key in fields:
+                    out[fields[key]] = int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return out
+
+
+def _gather_floats(values: list[float], device: torch.device) -> list[list[float]]:
+    """Every rank's `values`, in rank order (collective)."""
     import torch.distributed as dist
 
-    mine = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0], dtype=torch.float64,
-                        device=device)
+    mine = torch.tensor(values, dtype=torch.float64, device=device)
     if not _distributed():
-        return [float(mine)]
+        return [values]
     parts = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, mine)
-    return [float(p) for p in parts]
+    return [p.tolist() for p in parts]
 
 
 def _save_checkpoint(engine, state: TrainState, metrics: dict[str, float], rank: int) -> None:
@@ -310,6 +325,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = _restore(engine, rank)
     step_log: list[tuple[int, dict[str, float]]] = []  # rank 0 -> MLflow at checkpoints
     first_step_s: float | None = None
+    peak_anon = 0.0
 
     def flush_step_log() -> None:
         if rank == 0 and tracking is not None and step_log:
@@ -334,6 +350,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state.step_in_epoch += 1
             graphs_seen += len(batch) * world
             epoch_losses.append(loss)
+            if state.step_in_epoch % 16 == 1:
+                peak_anon = max(peak_anon, _memory_mib().get("anon", 0.0))
             if callbacks:
                 info = BatchInfo(epoch=epoch, step=state.global_step, step_in_epoch=state.step_in_epoch,
                                  rank=rank, world_size=world, loss=loss,
@@ -357,7 +375,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                f"({steps_done} before a restart)")
 
         state.epoch, state.step_in_epoch = epoch + 1, 0
-        rss = _peak_rss_mib(device)
+        peak_anon = max(peak_anon, _memory_mib().get("anon", 0.0))
+        # ru_maxrss: peak resident memory, shared object-store pages the worker read included.
+        memory = _gather_floats([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, peak_anon], device)
+        rss = [m[0] for m in memory]
         metrics: dict[str, float] = {
             "epoch": epoch + 1, "step": state.global_step,
             "train/loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
@@ -365,6 +386,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train/lr": engine.get_lr()[0],
             "sys/peak_rss_mib_max": max(rss),
             **{f"sys/peak_rss_mib/rank{r}": v for r, v in enumerate(rss)},
+            # Private memory (RssAnon), sampled every 16 steps: what the worker itself holds.
+            **{f"sys/peak_private_mib/rank{r}": m[1] for r, m in enumerate(memory)},
         }
         if first_step_s is not None:
             metrics["sys/first_step_s"] = first_step_s
