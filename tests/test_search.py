@@ -365,7 +365,11 @@ def test_search_benchmark_smoke(ray_local, models, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(models["a"], run / "model")
     (run / "data").mkdir()
-    held = load_source("chembl_nmr").head(8)[["smiles", "inchikey"]]
+    from acml_ray.chem import GraphFeaturizer, MolGraph
+
+    nmr = load_source("chembl_nmr")
+    kept = [isinstance(g, MolGraph) for g in GraphFeaturizer().featurize_batch(nmr["smiles"].tolist())]
+    held = nmr[kept].head(8)[["smiles", "inchikey"]]  # molecules the model's featuriser keeps
     held.to_parquet(run / "data" / "val.parquet")
     report = bench.main(["--model", str(run), "--index", str(tmp_path / "index"), "--size", "200",
                          "--queries", "5", "--identify", "--set", "index.ann_threshold=100", "--set", "index.nlist=4"])

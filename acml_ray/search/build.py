@@ -108,7 +108,8 @@ def featurise_library(batch: pa.Table, featurizer_config: dict[str, Any], known:
     inputs = batch.column("smiles").to_pylist()
     results = featurizer.featurize_batch(inputs)
     n = len(results)
-    status, reasons = ["ok"] * n, [None] * n
+    status: list[str] = ["ok"] * n
+    reasons: list[str | None] = [None] * n
     smiles: list[str | None] = [None] * n
     inchikeys: list[str | None] = [None] * n
     formulas: list[str | None] = [None] * n
@@ -127,7 +128,7 @@ def featurise_library(batch: pa.Table, featurizer_config: dict[str, Any], known:
         rows[i] = r.to_row()
     live = [i for i in range(n) if status[i] == "ok"]
     if live and len(known):
-        hashes = key_hashes([inchikeys[i] for i in live])
+        hashes = key_hashes([str(inchikeys[i]) for i in live])
         pos = np.minimum(np.searchsorted(known, hashes), len(known) - 1)
         for i, hit in zip(live, known[pos] == hashes):
             if hit:
@@ -180,7 +181,8 @@ class LibraryEncoder:
         n, dim = batch.num_rows, self.model.embed_dim
         vectors = {m: np.zeros((n, dim), np.float32) for m in self.model.modalities}
         if rows.size:
-            graphs, _ = collate(batch.filter(ok), check=False)  # the featuriser built these rows
+            collated: Any = collate(batch.filter(ok), check=False)  # (graphs, {}); the featuriser built the rows
+            graphs = collated[0]
             with torch.no_grad():
                 raw = self.model.encode_graph(graphs.to(self.device))
                 for m in self.model.modalities:
@@ -231,7 +233,8 @@ class Library:
             if self.fmt == "parquet":
                 source = pq.ParquetFile(self.fs.open_input_file(path))
                 cols = [self.smiles_column] + ([self.id_column] if self.id_column else [])
-                batches = (pa.Table.from_batches([b]) for b in source.iter_batches(batch_size=65536, columns=cols))
+                batches: Iterator[pa.Table] = (pa.Table.from_batches([b])
+                                               for b in source.iter_batches(batch_size=65536, columns=cols))
             else:
                 batches = iter([_read_delimited(self.fs, path, self.fmt)])
             for table in batches:
@@ -297,15 +300,17 @@ def open_library(location: str, cfg: IndexConfig) -> Library:
     else:
         infos = sorted((i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
                         if i.is_file and _format_of(i.base_name)), key=lambda i: i.path)
-    formats = {_format_of(i.base_name) for i in infos}
+    found = {_format_of(i.base_name) for i in infos}
     if not infos:
         raise ValueError(f"no CSV/TSV/Parquet/SMI files in library {location}")
-    if None in formats:
+    formats = {f for f in found if f is not None}
+    if len(formats) != len(found) or not formats:
         raise ValueError(f"library {location}: unknown format (use .csv, .tsv, .parquet or .smi, optionally .gz)")
     if len(formats) > 1:
         raise ValueError(f"library {location} mixes formats {sorted(formats)}; give one format per library")
     fmt = formats.pop()
-    smiles_column, id_column = "smiles", None
+    smiles_column: str | None = "smiles"
+    id_column: str | None = None
     if fmt != "smi":
         try:
             names = _schema_names(fs, infos[0].path, fmt)
@@ -321,7 +326,7 @@ def open_library(location: str, cfg: IndexConfig) -> Library:
     digest = hashlib.sha256(location.rstrip("/").encode())
     for i in infos:
         digest.update(f"{i.path}:{i.size}".encode())
-    return Library(location, [i.path for i in infos], fmt, smiles_column, id_column, digest.hexdigest()[:12], fs)
+    return Library(location, [i.path for i in infos], fmt, str(smiles_column), id_column, digest.hexdigest()[:12], fs)
 
 
 # -- the build -----------------------------------------------------------------------------
@@ -392,7 +397,7 @@ def _embed_stream(chunks: list[tuple[int, pa.Table]], model_blob: bytes, featuri
     previous = context.execution_options.preserve_order
     context.execution_options.preserve_order = True  # first occurrence of a key wins, deterministically
     try:
-        ds = ray.data.from_arrow(blocks)
+        ds: Any = ray.data.from_arrow(blocks)  # Ray's annotations do not follow map_batches' pyarrow batches
         ds = ds.map_batches(featurise_library, batch_format="pyarrow", batch_size=None, num_cpus=1,
                             fn_kwargs={"featurizer_config": featurizer, "known": known})
         # On CPU, Ray fuses the featuriser into the encoder actors (no graph columns cross
@@ -444,8 +449,8 @@ def _model_source_info(source: str, tracking_uri: str | None) -> dict[str, Any]:
     client = MlflowClient(tracking_uri=tracking_uri)
     if "@" in ref:
         name, alias = ref.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias)
-        return {"name": name, "alias": alias, "version": str(version.version), "run_id": version.run_id}
+        found = client.get_model_version_by_alias(name, alias)
+        return {"name": name, "alias": alias, "version": str(found.version), "run_id": found.run_id}
     name, _, version = ref.partition("/")
     return {"name": name, "version": version}
 
@@ -635,7 +640,7 @@ def update_ann(store: IndexStore, manifest: Manifest, cfg: IndexConfig) -> dict[
         t = time.perf_counter()
         reuse = current is not None and current.kind == kind
         dim = int(manifest.model["embed_dim"])
-        if reuse:
+        if reuse and current is not None:
             index = faiss.read_index(str(store.local_copy(current.file, tempfile.gettempdir())))
             start, nlist = current.shards, current.nlist
         elif kind == "flat":

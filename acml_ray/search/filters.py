@@ -109,4 +109,5 @@ class LibraryFilter:
             hi = np.searchsorted(self._mass_sorted, flt.mass + flt.tol, side="right")
             in_window = np.sort(self._by_mass[lo:hi])
             result = in_window if result is None else np.intersect1d(result, in_window, assume_unique=True)
+        assert result is not None  # `active`: a formula or a mass was given
         return result.astype(np.int64, copy=False)

@@ -61,8 +61,8 @@ def _row_filter(row: dict, default: CandidateFilter) -> CandidateFilter:
     mass = row.get("mass")
     tol = row.get("tol")
     return CandidateFilter(formula=default.formula if _is_missing(formula) else str(formula),
-                           mass=default.mass if _is_missing(mass) else float(mass),
-                           tol=default.tol if _is_missing(tol) else float(tol))
+                           mass=default.mass if mass is None or _is_missing(mass) else float(mass),
+                           tol=default.tol if tol is None or _is_missing(tol) else float(tol))
 
 
 def _read_table(path: Path) -> list[dict]:

@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
@@ -114,10 +114,10 @@ def search_signature() -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
-class StructureSearcher(mlflow.pyfunc.PythonModel):
+class StructureSearcher(PythonModel):
     """MLflow pyfunc over a structure index (see the module doc)."""
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         from acml_ray.search.query import StructureIndex
 
         location = (context.artifacts or {}).get(INDEX_ARTIFACT) or (context.model_config or {}).get("index")
@@ -125,7 +125,7 @@ class StructureSearcher(mlflow.pyfunc.PythonModel):
             raise ValueError("the search model names no index (model_config 'index' or an 'index' artifact)")
         self.index = StructureIndex(location)
 
-    def predict(self, context: mlflow.pyfunc.PythonModelContext | None, model_input: pd.DataFrame,
+    def predict(self, context: PythonModelContext | None, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         params = params or {}
         return search_table(self.index, model_input, top_k=int(params.get("top_k") or 10),

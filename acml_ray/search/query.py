@@ -216,24 +216,25 @@ class StructureIndex:
             return scores, ids
         entry = self.manifest.ann[modality]
         is_ivf = entry.kind == "ivf"
-        probe = int(entry.nlist) if exact and is_ivf else int(nprobe or entry.nprobe or 32)
+        lists = int(entry.nlist or 1)
+        probe = lists if exact and is_ivf else int(nprobe or entry.nprobe or 32)
         filters = list(filters) if filters is not None else [None] * n
         plain = [i for i, f in enumerate(filters) if f is None or not f.active]
         if plain:
-            params = faiss.SearchParametersIVF(nprobe=min(probe, entry.nlist or probe)) if is_ivf else None
+            # faiss's generated stubs do not declare the keyword constructors it has
+            params = faiss.SearchParametersIVF(nprobe=min(probe, lists)) if is_ivf else None  # type: ignore[call-arg]
             d, i = index.search(vectors[plain], k, params=params)
             scores[plain], ids[plain] = d, i
-        library = self.library_filter() if len(plain) < n else None
         for row, flt in enumerate(filters):
             if flt is None or not flt.active:
                 continue
-            allowed = library.ids(flt)
+            allowed = self.library_filter().ids(flt)
             if allowed is None or len(allowed) == 0:
                 continue
             selector = faiss.IDSelectorBatch(allowed)
-            params = (faiss.SearchParametersIVF(sel=selector, nprobe=int(entry.nlist)) if is_ivf
-                      else faiss.SearchParameters(sel=selector))
-            d, i = index.search(vectors[row:row + 1], k, params=params)
+            filtered: Any = (faiss.SearchParametersIVF(sel=selector, nprobe=lists) if is_ivf  # type: ignore[call-arg]
+                             else faiss.SearchParameters(sel=selector))  # type: ignore[call-arg]
+            d, i = index.search(vectors[row:row + 1], k, params=filtered)
             scores[row], ids[row] = d[0], i[0]
         scores[ids < 0] = -np.inf
         return scores, ids
