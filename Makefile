@@ -7,7 +7,9 @@ export AWS_EC2_METADATA_DISABLED := true
 export GLOO_SOCKET_IFNAME := lo
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup setup-test demo test test-fast bench
+.PHONY: setup setup-test demo lint test test-fast bench
+
+LINTED := acml_ray tests benchmarks jobs data scripts
 
 setup:
 	scripts/bootstrap.sh
@@ -18,7 +20,13 @@ setup-test:
 demo: setup  ## the whole pipeline on shipped real molecules -> runs/demo/summary.json
 	$(VENV)/bin/acml demo --out runs/demo
 
-test: setup-test  ## every test, slow ones included (what CI runs)
+lint: setup-test  ## ruff (lint + format), mypy on acml_ray/, the import-layer contract
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: lint  ## lint, then every test, slow ones included (what CI runs)
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: setup-test  ## skip tests marked slow (Ray/DeepSpeed end-to-end)

@@ -27,13 +27,22 @@ class _Strict(BaseModel):
 class FeaturizerConfig(_Strict):
     """Which molecules become graphs (the reference filter) and how."""
 
-    max_heavy_atoms: int = Field(50, ge=1, description="drop molecules with more heavy atoms (also checked, "
-                                                        "dummy atoms included, before sanitisation)")
+    max_heavy_atoms: int = Field(
+        50,
+        ge=1,
+        description="drop molecules with more heavy atoms (also checked, dummy atoms included, before sanitisation)",
+    )
     min_atoms: int = Field(3, ge=1, description="drop molecules with fewer atoms (reference: <= 2)")
-    max_smiles_chars: int = Field(2000, ge=1, description="reject longer inputs before parsing "
-                                                          "(bounds the work per row; see acml_ray/chem/guard.py)")
-    allow_radicals: bool = Field(False, description="keep molecules with unpaired electrons (in SMILES "
-                                                    "data these are mostly lost hydrogens, e.g. [C]CC)")
+    max_smiles_chars: int = Field(
+        2000,
+        ge=1,
+        description="reject longer inputs before parsing (bounds the work per row; see acml_ray/chem/guard.py)",
+    )
+    allow_radicals: bool = Field(
+        False,
+        description="keep molecules with unpaired electrons (in SMILES "
+        "data these are mostly lost hydrogens, e.g. [C]CC)",
+    )
 
 
 class GraphEncoderConfig(_Strict):
@@ -93,9 +102,7 @@ class DataSourceConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    sources: list[DataSourceConfig] = Field(
-        default_factory=lambda: [DataSourceConfig(name="chembl_approved_drugs")]
-    )
+    sources: list[DataSourceConfig] = Field(default_factory=lambda: [DataSourceConfig(name="chembl_approved_drugs")])
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 4
 
@@ -131,8 +138,12 @@ class EmbedConfig(_Strict):
     num_gpus_per_actor: float = Field(0.0, ge=0.0)
     compact_cache: bool = Field(True, description="merge new cache shards at the end of a run")
     isolation: IsolationConfig = Field(default_factory=IsolationConfig)
-    max_retries: int = Field(2, ge=0, description="Ray-level retries of a task or restarts of an actor that "
-                                                  "died (a lost node); bounded, never Ray's default of forever")
+    max_retries: int = Field(
+        2,
+        ge=0,
+        description="Ray-level retries of a task or restarts of an actor that "
+        "died (a lost node); bounded, never Ray's default of forever",
+    )
 
 
 class TrainConfig(_Strict):
@@ -144,22 +155,23 @@ class TrainConfig(_Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
     zero_stage: int = Field(0, ge=0, le=3)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto = bf16 on GPU, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU")
     log_every_steps: int = Field(10, ge=1)
     # Where the training tables are (local paths, directories or s3:// URIs); default: the
     # tables `acml demo`/prepare writes under OUTPUT/data.
     train_table: str | None = None
     val_table: str | None = None
     resources_per_worker: dict[str, float] = Field(
-        default_factory=dict, description="extra Ray resources per worker (CPU comes from cpus_per_worker)")
+        default_factory=dict, description="extra Ray resources per worker (CPU comes from cpus_per_worker)"
+    )
     storage_path: str | None = Field(None, description="Ray run storage (path or s3://); default OUTPUT/ray_results")
     gather_negatives: bool = Field(True, description="all-gather embeddings so negatives span all workers")
     sync_batchnorm: bool = Field(False, description="SyncBatchNorm in the GIN across workers (GPU only)")
     lr_schedule: Literal["none", "cosine"] = "none"
     warmup_steps: int = Field(0, ge=0)
     checkpoint_every_steps: int | None = Field(
-        None, ge=1, description="also checkpoint mid-epoch every N steps (always at epoch end)")
+        None, ge=1, description="also checkpoint mid-epoch every N steps (always at epoch end)"
+    )
     checkpoints_to_keep: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint; -1 = unlimited")
     early_stopping_metric: str = "val/score"
@@ -169,17 +181,22 @@ class TrainConfig(_Strict):
     # Streamed input (docs/training.md "Data"): a worker holds its shuffle buffer and the
     # prefetched batches, not the table, so its memory does not grow with the table.
     shuffle_buffer_rows: int = Field(
-        8192, ge=0, description="per-worker local shuffle buffer in rows, reseeded every epoch (0: none)")
+        8192, ge=0, description="per-worker local shuffle buffer in rows, reseeded every epoch (0: none)"
+    )
     prefetch_batches: int = Field(4, ge=0, description="batches collated ahead of the step, in background threads")
     object_store_table_mib: float = Field(
-        64, ge=0, description="tables up to this size on disk are read once into Ray's object store (shared "
-                              "memory) instead of from the files every epoch; 0: always stream from the files")
+        64,
+        ge=0,
+        description="tables up to this size on disk are read once into Ray's object store (shared "
+        "memory) instead of from the files every epoch; 0: always stream from the files",
+    )
 
     @model_validator(mode="after")
     def _precision_fits_device(self) -> TrainConfig:
         if not self.use_gpu and self.precision in ("bf16", "fp16"):
-            raise ValueError(f"train.precision={self.precision} needs use_gpu: true (CPU training runs "
-                             "fp32; use precision: auto)")
+            raise ValueError(
+                f"train.precision={self.precision} needs use_gpu: true (CPU training runs fp32; use precision: auto)"
+            )
         if self.sync_batchnorm and not self.use_gpu:
             raise ValueError("train.sync_batchnorm needs use_gpu: true (torch SyncBatchNorm has no CPU kernel)")
         return self
@@ -222,32 +239,43 @@ class TaskConfig(_Strict):
     smiles_column: str | None = Field(None, description="default: smiles/SMILES/Drug")
     label_columns: list[str] | None = Field(None, description="default: Y, or numeric non-id columns")
     kind: LabelKind | dict[str, LabelKind] | None = Field(
-        None, description="one kind for every label or {label: kind}; default per label: only 0/1 values "
-                          "-> classification, else regression (mixed kinds become one task per kind)")
-    limit: int | None = Field(None, ge=10, description="seeded random sample of this many rows before "
-                                                       "the split (default: every row)")
-    relation_column: str = Field("relation", description="censoring qualifier of regression labels "
-                                                         "(<, >, <=, >=), used when the file has it")
+        None,
+        description="one kind for every label or {label: kind}; default per label: only 0/1 values "
+        "-> classification, else regression (mixed kinds become one task per kind)",
+    )
+    limit: int | None = Field(
+        None, ge=10, description="seeded random sample of this many rows before the split (default: every row)"
+    )
+    relation_column: str = Field(
+        "relation", description="censoring qualifier of regression labels (<, >, <=, >=), used when the file has it"
+    )
     censored: Literal["exclude", "keep"] = Field(
-        "exclude", description="censored regression labels: left out of training and metrics, or used "
-                               "as exact values")
+        "exclude", description="censored regression labels: left out of training and metrics, or used as exact values"
+    )
 
 
 class DownstreamConfig(_Strict):
     """Scaffold-split property prediction: probe/fine-tune vs scratch GIN vs ECFP baselines."""
 
-    tasks: list[TaskConfig] = Field(default_factory=lambda: [
-        TaskConfig(name="b3db_classification"), TaskConfig(name="freesolv")])
-    methods: list[DownstreamMethod] = Field(
-        default_factory=lambda: list(get_args(DownstreamMethod)))
+    tasks: list[TaskConfig] = Field(
+        default_factory=lambda: [TaskConfig(name="b3db_classification"), TaskConfig(name="freesolv")]
+    )
+    methods: list[DownstreamMethod] = Field(default_factory=lambda: list(get_args(DownstreamMethod)))
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     epochs: int = Field(10, ge=1, description="most epochs of a fine-tune / scratch training")
-    patience: int | None = Field(3, ge=1, description="stop a training after this many epochs without a "
-                                                      "lower validation loss (None: run every epoch)")
-    workers: int | None = Field(None, ge=1, description="trainings run in parallel; default: Ray's free CPUs "
-                                                        "when Ray is initialised, else the CPUs this process "
-                                                        "may use")
+    patience: int | None = Field(
+        3,
+        ge=1,
+        description="stop a training after this many epochs without a lower validation loss (None: run every epoch)",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="trainings run in parallel; default: Ray's free CPUs "
+        "when Ray is initialised, else the CPUs this process "
+        "may use",
+    )
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0.0)
     head_hidden: int = Field(64, ge=1)
@@ -273,8 +301,11 @@ class TuneConfig(_Strict):
     the cluster at once.
     """
 
-    name: str = Field("study", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                      description="study folder under storage_path; the same name resumes it")
+    name: str = Field(
+        "study",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="study folder under storage_path; the same name resumes it",
+    )
     storage_path: str | None = Field(None, description="study storage (path or s3://); default OUTPUT")
     num_samples: int = Field(20, ge=1, description="trials in the study")
     max_concurrent_trials: int = Field(2, ge=1)
@@ -303,8 +334,10 @@ class EvalConfig(_Strict):
     mlflow_run_id: str | None = Field(None, description="log into this run (else the active/a new one)")
     mlflow_experiment: str = "acml-evaluate"
     exclude_training: bool | None = Field(
-        None, description="drop held-out/gallery molecules the model trained on (by InChIKey); "
-                          "default: on when the run's training table is known")
+        None,
+        description="drop held-out/gallery molecules the model trained on (by InChIKey); "
+        "default: on when the run's training table is known",
+    )
 
 
 class IndexConfig(_Strict):
@@ -312,16 +345,21 @@ class IndexConfig(_Strict):
     a path or s3:// (the library and the index location are command-line arguments); see
     `acml_ray.search`."""
 
-    smiles_column: str | None = Field(None, description="library column of SMILES; default: smiles, SMILES, "
-                                                        "Smiles or canonical_smiles")
+    smiles_column: str | None = Field(
+        None, description="library column of SMILES; default: smiles, SMILES, Smiles or canonical_smiles"
+    )
     id_column: str | None = Field(None, description="default: id/ID/name when present, else the InChIKey")
     chunk_rows: int = Field(100_000, ge=1, description="library rows per shard: the unit of resume")
     featurize_batch_size: int = Field(1024, ge=1)
     encode_batch_size: int = Field(1024, ge=1, description="graphs per encoder forward pass")
-    rows_per_run: int = Field(1_000_000, ge=1, description="library rows per Ray Data execution (actors "
-                                                          "start once per run; bounds the object store)")
-    concurrency: int | None = Field(None, ge=1, description="graph-encoder actors; default one per GPU, "
-                                                            "else one per num_cpus_per_actor CPUs")
+    rows_per_run: int = Field(
+        1_000_000,
+        ge=1,
+        description="library rows per Ray Data execution (actors start once per run; bounds the object store)",
+    )
+    concurrency: int | None = Field(
+        None, ge=1, description="graph-encoder actors; default one per GPU, else one per num_cpus_per_actor CPUs"
+    )
     num_cpus_per_actor: float = Field(1.0, ge=0.0)
     num_gpus_per_actor: float | None = Field(None, ge=0.0, description="default: 1 when the cluster has GPUs")
     ann_threshold: int = Field(200_000, ge=1, description="rows from which an IVF (ANN) index replaces exact search")
@@ -365,7 +403,8 @@ class ACMLConfig(_Strict):
             raise ValueError(
                 f"output_dir must be a local folder, got {v!r}: it holds the local MLflow store and "
                 "the copy of the best model; put tables, cache and checkpoints on object storage "
-                "with embed.output, cache_dir and train.storage_path")
+                "with embed.output, cache_dir and train.storage_path"
+            )
         return v
 
     def resolved_cache_dir(self) -> str:
@@ -426,8 +465,10 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
                 node[key] = {}
             node = node[key]
             if not isinstance(node, dict):
-                raise ValueError(f"cannot set {dotted!r}: {'.'.join(keys[:depth + 1])} is "
-                                 f"{type(node).__name__} {node!r}, not a section")
+                raise ValueError(
+                    f"cannot set {dotted!r}: {'.'.join(keys[: depth + 1])} is "
+                    f"{type(node).__name__} {node!r}, not a section"
+                )
         node[keys[-1]] = value
     return data
 

@@ -93,6 +93,12 @@ def init_ray(num_cpus: int | None = None, use_gpu: bool = False) -> None:
     # The dashboard (on loopback) serves Ray's State API, which Ray Train's placement-group
     # cleaner polls: without it the cleaner warns every few seconds and cannot free the
     # placement group of a trial that dies.
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             _node_ip_address="127.0.0.1", runtime_env={"env_vars": env}, configure_logging=True,
-             logging_level=logging.WARNING)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": env},
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )

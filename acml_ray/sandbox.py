@@ -97,8 +97,14 @@ class Sandbox:
     are serialised by a lock; each Ray worker process keeps its own sandbox.
     """
 
-    def __init__(self, *, retries: int = 1, timeout_s: float | None = None, memory_mb: int | None = None,
-                 preload: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        retries: int = 1,
+        timeout_s: float | None = None,
+        memory_mb: int | None = None,
+        preload: Sequence[str] = (),
+    ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         self.retries, self.timeout_s, self.memory_mb = retries, timeout_s, memory_mb
@@ -114,8 +120,7 @@ class Sandbox:
         if self.preload:
             context.set_forkserver_preload(self.preload)  # takes effect when the server starts
         parent, child = context.Pipe()
-        process = context.Process(target=_child_main, args=(child, self.memory_mb), daemon=True,
-                                  name="acml-sandbox")
+        process = context.Process(target=_child_main, args=(child, self.memory_mb), daemon=True, name="acml-sandbox")
         process.start()
         child.close()
         self._process, self._conn = process, parent
@@ -175,8 +180,9 @@ class Sandbox:
         return value
 
     # -- the public call --------------------------------------------------------------------
-    def map(self, fn: Callable[[list[Any]], list[Any]], items: Sequence[Any],
-            on_crash: Callable[[Any, str], Any]) -> list[Any]:
+    def map(
+        self, fn: Callable[[list[Any]], list[Any]], items: Sequence[Any], on_crash: Callable[[Any, str], Any]
+    ) -> list[Any]:
         """`fn(items)` run in the child: a list as long as `items`, where each item that kills the
         child on its own is replaced by `on_crash(item, reason)` (see the module doc)."""
         items = list(items)
@@ -190,12 +196,18 @@ class Sandbox:
                 except _Died as died:
                     self.crashes += 1
                     last = died.reason
-                    log.warning("sandbox: %s on a batch of %d (attempt %d of %d)", died.reason, len(items),
-                                attempt + 1, self.retries + 1)
+                    log.warning(
+                        "sandbox: %s on a batch of %d (attempt %d of %d)",
+                        died.reason,
+                        len(items),
+                        attempt + 1,
+                        self.retries + 1,
+                    )
             return self._bisect(fn, items, on_crash, last)
 
-    def _bisect(self, fn: Callable[[list[Any]], list[Any]], items: list[Any],
-                on_crash: Callable[[Any, str], Any], reason: str) -> list[Any]:
+    def _bisect(
+        self, fn: Callable[[list[Any]], list[Any]], items: list[Any], on_crash: Callable[[Any, str], Any], reason: str
+    ) -> list[Any]:
         if len(items) == 1:
             log.warning("sandbox: quarantining one input (%s)", reason)
             return [on_crash(items[0], reason)]

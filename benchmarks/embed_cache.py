@@ -53,15 +53,18 @@ def main() -> None:
     modality = build_modality(args.modality)
     _ = modality.fingerprint  # load the weights before timing
     modality.encode(smiles[:2])  # warm up the kernels
-    print(f"{len(smiles)} molecules, modality {args.modality} (dim {modality.dim}), "
-          f"batch {args.batch_size}", flush=True)
+    print(
+        f"{len(smiles)} molecules, modality {args.modality} (dim {modality.dim}), batch {args.batch_size}", flush=True
+    )
 
     cpu, wall = time.process_time(), time.perf_counter()
-    fly = np.concatenate([modality.encode(smiles[i:i + args.batch_size])
-                          for i in range(0, len(smiles), args.batch_size)])
+    fly = np.concatenate(
+        [modality.encode(smiles[i : i + args.batch_size]) for i in range(0, len(smiles), args.batch_size)]
+    )
     fly_cpu, fly_wall = time.process_time() - cpu, time.perf_counter() - wall
-    print(f"on the fly: {fly_wall:.2f} s wall, {fly_cpu:.2f} s CPU "
-          f"({len(smiles) / fly_wall:.1f} molecules/s)", flush=True)
+    print(
+        f"on the fly: {fly_wall:.2f} s wall, {fly_cpu:.2f} s CPU ({len(smiles) / fly_wall:.1f} molecules/s)", flush=True
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.cache or tmp
@@ -75,8 +78,10 @@ def main() -> None:
     report = result.report
     assert report.forward_passes == 0 and report.cache_hits == len(smiles), report
     assert np.array_equal(result.vectors, fly), "cached vectors differ from the computed ones"
-    print(f"cached:     {cached_wall:.4f} s wall, {cached_cpu:.4f} s CPU "
-          f"({reader.cache.stats.shards_read} shard(s), 0 forward passes, identical vectors)")
+    print(
+        f"cached:     {cached_wall:.4f} s wall, {cached_cpu:.4f} s CPU "
+        f"({reader.cache.stats.shards_read} shard(s), 0 forward passes, identical vectors)"
+    )
     print(f"cpu ratio: {fly_cpu / max(cached_cpu, 1e-9):.2f}")
     print(f"ratio: {fly_wall / cached_wall:.2f}")
 

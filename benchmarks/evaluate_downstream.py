@@ -61,27 +61,49 @@ def user_file(folder: Path) -> str:
     """A user-style file: B3DB molecules with `bbb` (0/1) and `logBB` (continuous, partly missing)."""
     frame = load_source("b3db_classification")
     path = folder / "bbb_user.csv"
-    pd.DataFrame({"smiles": frame["smiles"], "bbb": (frame["BBB+/BBB-"] == "BBB+").astype(float),
-                  "logBB": pd.to_numeric(frame["logBB"], errors="coerce")}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "smiles": frame["smiles"],
+            "bbb": (frame["BBB+/BBB-"] == "BBB+").astype(float),
+            "logBB": pd.to_numeric(frame["logBB"], errors="coerce"),
+        }
+    ).to_csv(path, index=False)
     return str(path)
 
 
-def prepare(limit: int | None, folder: Path, encoder_cfg: GraphEncoderConfig, pretrained: GraphEncoder,
-            cfg: DownstreamConfig) -> list[tuple[str, FitInputs]]:
+def prepare(
+    limit: int | None, folder: Path, encoder_cfg: GraphEncoderConfig, pretrained: GraphEncoder, cfg: DownstreamConfig
+) -> list[tuple[str, FitInputs]]:
     """(task name, fit inputs) for every task: featurised graphs, labels, scaffold split."""
-    specs = [TaskConfig(name=n, limit=limit) for n in ("b3db_classification", "b3db_regression", "freesolv",
-                                                       "solubility")]
+    specs = [
+        TaskConfig(name=n, limit=limit) for n in ("b3db_classification", "b3db_regression", "freesolv", "solubility")
+    ]
     specs.append(TaskConfig(name="bbb_user", path=user_file(folder), limit=limit))
     prepared = []
     for spec in specs:
         for data in load_tasks(spec, seed=0, say=lambda _: None):
             results = GraphFeaturizer().featurize_batch(data.smiles)
-            keep = [i for i, r in enumerate(results) if not isinstance(r, Rejected)
-                    and np.isfinite(data.labels[i]).any()]
+            keep = [
+                i for i, r in enumerate(results) if not isinstance(r, Rejected) and np.isfinite(data.labels[i]).any()
+            ]
             graphs = [results[i].to_pyg() for i in keep]
             train, valid, test, _ = scaffold_split([data.smiles[i] for i in keep], cfg.fractions)
-            prepared.append((data.name, FitInputs(data.kind, data.labels[keep], train, valid, test, cfg,
-                                                  encoder_cfg, graphs=graphs, pretrained=pretrained)))
+            prepared.append(
+                (
+                    data.name,
+                    FitInputs(
+                        data.kind,
+                        data.labels[keep],
+                        train,
+                        valid,
+                        test,
+                        cfg,
+                        encoder_cfg,
+                        graphs=graphs,
+                        pretrained=pretrained,
+                    ),
+                )
+            )
     return prepared
 
 
@@ -98,12 +120,23 @@ def run_serial(tasks: list[tuple[str, FitInputs]], seeds: list[int], threads: in
             for method in METHODS:
                 for seed in seeds:
                     torch.manual_seed(seed)
-                    encoder = (GraphEncoder.from_config(inputs.encoder_cfg) if method == "scratch"
-                               else copy.deepcopy(inputs.pretrained))
-                    pred, _ = train_graph_model(encoder, inputs.kind, inputs.graphs, inputs.labels, inputs.train,
-                                                inputs.valid, inputs.test, cfg, seed)
-                    metrics.setdefault((name, method), []).append(
-                        score(inputs.kind, inputs.labels[inputs.test], pred))
+                    encoder = (
+                        GraphEncoder.from_config(inputs.encoder_cfg)
+                        if method == "scratch"
+                        else copy.deepcopy(inputs.pretrained)
+                    )
+                    pred, _ = train_graph_model(
+                        encoder,
+                        inputs.kind,
+                        inputs.graphs,
+                        inputs.labels,
+                        inputs.train,
+                        inputs.valid,
+                        inputs.test,
+                        cfg,
+                        seed,
+                    )
+                    metrics.setdefault((name, method), []).append(score(inputs.kind, inputs.labels[inputs.test], pred))
     finally:
         torch.set_num_threads(before)
     return time.perf_counter() - start, metrics
@@ -163,10 +196,15 @@ def main() -> None:
     seeds = list(range(args.seeds))
     with tempfile.TemporaryDirectory() as tmp:
         tasks = prepare(args.limit, Path(tmp), encoder_cfg, pretrained, cfg)
-    print("tasks: " + ", ".join(f"{n} ({i.kind}, train/valid/test {len(i.train)}/{len(i.valid)}/{len(i.test)})"
-                                for n, i in tasks))
-    print(f"trainings per way: {len(tasks) * len(METHODS) * len(seeds)} (methods {METHODS}, seeds {seeds}, "
-          f"at most {args.epochs} epochs)", flush=True)
+    print(
+        "tasks: "
+        + ", ".join(f"{n} ({i.kind}, train/valid/test {len(i.train)}/{len(i.valid)}/{len(i.test)})" for n, i in tasks)
+    )
+    print(
+        f"trainings per way: {len(tasks) * len(METHODS) * len(seeds)} (methods {METHODS}, seeds {seeds}, "
+        f"at most {args.epochs} epochs)",
+        flush=True,
+    )
     walls: dict[str, float] = {}
     results: dict[str, dict] = {}
     for way in ways:

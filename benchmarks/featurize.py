@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=20000, help="number of SMILES (>= 20000)")
     parser.add_argument("--seed", type=int, default=0, help="MOSES sample seed")
     parser.add_argument(
-        "--rounds", type=int, default=10,
+        "--rounds",
+        type=int,
+        default=10,
         help="split the list into this many slices and time both sides on each slice in turn",
     )
     args = parser.parse_args(argv)

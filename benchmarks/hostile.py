@@ -39,6 +39,7 @@ ALPHABET = "CNOSPFIBrclnos()[]=#@+-123456789%/\\.H*:$~ "
 
 def grid_smiles(rows: int, cols: int) -> str:
     """A rows x cols grid of carbons: row chains joined by ring closures down each column."""
+
     def atom(i: int, j: int) -> str:
         label = f"%({j + 1})"
         return "C" + (label if i > 0 else "") + (label if i < rows - 1 else "")
@@ -62,9 +63,22 @@ def garbage(n: int, seed: int, real: list[bytes]) -> list[tuple[str, bytes]]:
     """`n` seeded hostile inputs, always including the pathological and encoding cases."""
     rng = random.Random(seed)
     fixed = [
-        ("C1" + "C" * 99996 + "C1").encode(), b"c" * 100000, b"*" * 100000, b"c1ccccc1." * 11000,
-        grid_smiles(60, 100).encode(), b"[0C]CC", "\ufeffCCO".encode(), "\u200bCCO".encode(),
-        b"C\x00CO", b"CC\x00", b"C\xe9C", b"\xff\xfe\x00C", b"", b"   ", "CéC".encode(), b"C" * 2001,
+        ("C1" + "C" * 99996 + "C1").encode(),
+        b"c" * 100000,
+        b"*" * 100000,
+        b"c1ccccc1." * 11000,
+        grid_smiles(60, 100).encode(),
+        b"[0C]CC",
+        "\ufeffCCO".encode(),
+        "\u200bCCO".encode(),
+        b"C\x00CO",
+        b"CC\x00",
+        b"C\xe9C",
+        b"\xff\xfe\x00C",
+        b"",
+        b"   ",
+        "CéC".encode(),
+        b"C" * 2001,
     ]
     out = [(f"garbage-{i}", s) for i, s in enumerate(fixed)]
     for i in range(len(fixed), n):
@@ -135,9 +149,24 @@ def run_embed(csv_path: Path, work: Path) -> dict:
     from acml_ray.cli.main import main
 
     out = work / "out"
-    args = ["embed", "--input", str(csv_path), "--output", str(out), "--out", str(work), "--quiet",
-            "--set", f"cache_dir={work / 'cache'}", "--set", 'modalities=[{"name": "ecfp"}]',
-            "--set", "embed.id_column=id", "--set", "embed.num_cpus_per_actor=0.5"]
+    args = [
+        "embed",
+        "--input",
+        str(csv_path),
+        "--output",
+        str(out),
+        "--out",
+        str(work),
+        "--quiet",
+        "--set",
+        f"cache_dir={work / 'cache'}",
+        "--set",
+        'modalities=[{"name": "ecfp"}]',
+        "--set",
+        "embed.id_column=id",
+        "--set",
+        "embed.num_cpus_per_actor=0.5",
+    ]
     start = time.perf_counter()
     code = main(args)
     wall = time.perf_counter() - start
@@ -146,8 +175,12 @@ def run_embed(csv_path: Path, work: Path) -> dict:
     report = json.loads((out / "report.json").read_text())
     quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
     accepted = pa.concat_tables([pq.read_table(out / split) for split in ("train", "val")])
-    return {"report": report, "quarantine": quarantine, "wall_s": wall,
-            "accepted": accepted.column("mol_id").to_pylist()}
+    return {
+        "report": report,
+        "quarantine": quarantine,
+        "wall_s": wall,
+        "accepted": accepted.column("mol_id").to_pylist(),
+    }
 
 
 def sandbox_ratio(smiles: list[str], batch: int = 256) -> tuple[float, float]:
@@ -159,11 +192,11 @@ def sandbox_ratio(smiles: list[str], batch: int = 256) -> tuple[float, float]:
     from acml_ray.pipelines.embed import featurise_table
 
     featurizer, isolation = GraphFeaturizer(), IsolationConfig()
-    tables = [pa.table({"smiles": smiles[i:i + batch]}) for i in range(0, len(smiles), batch)]
+    tables = [pa.table({"smiles": smiles[i : i + batch]}) for i in range(0, len(smiles), batch)]
     featurise_table(tables[0], featurizer, isolation=isolation)  # start the child outside the timing
     plain = boxed = 0.0
     for k, table in enumerate(tables):
-        for sandboxed in ((False, True) if k % 2 == 0 else (True, False)):  # alternate who goes first
+        for sandboxed in (False, True) if k % 2 == 0 else (True, False):  # alternate who goes first
             start = time.perf_counter()
             featurise_table(table, featurizer, isolation=isolation if sandboxed else None)
             elapsed = time.perf_counter() - start
@@ -193,16 +226,21 @@ def main(argv: list[str] | None = None) -> dict:
         timings = time_each(rows)
         timings.sort(reverse=True)
         outcomes = Counter(outcome.split(":")[0] for _, _, _, outcome in timings)
-        print(f"alone through guard + featuriser + ECFP: accepted {outcomes.pop('accepted', 0)}, rejected by "
-              f"reason {dict(outcomes.most_common())}")
+        print(
+            f"alone through guard + featuriser + ECFP: accepted {outcomes.pop('accepted', 0)}, rejected by "
+            f"reason {dict(outcomes.most_common())}"
+        )
         slowest = timings[0]
-        print("slowest inputs (CPU): " + "; ".join(f"{mol_id} {cpu * 1000:.1f} ms ({outcome[:40]})"
-                                                   for cpu, _, mol_id, outcome in timings[:5]))
+        print(
+            "slowest inputs (CPU): "
+            + "; ".join(f"{mol_id} {cpu * 1000:.1f} ms ({outcome[:40]})" for cpu, _, mol_id, outcome in timings[:5])
+        )
         slowest_wall = max(timings, key=lambda t: t[1])
-        print(f"slowest single input: {slowest[0]:.3f} s CPU ({slowest[2]}), {slowest_wall[1]:.3f} s wall "
-              f"({slowest_wall[2]}); goal: none over 1 s: {'met' if slowest[0] <= 1.0 else 'NOT met'}")
-        result |= {"slowest_cpu_s": slowest[0], "slowest_id": slowest[2],
-                   "slowest_wall_s": slowest_wall[1]}
+        print(
+            f"slowest single input: {slowest[0]:.3f} s CPU ({slowest[2]}), {slowest_wall[1]:.3f} s wall "
+            f"({slowest_wall[2]}); goal: none over 1 s: {'met' if slowest[0] <= 1.0 else 'NOT met'}"
+        )
+        result |= {"slowest_cpu_s": slowest[0], "slowest_id": slowest[2], "slowest_wall_s": slowest_wall[1]}
 
     if not args.no_embed:
         from acml_ray.train import init_ray
@@ -217,24 +255,36 @@ def main(argv: list[str] | None = None) -> dict:
         for row in run["quarantine"]:
             quarantined.setdefault(row["mol_id"], row["reason"])
         accepted = set(run["accepted"])
-        by_reason = Counter(reason.split(":")[0] if not reason.startswith("duplicate InChIKey")
-                            else "duplicate InChIKey" for reason in quarantined.values())
+        by_reason = Counter(
+            reason.split(":")[0] if not reason.startswith("duplicate InChIKey") else "duplicate InChIKey"
+            for reason in quarantined.values()
+        )
         missing = [i for i in ids if i not in accepted and i not in quarantined]
         both = accepted & set(quarantined)
         counts = run["report"]["counts"]
-        print(f"acml embed ({run['wall_s']:.0f} s): input {counts['input']}, accepted {len(accepted)}, "
-              f"quarantined {len(quarantined)}")
+        print(
+            f"acml embed ({run['wall_s']:.0f} s): input {counts['input']}, accepted {len(accepted)}, "
+            f"quarantined {len(quarantined)}"
+        )
         print(f"quarantined by reason: {dict(by_reason.most_common())}")
-        print(f"input = accepted + quarantined by id: {len(ids)} = {len(accepted)} + {len(quarantined)}: "
-              f"{'yes' if not missing and not both and len(ids) == len(accepted) + len(quarantined) else 'NO'}"
-              f" (missing {len(missing)}, in both {len(both)})")
-        result |= {"accepted": len(accepted), "quarantined": len(quarantined), "missing": len(missing),
-                   "by_reason": dict(by_reason)}
+        print(
+            f"input = accepted + quarantined by id: {len(ids)} = {len(accepted)} + {len(quarantined)}: "
+            f"{'yes' if not missing and not both and len(ids) == len(accepted) + len(quarantined) else 'NO'}"
+            f" (missing {len(missing)}, in both {len(both)})"
+        )
+        result |= {
+            "accepted": len(accepted),
+            "quarantined": len(quarantined),
+            "missing": len(missing),
+            "by_reason": dict(by_reason),
+        }
 
     real = [s.decode() for _, s in sets["nci"] + sets["wehi"]]
     plain, boxed = sandbox_ratio(real)
-    print(f"featurisation of the {len(real)} real SMILES: plain {plain:.2f} s, in the crash-isolating "
-          f"sandbox {boxed:.2f} s")
+    print(
+        f"featurisation of the {len(real)} real SMILES: plain {plain:.2f} s, in the crash-isolating "
+        f"sandbox {boxed:.2f} s"
+    )
     print(f"ratio: {boxed / plain:.2f}")
     result["sandbox_ratio"] = boxed / plain
     return result

@@ -34,7 +34,7 @@ def encode(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int, chun
     previous, encoder.cpu_chunk = encoder.cpu_chunk, chunk
     try:
         with torch.inference_mode():
-            return torch.cat([encoder(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+            return torch.cat([encoder(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
     finally:
         encoder.cpu_chunk = previous
 
@@ -52,10 +52,13 @@ def main() -> None:
     modality = build_modality("image")
     images = torch.stack([modality.preprocess_one(s) for s in smiles])
     encoder = modality.encoder
-    print(f"{len(smiles)} molecules, batch {args.batch_size}, chunk {args.chunk}, "
-          f"{torch.get_num_threads()} torch threads", flush=True)
-    encode(encoder, images[:args.batch_size], args.batch_size, 0)  # warm up both paths
-    encode(encoder, images[:args.batch_size], args.batch_size, args.chunk)
+    print(
+        f"{len(smiles)} molecules, batch {args.batch_size}, chunk {args.chunk}, "
+        f"{torch.get_num_threads()} torch threads",
+        flush=True,
+    )
+    encode(encoder, images[: args.batch_size], args.batch_size, 0)  # warm up both paths
+    encode(encoder, images[: args.batch_size], args.batch_size, args.chunk)
 
     wall = {"whole": 0.0, "chunked": 0.0}
     cpu = dict(wall)
@@ -70,8 +73,7 @@ def main() -> None:
     done = len(smiles) * args.rounds
     for name in wall:
         print(f"{name:8s} {done / wall[name]:7.1f} images/s  ({wall[name]:.2f} s wall, {cpu[name]:.2f} s CPU)")
-    print("same vectors (max abs difference "
-          f"{(vectors['chunked'] - vectors['whole']).abs().max().item():.1e})")
+    print(f"same vectors (max abs difference {(vectors['chunked'] - vectors['whole']).abs().max().item():.1e})")
     print(f"cpu ratio: {cpu['whole'] / cpu['chunked']:.2f}")
     print(f"ratio: {wall['whole'] / wall['chunked']:.2f}")
 

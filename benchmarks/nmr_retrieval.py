@@ -1,7 +1,8 @@
 """NMR -> structure retrieval with the three spectrum encoders, and all modalities in one model.
 
 Runs the stages of `acml embed`, `acml train` and `acml evaluate --sections retrieval` through
-their public functions, in one process with one Ray, on the shipped csp5 set (`nmr_spectra`) and prints one table. Every model: 5-layer GIN hidden 64, one
+their public functions, in one process with one Ray, on the shipped csp5 set (`nmr_spectra`)
+and prints one table. Every model: 5-layer GIN hidden 64, one
 256-wide projection cell, InfoNCE tau 0.07, batch 128 (the demo config), the InChIKey-hash
 80/20 split with seed 4 that the shipped pretrained encoders were kept away from.
 
@@ -34,8 +35,7 @@ def base_config(work: Path, epochs: int) -> dict[str, Any]:
         "graph_encoder": {"hidden_dim": 64},
         "projection": {"dims": [256]},
         "loss": {"kind": "infonce", "temperature": 0.07},
-        "train": {"epochs": epochs, "batch_size": 128, "num_workers": 1, "cpus_per_worker": 1,
-                  "zero_stage": 0},
+        "train": {"epochs": epochs, "batch_size": 128, "num_workers": 1, "cpus_per_worker": 1, "zero_stage": 0},
         # Two encoder actors would hold both cores and starve featurisation: half a CPU each.
         "embed": {"num_cpus_per_actor": 0.5},
         "eval": {"pool_size": 128, "pool_repeats": 20, "top_k": [1, 5, 10]},
@@ -92,13 +92,22 @@ def train_and_evaluate(work: Path, name: str, cfg: dict[str, Any], tables: Path)
     figures = {}
     for direction, pools in report["retrieval"].items():
         for pool, metrics in pools.items():
-            figures[f"{direction} {pool}"] = {"top1": metrics["top1"], "top10": metrics["top10"],
-                                              "n_pool": metrics["n_pool"]}
-    print(f"  {name}: trained {train_seconds:.0f} s (best epoch {result.best_metrics.get('epoch')}), "
-          + ", ".join(f"{k} top-10 {v['top10']:.3f}" for k, v in figures.items() if "->graph" in k),
-          flush=True)
-    return {"figures": figures, "train_seconds": round(train_seconds, 1),
-            "best_epoch": result.best_metrics.get("epoch"), "best_model": str(result.best_model_dir)}
+            figures[f"{direction} {pool}"] = {
+                "top1": metrics["top1"],
+                "top10": metrics["top10"],
+                "n_pool": metrics["n_pool"],
+            }
+    print(
+        f"  {name}: trained {train_seconds:.0f} s (best epoch {result.best_metrics.get('epoch')}), "
+        + ", ".join(f"{k} top-10 {v['top10']:.3f}" for k, v in figures.items() if "->graph" in k),
+        flush=True,
+    )
+    return {
+        "figures": figures,
+        "train_seconds": round(train_seconds, 1),
+        "best_epoch": result.best_metrics.get("epoch"),
+        "best_model": str(result.best_model_dir),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
                 record(f"{nucleus}-{encoder}", train_and_evaluate(work, f"{nucleus}-{encoder}", single, tables))
     else:
         cfg = base_config(work, args.epochs)
-        everything = [{"name": "image"}, {"name": "smiles"},
-                      *({"name": n, "options": {"encoder": args.encoder}} for n in NUCLEI)]
+        everything = [
+            {"name": "image"},
+            {"name": "smiles"},
+            *({"name": n, "options": {"encoder": args.encoder}} for n in NUCLEI),
+        ]
         cfg["modalities"] = everything
         tables = embed(work, f"embed-joint-{args.encoder}", cfg, table)
         record(f"joint-{args.encoder}", train_and_evaluate(work, f"joint-{args.encoder}", cfg, tables))
@@ -155,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, result in sorted(results.items()):
         for key, m in sorted(result["figures"].items()):
             if key.split(" ")[0].endswith("->graph"):
-                print(f"| {name} | {key.split(' ')[0]} | {m['n_pool']} | {m['top1']:.3f} | "
-                      f"{m['top10']:.3f} | {result['train_seconds']:.0f} |")
+                print(
+                    f"| {name} | {key.split(' ')[0]} | {m['n_pool']} | {m['top1']:.3f} | "
+                    f"{m['top10']:.3f} | {result['train_seconds']:.0f} |"
+                )
     return 0
 
 

@@ -35,9 +35,11 @@ def main() -> None:
     ranks = retrieval_ranks(q, c, chunk_mib=args.chunk_mib)
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"n={args.n} dim={args.dim} chunk={chunk_rows(args.n, args.chunk_mib)} rows: {seconds:.1f} s, "
-          f"peak RSS {peak:.0f} MiB (before ranking {before:.0f} MiB); "
-          f"top1 {rank_metrics(ranks, [1])['top1']:.3f}")
+    print(
+        f"n={args.n} dim={args.dim} chunk={chunk_rows(args.n, args.chunk_mib)} rows: {seconds:.1f} s, "
+        f"peak RSS {peak:.0f} MiB (before ranking {before:.0f} MiB); "
+        f"top1 {rank_metrics(ranks, [1])['top1']:.3f}"
+    )
 
 
 if __name__ == "__main__":

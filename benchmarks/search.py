@@ -123,8 +123,11 @@ def speed(index, vectors: np.ndarray, modality: str, index_path: str, workdir: P
         if entry.kind != "ivf" or nprobe > (entry.nlist or 0):
             continue
         ms, found = _latencies(lambda v, p=nprobe: index.search_vectors(modality, v, 10, nprobe=p)[1], vectors)
-        sweep[nprobe] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-                         "recall@10": _recall(found, exact)}
+        sweep[nprobe] = {
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "recall@10": _recall(found, exact),
+        }
     results["ann_sweep"] = sweep
     if entry.kind == "ivf":
         results["ann"] = sweep[default_probe]
@@ -140,12 +143,26 @@ def speed(index, vectors: np.ndarray, modality: str, index_path: str, workdir: P
         ms.append((time.perf_counter() - t) * 1000)
     results["formula_filtered"] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
     results["index_size_mib"] = _du(Path(index_path)) / 2**20
-    results["faiss_file_mib"] = {m: (Path(index_path) / a.file).stat().st_size / 2**20
-                                 for m, a in index.manifest.ann.items()}
+    results["faiss_file_mib"] = {
+        m: (Path(index_path) / a.file).stat().st_size / 2**20 for m, a in index.manifest.ann.items()
+    }
     np.save(workdir / "query_vectors.npy", vectors)
-    probe = subprocess.run([sys.executable, __file__, "--rss-probe", "--index", index_path, "--modality", modality,
-                            "--vectors", str(workdir / "query_vectors.npy")], capture_output=True, text=True,
-                           timeout=1800)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--rss-probe",
+            "--index",
+            index_path,
+            "--modality",
+            modality,
+            "--vectors",
+            str(workdir / "query_vectors.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if probe.returncode == 0:
         results["peak_rss_searching_mib"] = json.loads(probe.stdout.strip().splitlines()[-1])["peak_rss_mib"]
     else:
@@ -173,8 +190,7 @@ def identify(index, model_dir: Path, added, limit: int) -> dict:
     held = _held_out(model_dir, 10**9)
     meta = index.metadata()
     row_of = dict(zip(meta["inchikey"], range(len(meta))))
-    report = {"added_to_library": added.added, "already_in_library": added.already_indexed,
-              "library_rows": index.rows}
+    report = {"added_to_library": added.added, "already_in_library": added.already_indexed, "library_rows": index.rows}
     for modality in index.modalities:
         if modality not in ("nmr13c", "nmr1h", "image", "smiles"):
             continue
@@ -190,11 +206,15 @@ def identify(index, model_dir: Path, added, limit: int) -> dict:
 
                 filters = [CandidateFilter(formula=meta["formula"].iloc[t]) for t in truth]
             _, ids = index.search_vectors(modality, vectors, k=100, filters=filters, exact=True)
-            ranks = np.array([int(np.flatnonzero(r == t)[0]) + 1 if (r == t).any() else 101
-                              for r, t in zip(ids, truth)])
-            out[name] = {"top1": float(np.mean(ranks <= 1)), "top10": float(np.mean(ranks <= 10)),
-                         "top100": float(np.mean(ranks <= 100)), "median_rank": float(np.median(ranks))
-                         if np.median(ranks) <= 100 else ">100"}
+            ranks = np.array(
+                [int(np.flatnonzero(r == t)[0]) + 1 if (r == t).any() else 101 for r, t in zip(ids, truth)]
+            )
+            out[name] = {
+                "top1": float(np.mean(ranks <= 1)),
+                "top10": float(np.mean(ranks <= 10)),
+                "top100": float(np.mean(ranks <= 100)),
+                "median_rank": float(np.median(ranks)) if np.median(ranks) <= 100 else ">100",
+            }
             if with_formula:
                 sizes = meta["formula"].value_counts()
                 out[name]["median_candidates"] = float(np.median([sizes[meta["formula"].iloc[t]] for t in truth]))
@@ -209,10 +229,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, help="first N MOSES rows (default: all 1.58 M)")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--identify", action="store_true")
-    parser.add_argument("--no-build", action="store_true",
-                        help="measure the index as it is (e.g. a copy of a build still running): no library "
-                             "chunks are embedded, the FAISS step runs over the committed shards, the build rate "
-                             "comes from their recorded timings")
+    parser.add_argument(
+        "--no-build",
+        action="store_true",
+        help="measure the index as it is (e.g. a copy of a build still running): no library "
+        "chunks are embedded, the FAISS step runs over the committed shards, the build rate "
+        "comes from their recorded timings",
+    )
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="index.* overrides")
     parser.add_argument("--rss-probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--modality", help=argparse.SUPPRESS)
@@ -248,10 +271,16 @@ def main(argv: list[str] | None = None) -> dict:
     complete = index.manifest.libraries[key]["complete"]
     shards = [s for s in index.manifest.shards if s.library == key]
     built_rows, built_s = sum(s.rows for s in shards), sum(s.seconds for s in shards)
-    build = {"rows": built_rows, "seconds": built_s, "molecules_per_s": built_rows / max(built_s, 1e-9),
-             "cores": cores, "molecules_per_s_per_core": built_rows / max(built_s, 1e-9) / cores,
-             "ann_build_s": result.timings.get("ann_s"), "library_complete": complete,
-             "quarantined": sum(s.quarantined for s in shards)}
+    build = {
+        "rows": built_rows,
+        "seconds": built_s,
+        "molecules_per_s": built_rows / max(built_s, 1e-9),
+        "cores": cores,
+        "molecules_per_s_per_core": built_rows / max(built_s, 1e-9) / cores,
+        "ann_build_s": result.timings.get("ann_s"),
+        "library_complete": complete,
+        "quarantined": sum(s.quarantined for s in shards),
+    }
     print(f"build: {json.dumps(build)}", flush=True)
 
     modality = _query_modality(index)
@@ -269,16 +298,24 @@ def main(argv: list[str] | None = None) -> dict:
         report["identification"] = identify(index, model_dir, added, args.queries)
         print(f"identification: {json.dumps(report['identification'])}", flush=True)
     (workdir / "report.json").write_text(json.dumps(report, indent=2))
-    print(f"build: {build['molecules_per_s']:.0f} molecules/s on {cores} cores "
-          f"({build['molecules_per_s_per_core']:.0f} per core), {built_rows} rows")
-    print(f"index: {results['rows']} rows, {results['kind']}, {results['index_size_mib']:.0f} MiB on disk; "
-          f"peak RSS searching {results['peak_rss_searching_mib']} MiB")
+    print(
+        f"build: {build['molecules_per_s']:.0f} molecules/s on {cores} cores "
+        f"({build['molecules_per_s_per_core']:.0f} per core), {built_rows} rows"
+    )
+    print(
+        f"index: {results['rows']} rows, {results['kind']}, {results['index_size_mib']:.0f} MiB on disk; "
+        f"peak RSS searching {results['peak_rss_searching_mib']} MiB"
+    )
     if "ann" in results:
         ann = results["ann"]
-        print(f"ANN nprobe {results['nprobe']}: p50 {ann['p50_ms']:.2f} ms, p99 {ann['p99_ms']:.2f} ms, "
-              f"recall@10 vs exact {ann['recall@10']:.4f}")
-    print(f"exact: p50 {results['exact']['p50_ms']:.2f} ms, p99 {results['exact']['p99_ms']:.2f} ms; formula-filtered "
-          f"p50 {results['formula_filtered']['p50_ms']:.2f} ms")
+        print(
+            f"ANN nprobe {results['nprobe']}: p50 {ann['p50_ms']:.2f} ms, p99 {ann['p99_ms']:.2f} ms, "
+            f"recall@10 vs exact {ann['recall@10']:.4f}"
+        )
+    print(
+        f"exact: p50 {results['exact']['p50_ms']:.2f} ms, p99 {results['exact']['p99_ms']:.2f} ms; formula-filtered "
+        f"p50 {results['formula_filtered']['p50_ms']:.2f} ms"
+    )
     print(f"report: {workdir / 'report.json'}")
     ann_p50 = results.get("ann", results["exact"])["p50_ms"]
     print(f"ratio: {results['exact']['p50_ms'] / ann_p50:.2f}")

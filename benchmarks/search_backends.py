@@ -80,8 +80,7 @@ def bench_faiss(xb, xq, groups, truth, group_truth, workdir: Path, k: int) -> di
     selector = faiss.IDSelectorBatch(ids)
     params = faiss.SearchParametersIVF(nprobe=nlist, sel=selector)  # every list: exact within the group
     found, p50, _ = _latency(lambda v: index.search(v[None], k, params=params)[1][0], xq[:50])
-    result["filtered"] = {"p50_ms": p50, "recall@10": _recall(found, group_truth[:50]),
-                          "group_rows": int(len(ids))}
+    result["filtered"] = {"p50_ms": p50, "recall@10": _recall(found, group_truth[:50]), "group_rows": int(len(ids))}
     return result
 
 
@@ -90,29 +89,55 @@ def bench_lance(xb, xq, groups, truth, group_truth, workdir: Path, k: int) -> di
     import pyarrow as pa
 
     n, d = xb.shape
-    table = pa.table({"id": pa.array(np.arange(n)), "group": pa.array(groups),
-                      "vector": pa.FixedSizeListArray.from_arrays(pa.array(xb.reshape(-1)), d)})
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(n)),
+            "group": pa.array(groups),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(xb.reshape(-1)), d),
+        }
+    )
     uri = str(workdir / "lance")
     t = time.perf_counter()
     ds = lance.write_dataset(table, uri)
-    ds.create_index("vector", index_type="IVF_PQ", metric="dot", num_partitions=int(4 * np.sqrt(n)),
-                    num_sub_vectors=d // 8)
+    ds.create_index(
+        "vector", index_type="IVF_PQ", metric="dot", num_partitions=int(4 * np.sqrt(n)), num_sub_vectors=d // 8
+    )
     build = time.perf_counter() - t
     result = {"build_s": build, "size_mib": _size(workdir / "lance")}
     for nprobes, refine in ((16, 10), (32, 20), (64, 40)):
+
         def query(v, nprobes=nprobes, refine=refine):
-            return ds.to_table(columns=["id"], nearest={"column": "vector", "q": v, "k": k,
-                                                        "nprobes": nprobes, "refine_factor": refine},
-                               disable_scoring_autoprojection=True).column("id").to_numpy()
+            return (
+                ds.to_table(
+                    columns=["id"],
+                    nearest={"column": "vector", "q": v, "k": k, "nprobes": nprobes, "refine_factor": refine},
+                    disable_scoring_autoprojection=True,
+                )
+                .column("id")
+                .to_numpy()
+            )
+
         found, p50, p99 = _latency(query, xq)
-        result[f"nprobes={nprobes},refine={refine}"] = {"p50_ms": p50, "p99_ms": p99,
-                                                        "recall@10": _recall(found, truth)}
+        result[f"nprobes={nprobes},refine={refine}"] = {
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "recall@10": _recall(found, truth),
+        }
     target = int(groups[0])
 
     def filtered(v):
-        return ds.to_table(columns=["id"], filter=f"group = {target}", prefilter=True,
-                           nearest={"column": "vector", "q": v, "k": k, "use_index": False},
-                           disable_scoring_autoprojection=True).column("id").to_numpy()
+        return (
+            ds.to_table(
+                columns=["id"],
+                filter=f"group = {target}",
+                prefilter=True,
+                nearest={"column": "vector", "q": v, "k": k, "use_index": False},
+                disable_scoring_autoprojection=True,
+            )
+            .column("id")
+            .to_numpy()
+        )
+
     found, p50, _ = _latency(filtered, xq[:50])
     result["filtered"] = {"p50_ms": p50, "recall@10": _recall(found, group_truth[:50])}
     return result

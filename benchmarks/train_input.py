@@ -56,16 +56,18 @@ def real_rows(n: int, dim: int) -> tuple[list[MolGraph], pa.Table]:
     vectors = np.stack([gen.GetCountFingerprintAsNumPy(Chem.MolFromSmiles(g.smiles)) for g in graphs])
     vectors = np.log1p(np.asarray(vectors, dtype=np.float32))
     table = pa.Table.from_pylist([g.to_row() for g in graphs], schema=row_arrow_schema())
-    table = table.append_column(emb_column(MODALITY), pa.FixedSizeListArray.from_arrays(
-        pa.array(vectors.reshape(-1)), dim)).append_column(mask_column(MODALITY), pa.array(np.ones(len(graphs), bool)))
+    table = table.append_column(
+        emb_column(MODALITY), pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
+    ).append_column(mask_column(MODALITY), pa.array(np.ones(len(graphs), bool)))
     return graphs, table
 
 
 def bench_collate(graphs: list[MolGraph], table: pa.Table, batch_size: int, repeats: int) -> dict[str, float]:
     """Graphs/s (CPU and wall) of both collations over the same consecutive batches."""
     data = [g.to_pyg() for g in graphs]
-    vectors = torch.from_numpy(np.array(table.column(emb_column(MODALITY)).combine_chunks().values,
-                                          dtype=np.float32).reshape(len(graphs), -1))
+    vectors = torch.from_numpy(
+        np.array(table.column(emb_column(MODALITY)).combine_chunks().values, dtype=np.float32).reshape(len(graphs), -1)
+    )
     masks = torch.ones(len(graphs), dtype=torch.bool)
     starts = list(range(0, len(graphs) - batch_size + 1, batch_size))
     slices = [table.slice(s, batch_size) for s in starts]
@@ -77,7 +79,7 @@ def bench_collate(graphs: list[MolGraph], table: pa.Table, batch_size: int, repe
     def reference() -> None:
         for s in starts:
             idx = torch.arange(s, s + batch_size)
-            Batch.from_data_list(data[s:s + batch_size])
+            Batch.from_data_list(data[s : s + batch_size])
             _ = {MODALITY: vectors[idx], f"{MODALITY}__mask": masks[idx]}
 
     # Same graphs out of both (checked once, outside the timing).
@@ -118,18 +120,33 @@ def train_once(train: str, val: str, out: Path, dim: int) -> dict[str, float]:
     from acml_ray.config import load_config
     from acml_ray.train import fit
 
-    cfg = load_config(overrides={
-        "modalities": [{"name": MODALITY}], "graph_encoder.hidden_dim": 32, "graph_encoder.num_layers": 2,
-        "projection.dims": [64], "loss.kind": "infonce", "loss.temperature": 0.07, "train.epochs": 1,
-        "train.batch_size": 256, "train.cpus_per_worker": 1, "tracking.enabled": False,
-        "train.object_store_table_mib": 0,  # both sizes stream from the files (what large tables do)
-        "eval.pool_size": 64, "output_dir": str(out)})
+    cfg = load_config(
+        overrides={
+            "modalities": [{"name": MODALITY}],
+            "graph_encoder.hidden_dim": 32,
+            "graph_encoder.num_layers": 2,
+            "projection.dims": [64],
+            "loss.kind": "infonce",
+            "loss.temperature": 0.07,
+            "train.epochs": 1,
+            "train.batch_size": 256,
+            "train.cpus_per_worker": 1,
+            "tracking.enabled": False,
+            "train.object_store_table_mib": 0,  # both sizes stream from the files (what large tables do)
+            "eval.pool_size": 64,
+            "output_dir": str(out),
+        }
+    )
     started = time.perf_counter()
     result = fit(cfg, train, val, {MODALITY: dim}, run_name=f"input-{time.strftime('%H%M%S')}")
     last = result.history[-1]
-    return {"rss_mib": last["sys/peak_rss_mib/rank0"], "private_mib": last["sys/peak_private_mib/rank0"],
-            "first_step_s": last["sys/first_step_s"],
-            "graphs_per_s": last["train/graphs_per_s"], "wall_s": time.perf_counter() - started}
+    return {
+        "rss_mib": last["sys/peak_rss_mib/rank0"],
+        "private_mib": last["sys/peak_private_mib/rank0"],
+        "first_step_s": last["sys/first_step_s"],
+        "graphs_per_s": last["train/graphs_per_s"],
+        "wall_s": time.perf_counter() - started,
+    }
 
 
 def main() -> int:
@@ -148,9 +165,12 @@ def main() -> int:
         r = bench_collate(graphs, table, batch_size, args.repeats)
         ratio = r["ours_cpu"] / r["reference_cpu"]
         ratios.append(ratio)
-        print(f"collate batch {batch_size}: columnar {r['ours_cpu']:.0f} graphs/s, Batch.from_data_list "
-              f"{r['reference_cpu']:.0f} graphs/s (CPU time): {ratio:.2f}x; wall {r['ours_wall']:.0f} vs "
-              f"{r['reference_wall']:.0f}: {r['ours_wall'] / r['reference_wall']:.2f}x", flush=True)
+        print(
+            f"collate batch {batch_size}: columnar {r['ours_cpu']:.0f} graphs/s, Batch.from_data_list "
+            f"{r['reference_cpu']:.0f} graphs/s (CPU time): {ratio:.2f}x; wall {r['ours_wall']:.0f} vs "
+            f"{r['reference_wall']:.0f}: {r['ours_wall'] / r['reference_wall']:.2f}x",
+            flush=True,
+        )
     memory_ratio = None
     if not args.skip_memory:
         from acml_ray.train import init_ray
@@ -163,15 +183,19 @@ def main() -> int:
                 train, val = write_tables(table, rows, out / "data", n_val=512)
                 runs[rows] = train_once(train, val, out, args.dim)
                 r = runs[rows]
-                print(f"{rows} training rows: worker peak RSS {r['rss_mib']:.0f} MiB (private {r['private_mib']:.0f} "
-                      f"MiB, the rest Ray object-store pages it read), first step after "
-                      f"{r['first_step_s']:.1f} s, {r['graphs_per_s']:.0f} graphs/s, fit {r['wall_s']:.0f} s",
-                      flush=True)
+                print(
+                    f"{rows} training rows: worker peak RSS {r['rss_mib']:.0f} MiB (private {r['private_mib']:.0f} "
+                    f"MiB, the rest Ray object-store pages it read), first step after "
+                    f"{r['first_step_s']:.1f} s, {r['graphs_per_s']:.0f} graphs/s, fit {r['wall_s']:.0f} s",
+                    flush=True,
+                )
             small, large = runs[args.n], runs[10 * args.n]
             memory_ratio = large["rss_mib"] / small["rss_mib"]
             print(f"private memory ratio (10N / N): {large['private_mib'] / small['private_mib']:.2f}")
-            print(f"time to first step at {10 * args.n} rows: {large['first_step_s']:.1f} s (worker start to the "
-                  f"end of step 1)")
+            print(
+                f"time to first step at {10 * args.n} rows: {large['first_step_s']:.1f} s (worker start to the "
+                f"end of step 1)"
+            )
     print(f"collate ratio: {min(ratios):.2f}")
     if memory_ratio is not None:
         print(f"memory ratio: {memory_ratio:.2f}")

@@ -56,8 +56,9 @@ def make_tables(out: Path, n: int, dim: int) -> tuple[str, str, list[MolGraph], 
     smiles = load_source("chembl_approved_drugs")["smiles"].dropna().astype(str).tolist()
     graphs = [g for g in GraphFeaturizer().featurize_batch(smiles) if isinstance(g, MolGraph)][:n]
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=dim)
-    vectors = np.log1p(np.stack([gen.GetCountFingerprintAsNumPy(Chem.MolFromSmiles(g.smiles))
-                                 for g in graphs]).astype(np.float32))
+    vectors = np.log1p(
+        np.stack([gen.GetCountFingerprintAsNumPy(Chem.MolFromSmiles(g.smiles)) for g in graphs]).astype(np.float32)
+    )
     table = build_table(graphs, {MODALITY: (vectors, np.ones(len(graphs), bool))})
     n_val = max(64, len(graphs) // 10)
     pq.write_table(table.slice(n_val), out / "train.parquet")
@@ -80,8 +81,9 @@ def plain_loop(cfg: ACMLConfig, graphs: list[MolGraph], vectors: np.ndarray, thr
     torch.manual_seed(cfg.train.seed)
     loader = DataLoader(data, batch_size=cfg.train.batch_size, shuffle=True, drop_last=cfg.train.drop_last)
     model = ACMLModel.from_config(cfg, {MODALITY: vectors.shape[1]}).to(device, dtype).train()
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.optimizer.lr,
-                                  weight_decay=cfg.optimizer.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.trainable_parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay
+    )
     rates = []
     for _ in range(cfg.train.epochs):
         seen, started = 0, time.perf_counter()
@@ -105,8 +107,12 @@ def ours(cfg: ACMLConfig, train_path: str, val_path: str, workers: int) -> float
     from acml_ray.train import fit
 
     train = cfg.train.model_copy(update={"num_workers": workers})
-    result = fit(cfg.model_copy(update={"train": train}), train_path, val_path,
-                 run_name=f"bench-{workers}w-{time.strftime('%H%M%S')}")
+    result = fit(
+        cfg.model_copy(update={"train": train}),
+        train_path,
+        val_path,
+        run_name=f"bench-{workers}w-{time.strftime('%H%M%S')}",
+    )
     rates = [h["train/graphs_per_s"] for h in result.history]
     return float(np.mean(rates[1:] or rates))
 
@@ -127,17 +133,29 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         train_path, val_path, train_graphs, train_vectors = make_tables(out, args.n, args.dim)
-        cfg = load_config(overrides={
-            "modalities": [{"name": MODALITY}], "graph_encoder.hidden_dim": args.hidden,
-            "projection.dims": [256], "loss.kind": "infonce", "loss.temperature": 0.07,
-            "train.epochs": args.epochs, "train.batch_size": args.batch, "train.use_gpu": args.gpu,
-            "train.cpus_per_worker": args.cpus_per_worker, "tracking.enabled": False,
-            "eval.pool_size": 64, "output_dir": str(out)})
+        cfg = load_config(
+            overrides={
+                "modalities": [{"name": MODALITY}],
+                "graph_encoder.hidden_dim": args.hidden,
+                "projection.dims": [256],
+                "loss.kind": "infonce",
+                "loss.temperature": 0.07,
+                "train.epochs": args.epochs,
+                "train.batch_size": args.batch,
+                "train.use_gpu": args.gpu,
+                "train.cpus_per_worker": args.cpus_per_worker,
+                "tracking.enabled": False,
+                "eval.pool_size": 64,
+                "output_dir": str(out),
+            }
+        )
         n_train = pq.read_metadata(train_path).num_rows
-        print(f"data: {n_train} training molecules, {MODALITY} dim {args.dim}; hidden {args.hidden}, "
-              f"batch {args.batch}, {args.epochs} epochs (first = warm-up), "
-              f"{'GPU bf16' if args.gpu else f'CPU fp32, {args.cpus_per_worker} thread(s) per worker'}",
-              flush=True)
+        print(
+            f"data: {n_train} training molecules, {MODALITY} dim {args.dim}; hidden {args.hidden}, "
+            f"batch {args.batch}, {args.epochs} epochs (first = warm-up), "
+            f"{'GPU bf16' if args.gpu else f'CPU fp32, {args.cpus_per_worker} thread(s) per worker'}",
+            flush=True,
+        )
         plain = plain_loop(cfg, train_graphs, train_vectors, args.cpus_per_worker)
         print(f"plain PyTorch loop over PyG DataLoader (1 process): {plain:.0f} graphs/s", flush=True)
         # One logical CPU more than the workers take, for Ray Data's read tasks.
@@ -145,8 +163,11 @@ def main() -> int:
         one = ours(cfg, train_path, val_path, 1)
         print(f"ours, 1 worker: {one:.0f} graphs/s", flush=True)
         two = ours(cfg, train_path, val_path, 2)
-        print(f"ours, 2 workers (global batch {2 * args.batch}): {two:.0f} graphs/s; "
-              f"2 workers / 1 worker: {two / one:.2f}", flush=True)
+        print(
+            f"ours, 2 workers (global batch {2 * args.batch}): {two:.0f} graphs/s; "
+            f"2 workers / 1 worker: {two / one:.2f}",
+            flush=True,
+        )
         print(f"ratio: {one / plain:.2f}")
     return 0
 

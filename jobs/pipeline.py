@@ -6,7 +6,8 @@
 The pipeline itself is `acml_ray.pipelines.pipeline.run_pipeline`; this file only parses the
 command line. Inputs, cache, checkpoints and MLflow artifacts may all be s3:// (see the config
 keys embed.input, embed.output, cache_dir, train.storage_path, tracking.artifact_location); `--out`
-(output_dir) stays a local folder: it receives the best model copy, the evaluation report and, by default, the MLflow store.
+(output_dir) stays a local folder: it receives the best model copy, the evaluation report and, by
+default, the MLflow store.
 """
 
 from __future__ import annotations

@@ -127,8 +127,9 @@ def tables(tmp_path_factory, chembl_drugs) -> dict[str, str]:
     from acml_ray.data.paired import build_table
 
     featurizer = GraphFeaturizer()
-    graphs = [g for g in featurizer.featurize_batch(chembl_drugs["smiles"].tolist()[:400])
-              if isinstance(g, MolGraph)][:N_TRAIN + N_VAL]
+    graphs = [g for g in featurizer.featurize_batch(chembl_drugs["smiles"].tolist()[:400]) if isinstance(g, MolGraph)][
+        : N_TRAIN + N_VAL
+    ]
     table = build_table(graphs, _vectors(graphs))
     out = tmp_path_factory.mktemp("tables")
     pq.write_table(table.slice(0, N_TRAIN), out / "train.parquet")
@@ -171,23 +172,48 @@ def s3_server(tmp_path_factory):
 
     # Every component listens somewhere: pin them all to free loopback ports (grpc ports would
     # otherwise default to http + 10000 and collide between parallel sessions).
-    names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-             "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")
+    names = (
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port",
+        "s3.port.grpc",
+        "admin.port",
+        "admin.port.grpc",
+    )
     ports = dict(zip(names, _free_ports(len(names))))
     access_key, secret_key, region = "acmltestkey", "acml-test-secret-0123456789", "us-east-1"
     data_dir = tmp_path_factory.mktemp("seaweedfs")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
-    args = [weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
-            "-s3.port.lance=0", *(f"-{k}={v}" for k, v in ports.items())]
+    args = [
+        weed,
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        *(f"-{k}={v}" for k, v in ports.items()),
+    ]
     log_file = open(data_dir / "weed.log", "wb")
     proc = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
 
     def s3_client(**config: Any):
-        return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access_key,
-                            aws_secret_access_key=secret_key, region_name=region,
-                            config=Config(s3={"addressing_style": "path"}, **config))
+        return boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name=region,
+            config=Config(s3={"addressing_style": "path"}, **config),
+        )
 
     probe = s3_client(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1})
     client = s3_client(retries={"max_attempts": 5, "mode": "standard"})  # the tests' own
@@ -213,10 +239,18 @@ def s3_server(tmp_path_factory):
                     raise
                 time.sleep(0.3)
         yield {
-            "endpoint": endpoint, "bucket": bucket, "access_key": access_key, "secret_key": secret_key,
-            "region": region, "client": client,
-            "env": {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
-                    "AWS_REGION": region, "AWS_ENDPOINT_URL_S3": endpoint},
+            "endpoint": endpoint,
+            "bucket": bucket,
+            "access_key": access_key,
+            "secret_key": secret_key,
+            "region": region,
+            "client": client,
+            "env": {
+                "AWS_ACCESS_KEY_ID": access_key,
+                "AWS_SECRET_ACCESS_KEY": secret_key,
+                "AWS_REGION": region,
+                "AWS_ENDPOINT_URL_S3": endpoint,
+            },
         }
     finally:
         proc.terminate()

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_layers_point_down():
     # The contract lists the layers top to bottom; a module importing from above or beside its
     # own layer fails it, naming the import chain.
-    proc = subprocess.run([str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "1 kept, 0 broken" in proc.stdout
 

@@ -108,8 +108,10 @@ _WRITER = textwrap.dedent("""
 def test_concurrent_writers_leave_a_consistent_cache(tmp_path, image, smiles) -> None:
     root = tmp_path / "cache"
     halves = [smiles[:16], smiles[8:]]  # 8 molecules written by both processes at once
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(root), str(tmp_path / f"v{i}.npy"),
-                               json.dumps(part)]) for i, part in enumerate(halves)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(root), str(tmp_path / f"v{i}.npy"), json.dumps(part)])
+        for i, part in enumerate(halves)
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0
     written = [np.load(tmp_path / f"v{i}.npy") for i in range(2)]
@@ -150,8 +152,11 @@ def test_cache_on_s3_detects_a_corrupt_object(s3_server, monkeypatch, image, smi
     root = f"s3://{s3_server['bucket']}/cache-unit"
     reference = CachedEmbedder(image, root, batch_size=6, flush_every=12).embed(smiles)
     client, bucket = s3_server["client"], s3_server["bucket"]
-    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="cache-unit/")["Contents"]
-                  if o["Key"].endswith(".parquet"))
+    keys = sorted(
+        o["Key"]
+        for o in client.list_objects_v2(Bucket=bucket, Prefix="cache-unit/")["Contents"]
+        if o["Key"].endswith(".parquet")
+    )
     assert len(keys) == 2
     client.put_object(Bucket=bucket, Key=keys[0], Body=b"PAR1 not really a parquet file")
     embedder = CachedEmbedder(image, root, batch_size=6)
@@ -188,7 +193,7 @@ def test_expiring_credentials_are_not_frozen_into_the_filesystem(s3_server, monk
     from acml_ray.storage import resolve_filesystem
 
     calls = tmp_path / "calls"
-    expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%SZ")
     script = tmp_path / "creds.py"
     script.write_text(
         f"import json, pathlib\n"

@@ -31,11 +31,11 @@ def test_config_file_problems_name_the_file(tmp_path, capsys) -> None:
 
 
 def test_overrides_and_validation_are_one_line(tmp_path, capsys) -> None:
-    assert "train is int 5, not a section" in _error(
-        capsys, ["train", "--set", "train=5", "--set", "train.epochs=3"])
+    assert "train is int 5, not a section" in _error(capsys, ["train", "--set", "train=5", "--set", "train.epochs=3"])
     assert "bad config key ''" in _error(capsys, ["train", "--set", "=5"])
     assert "--set 'train.epochs=[1': the value is not valid YAML" in _error(
-        capsys, ["train", "--set", "train.epochs=[1"])
+        capsys, ["train", "--set", "train.epochs=[1"]
+    )
     empty = tmp_path / "empty_section.yaml"
     empty.write_text("train:\n")  # an empty section still takes overrides
     from acml_ray.config import load_config
@@ -51,8 +51,13 @@ def test_reserved_alias_is_refused_before_anything_is_written(tmp_path, capsys) 
     from acml_ray.model import ACMLModel
     from acml_ray.model.serialization import save_model
 
-    cfg = ACMLConfig.model_validate({"graph_encoder": {"num_layers": 1, "hidden_dim": 8},
-                                     "projection": {"dims": [4]}, "modalities": [{"name": "image"}]})
+    cfg = ACMLConfig.model_validate(
+        {
+            "graph_encoder": {"num_layers": 1, "hidden_dim": 8},
+            "projection": {"dims": [4]},
+            "modalities": [{"name": "image"}],
+        }
+    )
     run = tmp_path / "run"
     save_model(ACMLModel.from_config(cfg, {"image": 6}), cfg, run / "model")
     for alias in ("latest", "v3"):
@@ -71,8 +76,11 @@ def test_embed_input_is_checked_on_the_driver(tmp_path) -> None:
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "README.txt").write_text("not data")
     (tmp_path / "shards" / "a.csv").write_text("smiles\nCCO\n")
-    cases = {"empty.csv": ("csv", "cannot read"), "names.csv": ("csv", "no column 'smiles'"),
-             "fake.parquet": ("parquet", "cannot read")}
+    cases = {
+        "empty.csv": ("csv", "cannot read"),
+        "names.csv": ("csv", "no column 'smiles'"),
+        "fake.parquet": ("parquet", "cannot read"),
+    }
     for name, (fmt, message) in cases.items():
         with pytest.raises(ValueError, match=message) as info:
             check_input_columns(fs, str(tmp_path / name), fmt, f"s3://bucket/{name}", ["smiles"])
@@ -90,8 +98,9 @@ def test_missing_table_is_named() -> None:
 def test_ray_task_errors_report_their_cause() -> None:
     import ray.exceptions
 
-    remote = ray.exceptions.RayTaskError("featurise", "Traceback (most recent call last): ...",
-                                         ValueError("no column 'smiles'")).as_instanceof_cause()
+    remote = ray.exceptions.RayTaskError(
+        "featurise", "Traceback (most recent call last): ...", ValueError("no column 'smiles'")
+    ).as_instanceof_cause()
     assert user_error(remote) == "no column 'smiles'"
     assert user_error(KeyError("a bug")) is None  # bugs keep their traceback
 
@@ -117,8 +126,12 @@ def test_refused_endpoint_names_the_endpoint(free_ports, monkeypatch) -> None:
 
     (port,) = free_ports(1)  # nothing listens there
     endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "k",
-                       "AWS_SECRET_ACCESS_KEY": "refused-endpoint-secret", "AWS_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "refused-endpoint-secret",
+        "AWS_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(StorageError) as info:
         check_access("s3://some-bucket/mols", write=True)
@@ -131,8 +144,10 @@ def test_refused_endpoint_names_the_endpoint(free_ports, monkeypatch) -> None:
 def test_storage_lost_is_one_line_naming_endpoint_bucket_key() -> None:
     from acml_ray.storage import storage_lost
 
-    os_error = OSError("When reading information for key 'mols/in.csv' in bucket 'data': AWS Error "
-                       "NETWORK_CONNECTION during HeadObject operation: curlCode: 7, Couldn't connect to server")
+    os_error = OSError(
+        "When reading information for key 'mols/in.csv' in bucket 'data': AWS Error "
+        "NETWORK_CONNECTION during HeadObject operation: curlCode: 7, Couldn't connect to server"
+    )
     try:
         try:
             raise os_error

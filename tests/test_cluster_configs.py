@@ -37,8 +37,12 @@ def _strings(node) -> Iterator[str]:
 def _doc_commands() -> list[str]:
     """Shell commands of the fenced bash blocks of docs/cluster.md, continuations joined."""
     blocks = re.findall(r"```bash\n(.*?)```", DOC.read_text(), flags=re.S)
-    return [line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()
-            if line.strip() and not line.strip().startswith("#")]
+    return [
+        line.strip()
+        for block in blocks
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 def _all_commands() -> list[str]:
@@ -80,8 +84,12 @@ def test_aws_launcher_config():
     types = cfg["available_node_types"]
     assert cfg["head_node_type"] in types and cfg["provider"]["type"] == "aws"
     gpu = [t for name, t in types.items() if name != cfg["head_node_type"]]
-    assert any(t["node_config"]["InstanceType"].startswith(("g5", "g6", "p4", "p5")) and t["max_workers"] > 0
-               and t["min_workers"] < t["max_workers"] for t in gpu), "an autoscaling GPU group"
+    assert any(
+        t["node_config"]["InstanceType"].startswith(("g5", "g6", "p4", "p5"))
+        and t["max_workers"] > 0
+        and t["min_workers"] < t["max_workers"]
+        for t in gpu
+    ), "an autoscaling GPU group"
     for t in types.values():  # S3 through an instance profile on every node, no keys
         assert "instance-profile/" in t["node_config"]["IamInstanceProfile"]["Arn"]
     setup = " ".join(cfg["setup_commands"])
@@ -90,13 +98,15 @@ def test_aws_launcher_config():
     assert set(cfg["file_mounts"].values()) == {"."}
     # Python >= 3.11 on every node (Ray's py311 image) on a driver + container-toolkit host AMI.
     assert "py311" in cfg["docker"]["image"] and "2.60.0" in cfg["docker"]["image"]
-    assert all(t["node_config"]["ImageId"].startswith("resolve:ssm:/aws/service/deeplearning/")
-               for t in types.values())
+    assert all(t["node_config"]["ImageId"].startswith("resolve:ssm:/aws/service/deeplearning/") for t in types.values())
 
 
 def test_docker_build_context_leaves_out_host_environments():
-    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".venv", "runs", ".git"} <= ignored
 
 
@@ -108,7 +118,9 @@ def test_kuberay_manifest():
     workers = cluster["spec"]["workerGroupSpecs"]
     assert cluster["spec"]["enableInTreeAutoscaling"] and any(
         w["maxReplicas"] > w["minReplicas"]
-        and "nvidia.com/gpu" in w["template"]["spec"]["containers"][0]["resources"]["limits"] for w in workers)
+        and "nvidia.com/gpu" in w["template"]["spec"]["containers"][0]["resources"]["limits"]
+        for w in workers
+    )
     account = docs["ServiceAccount"]["metadata"]["name"]
     assert cluster["spec"]["headGroupSpec"]["template"]["spec"]["serviceAccountName"] == account
     assert "jobs/pipeline.py" in job["spec"]["entrypoint"]
@@ -117,8 +129,17 @@ def test_kuberay_manifest():
 
 def test_runtime_env_keys():
     env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
-    assert set(env) <= {"working_dir", "excludes", "env_vars", "py_modules", "pip", "conda", "uv",
-                        "py_executable", "config"}
+    assert set(env) <= {
+        "working_dir",
+        "excludes",
+        "env_vars",
+        "py_modules",
+        "pip",
+        "conda",
+        "uv",
+        "py_executable",
+        "config",
+    }
     assert {".venv/", "runs/"} <= set(env["excludes"])
     assert all(isinstance(v, str) for v in env["env_vars"].values())  # Ray rejects non-strings
     # No credential may be shipped in a runtime env.
@@ -154,7 +175,12 @@ def test_referenced_entrypoints_subcommands_and_config_keys_exist():
 
 def test_pipeline_config_is_all_object_storage():
     cfg = load_config(CLUSTER / "pipeline.yaml")
-    for location in (cfg.embed.input, cfg.embed.output, cfg.cache_dir, cfg.train.storage_path,
-                     cfg.tracking.artifact_location):
+    for location in (
+        cfg.embed.input,
+        cfg.embed.output,
+        cfg.cache_dir,
+        cfg.train.storage_path,
+        cfg.tracking.artifact_location,
+    ):
         assert location and location.startswith("s3://"), location
     assert cfg.train.use_gpu and cfg.embed.num_gpus_per_actor > 0

@@ -34,12 +34,15 @@ def test_unknown_key_is_an_error(tmp_path) -> None:
         load_config(path)
 
 
-@pytest.mark.parametrize("text, match", [
-    ("loss:\n  kind: hinge\n", "kind"),
-    ("projection:\n  dims: []\n", "dims"),
-    ("modalities:\n  - name: image\n  - name: image\n", "twice"),
-    ("- a\n- b\n", "mapping"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("loss:\n  kind: hinge\n", "kind"),
+        ("projection:\n  dims: []\n", "dims"),
+        ("modalities:\n  - name: image\n  - name: image\n", "twice"),
+        ("- a\n- b\n", "mapping"),
+    ],
+)
 def test_invalid_values_are_rejected(tmp_path, text: str, match: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(text)

@@ -78,22 +78,34 @@ def test_simulated_spectra_are_plausible_compact_and_outside_the_evaluation_sets
 
 def test_wheel_carries_the_sets_and_configs(tmp_path):
     """A wheel install (not a checkout) still finds every shipped set and the packaged configs."""
+    import shutil
     import subprocess
     import sys
     import zipfile
 
-    import shutil
-
     # Build from a copy: setuptools writes build/ and *.egg-info next to the sources it builds.
     repo, src = Path(__file__).parents[1], tmp_path / "src"
-    shutil.copytree(repo / "acml_ray", src / "acml_ray",
-                    ignore=shutil.ignore_patterns("__pycache__", ".nmr_partial.json"))
+    shutil.copytree(
+        repo / "acml_ray", src / "acml_ray", ignore=shutil.ignore_patterns("__pycache__", ".nmr_partial.json")
+    )
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(repo / name, src / name)
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
-         "-q", "-w", str(tmp_path / "dist")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(src),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("acml_ray-*.whl")
@@ -114,6 +126,12 @@ def test_wheel_carries_the_sets_and_configs(tmp_path):
     )
     # Run from an empty folder with only the unpacked wheel on the path, so the checkout's
     # files cannot stand in for missing package data.
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -9,9 +9,12 @@ import pytest
 from acml_ray.cli.main import main
 
 SMALL = [
-    "--set", "train.epochs=4",
-    "--set", "data.sources=[{name: chembl_approved_drugs, limit: 400, seed: 1}]",
-    "--set", "eval.pool_repeats=5",
+    "--set",
+    "train.epochs=4",
+    "--set",
+    "data.sources=[{name: chembl_approved_drugs, limit: 400, seed: 1}]",
+    "--set",
+    "eval.pool_repeats=5",
     "--quiet",
 ]
 

@@ -34,8 +34,7 @@ IMAGE = [{"name": "image", "options": {"image_size": 32}}]  # small depictions: 
 def molecules(chembl_drugs) -> pd.DataFrame:
     """20 real drugs (some over the 50 heavy-atom limit), two repeats and two bad inputs."""
     drugs = chembl_drugs[["smiles"]].sample(20, random_state=7)
-    frame = pd.concat([drugs, drugs.iloc[:2], pd.DataFrame({"smiles": ["not a smiles", "C"]})],
-                      ignore_index=True)
+    frame = pd.concat([drugs, drugs.iloc[:2], pd.DataFrame({"smiles": ["not a smiles", "C"]})], ignore_index=True)
     frame["id"] = [f"mol-{i}" for i in range(len(frame))]
     return frame
 
@@ -74,8 +73,14 @@ def test_blocks_featurise_dedupe_embed_and_summarise(tmp_path, molecules) -> Non
 def test_prepare_uses_the_blocks_and_the_cache(tmp_path) -> None:
     from acml_ray.pipelines.prepare import prepare
 
-    cfg = load_config(None, {"output_dir": str(tmp_path), "modalities": IMAGE,
-                             "data.sources": [{"name": "chembl_approved_drugs", "limit": 30, "seed": 2}]})
+    cfg = load_config(
+        None,
+        {
+            "output_dir": str(tmp_path),
+            "modalities": IMAGE,
+            "data.sources": [{"name": "chembl_approved_drugs", "limit": 30, "seed": 2}],
+        },
+    )
     first = prepare(cfg, progress=False)
     assert first.counts["quarantined"] == first.counts["input"] - first.counts["usable"]
     assert first.embed_reports["image"]["encoded"] == first.counts["usable"]
@@ -106,10 +111,26 @@ def test_validation_mask_is_a_stable_seeded_partition(chembl_drugs) -> None:
 
 
 def _embed_args(input_uri: str, output_uri: str, cache_uri: str, out_dir: str) -> list[str]:
-    return ["embed", "--input", input_uri, "--output", output_uri, "--out", out_dir, "--quiet",
-            "--set", f"cache_dir={cache_uri}", "--set", f"modalities={json.dumps(IMAGE)}",
-            "--set", "embed.id_column=id", "--set", "embed.num_cpus_per_actor=0.5",
-            "--set", "embed.actor_batch_size=8"]
+    return [
+        "embed",
+        "--input",
+        input_uri,
+        "--output",
+        output_uri,
+        "--out",
+        out_dir,
+        "--quiet",
+        "--set",
+        f"cache_dir={cache_uri}",
+        "--set",
+        f"modalities={json.dumps(IMAGE)}",
+        "--set",
+        "embed.id_column=id",
+        "--set",
+        "embed.num_cpus_per_actor=0.5",
+        "--set",
+        "embed.actor_batch_size=8",
+    ]
 
 
 def _read(location: str) -> pa.Table:
@@ -167,8 +188,7 @@ def test_embed_pipeline_local_rerun_and_growth(tmp_path, molecules, ray_local, c
 def test_embed_pipeline_on_s3(tmp_path, molecules, ray_local, s3_env, monkeypatch, capsys) -> None:
     s3_server = s3_env
     bucket, client = s3_server["bucket"], s3_server["client"]
-    client.put_object(Bucket=bucket, Key="pipeline/in/molecules.csv",
-                      Body=molecules.to_csv(index=False).encode())
+    client.put_object(Bucket=bucket, Key="pipeline/in/molecules.csv", Body=molecules.to_csv(index=False).encode())
     root = f"s3://{bucket}/pipeline"
     args = _embed_args(f"{root}/in", f"{root}/out", f"{root}/cache", str(tmp_path))
     assert main(args) == 0
@@ -196,8 +216,10 @@ def test_embed_pipeline_on_s3(tmp_path, molecules, ray_local, s3_env, monkeypatc
 # -- hostile input (issue 12) ---------------------------------------------------------------
 RING = "C1" + "C" * 99996 + "C1"  # sanitising it segfaults RDKit under a memory limit
 # Loosened guard, so that the ring reaches RDKit: the sandbox, not the guard, must save the job.
-LOOSE = {"featurizer": {"max_smiles_chars": 10**6, "max_heavy_atoms": 10**6},
-         "embed": {"isolation": {"memory_mb": 1024, "retries": 1}}}
+LOOSE = {
+    "featurizer": {"max_smiles_chars": 10**6, "max_heavy_atoms": 10**6},
+    "embed": {"isolation": {"memory_mb": 1024, "retries": 1}},
+}
 
 
 def test_csv_rows_in_other_encodings_cost_only_themselves(tmp_path, chembl_drugs) -> None:
@@ -209,8 +231,13 @@ def test_csv_rows_in_other_encodings_cost_only_themselves(tmp_path, chembl_drugs
 
     good = chembl_drugs["smiles"].dropna().head(40).tolist()
     lines = [b"id,smiles,note"] + [f"g{i},{s},ok".encode() for i, s in enumerate(good)]
-    lines += [b"l1,C\xe9C,latin-1", b"l2,CC\xf6N,latin-1", b"l3,\xc9CO,latin-1",
-              b'n1,"C\x00CO",nul', b'q1,CCO,"a note\nover two lines"']
+    lines += [
+        b"l1,C\xe9C,latin-1",
+        b"l2,CC\xf6N,latin-1",
+        b"l3,\xc9CO,latin-1",
+        b'n1,"C\x00CO",nul',
+        b'q1,CCO,"a note\nover two lines"',
+    ]
     path = tmp_path / "odd.csv"
     path.write_bytes(b"\n".join(lines) + b"\n")
     fs = pafs.LocalFileSystem()
@@ -238,8 +265,7 @@ def test_sandboxed_featurisation_quarantines_a_segfault(chembl_drugs) -> None:
     good = chembl_drugs["smiles"].dropna().head(7).tolist()
     table = pa.table({"smiles": good[:3] + [RING] + good[3:], "id": [f"m{i}" for i in range(8)]})
     featurizer = GraphFeaturizer(FeaturizerConfig(**LOOSE["featurizer"]))
-    out = featurise_table(table, featurizer, id_column="id",
-                          isolation=IsolationConfig(memory_mb=1024, retries=0))
+    out = featurise_table(table, featurizer, id_column="id", isolation=IsolationConfig(memory_mb=1024, retries=0))
     reasons = out.column("reason").to_pylist()
     assert reasons[3].startswith("worker crashed: SIG"), reasons[3]
     plain = featurise_table(table.filter(pa.array([i != 3 for i in range(8)])), GraphFeaturizer(), id_column="id")
@@ -257,11 +283,30 @@ def test_embed_survives_a_crashing_row_and_hostile_csv(tmp_path, chembl_drugs, r
     data = tmp_path / "in.csv"
     data.write_bytes(b"\n".join(lines) + b"\n")
     out = tmp_path / "out"
-    args = ["embed", "--input", str(data), "--output", str(out), "--out", str(tmp_path), "--quiet",
-            "--set", f"cache_dir={tmp_path / 'cache'}", "--set", 'modalities=[{"name": "ecfp"}]',
-            "--set", "embed.id_column=id", "--set", "embed.featurize_batch_size=8",
-            "--set", "embed.num_cpus_per_actor=0.5", "--set", f"featurizer={json.dumps(LOOSE['featurizer'])}",
-            "--set", "embed.isolation.memory_mb=1024"]
+    args = [
+        "embed",
+        "--input",
+        str(data),
+        "--output",
+        str(out),
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--set",
+        f"cache_dir={tmp_path / 'cache'}",
+        "--set",
+        'modalities=[{"name": "ecfp"}]',
+        "--set",
+        "embed.id_column=id",
+        "--set",
+        "embed.featurize_batch_size=8",
+        "--set",
+        "embed.num_cpus_per_actor=0.5",
+        "--set",
+        f"featurizer={json.dumps(LOOSE['featurizer'])}",
+        "--set",
+        "embed.isolation.memory_mb=1024",
+    ]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
@@ -270,9 +315,13 @@ def test_embed_survives_a_crashing_row_and_hostile_csv(tmp_path, chembl_drugs, r
     assert reasons["latin"].startswith("invalid text encoding")
     assert reasons["nul"].startswith("invalid text encoding")
     accepted = set(_read(str(out / "train")).column("mol_id").to_pylist()) | set(
-        _read(str(out / "val")).column("mol_id").to_pylist())
+        _read(str(out / "val")).column("mol_id").to_pylist()
+    )
     assert accepted.isdisjoint(reasons) and accepted | set(reasons) == {f"g{i}" for i in range(20)} | {
-        "crash", "latin", "nul"}
+        "crash",
+        "latin",
+        "nul",
+    }
     assert report["counts"]["input"] == 23 and report["quarantined_by_reason"]["worker crashed"] == 1
     assert report["reports"]["ecfp"]["cache_shards_corrupt"] == 0
 
@@ -346,9 +395,22 @@ def test_storage_lost_mid_run_is_one_line(tmp_path, molecules, ray_local, s3_env
 
     monkeypatch.setattr(embed_module, "_say", say_then_cut)
     root = f"s3://{bucket}/lost"
-    args = ["embed", "--input", f"{root}/in", "--output", f"{root}/out", "--out", str(tmp_path), "--quiet",
-            "--set", f"cache_dir={tmp_path / 'cache'}", "--set", 'modalities=[{"name": "ecfp"}]',
-            "--set", "embed.num_cpus_per_actor=0.5"]
+    args = [
+        "embed",
+        "--input",
+        f"{root}/in",
+        "--output",
+        f"{root}/out",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--set",
+        f"cache_dir={tmp_path / 'cache'}",
+        "--set",
+        'modalities=[{"name": "ecfp"}]',
+        "--set",
+        "embed.num_cpus_per_actor=0.5",
+    ]
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
@@ -391,8 +453,7 @@ def test_three_latin1_rows_after_4999_good_ones_cost_three_rows(tmp_path) -> Non
     good = [line.split("\t")[0] for line in nci]  # NCI's first 4,999 compounds, in the RDKit wheel
     assert len(good) == 4999
     path = tmp_path / "mixed.csv"
-    path.write_bytes(b"smiles\n" + b"".join(s.encode() + b"\n" for s in good)
-                     + b"C\xe9C\nCC\xf6N\n\xc9CO\n")
+    path.write_bytes(b"smiles\n" + b"".join(s.encode() + b"\n" for s in good) + b"C\xe9C\nCC\xf6N\n\xc9CO\n")
     table = pacsv.read_csv(path, **csv_read_options(["smiles"], ["smiles"]))
     bad: dict[int, str] = {}
     decoded = decode_text(table.column("smiles").to_pylist(), "smiles", bad)

@@ -18,13 +18,17 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     """What a new shell on a new machine has: no RAY_*, MLFLOW_*, AWS_*, HF_* or GLOO_* settings."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    return {"PATH": str(Path(sys.executable).parent) + os.pathsep + "/usr/bin:/bin", "HOME": str(home),
-            "LANG": "C.UTF-8", "TMPDIR": os.environ.get("TMPDIR", "/tmp")}
+    return {
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + "/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
+    }
 
 
 def readme_python_example() -> str:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Python API"):]
+    section = text[text.index("## Python API") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -33,28 +37,43 @@ SCRIPTS = sorted(str(p.relative_to(ROOT)) for folder in ("jobs", "benchmarks") f
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_job_and_benchmark_scripts_start_in_a_clean_environment(script, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=tmp_path,
-                          env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), "--help"],
+        cwd=tmp_path,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "usage:" in proc.stdout
 
 
 def test_cli_starts_in_a_clean_environment(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "acml_ray.cli.main", "--help"], cwd=tmp_path,
-                          env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "acml_ray.cli.main", "--help"],
+        cwd=tmp_path,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for command in ("embed", "train", "evaluate", "register", "tune", "demo"):
         assert command in proc.stdout
 
 
 def test_public_api_names_resolve_lazily_and_are_documented(tmp_path):
-    code = ("import sys, acml_ray as a\n"
-            "assert 'ray' not in sys.modules and 'torch' not in sys.modules, 'import acml_ray stays cheap'\n"
-            "missing = [n for n in a.__all__ if n != '__version__' and not (getattr(a, n).__doc__ or '').strip()]\n"
-            "assert not missing, missing\n"
-            "print(len(a.__all__))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean_env(tmp_path),
-                          capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys, acml_ray as a\n"
+        "assert 'ray' not in sys.modules and 'torch' not in sys.modules, 'import acml_ray stays cheap'\n"
+        "missing = [n for n in a.__all__ if n != '__version__' and not (getattr(a, n).__doc__ or '').strip()]\n"
+        "assert not missing, missing\n"
+        "print(len(a.__all__))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=clean_env(tmp_path), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert int(proc.stdout.split()[-1]) >= 15
 
@@ -64,18 +83,31 @@ def test_init_ray_in_a_fresh_process(tmp_path):
     # Regression: the environment defaults used to set RAY_AUTH_MODE after Ray was imported, so
     # the driver and the GCS it started disagreed about token auth (AuthenticationError).
     for first in ("", "import ray\n"):  # whether or not the user imported Ray first
-        code = first + ("import acml_ray as a, ray\na.init_ray(num_cpus=1)\n"
-                        "assert ray.get(ray.put(41)) + 1 == 42\nray.shutdown()\nprint('ok')\n")
-        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean_env(tmp_path),
-                              capture_output=True, text=True, timeout=600)
+        code = first + (
+            "import acml_ray as a, ray\na.init_ray(num_cpus=1)\n"
+            "assert ray.get(ray.put(41)) + 1 == 42\nray.shutdown()\nprint('ok')\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            env=clean_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
 @pytest.mark.slow
 def test_readme_python_example_runs_in_a_clean_environment(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", readme_python_example()], cwd=tmp_path,
-                          env=clean_env(tmp_path),
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", readme_python_example()],
+        cwd=tmp_path,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[-1] == "models:/my-encoder@champion"

@@ -85,8 +85,9 @@ def test_chunked_ranks_equal_brute_force():
 def test_retrieval_report_keys_kept():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, 16)).astype(np.float32)
-    rep = retrieval_report("image", x, x + 0.01 * rng.normal(size=x.shape), [1, 2, 3, 5, 10, 20],
-                           pool_size=128, repeats=2)
+    rep = retrieval_report(
+        "image", x, x + 0.01 * rng.normal(size=x.shape), [1, 2, 3, 5, 10, 20], pool_size=128, repeats=2
+    )
     assert set(rep) == {"image->graph", "graph->image"}
     block = rep["image->graph"]["pool_128"]
     assert {"top1", "top20", "random", "n_pool", "mean_rank", "mrr"} <= set(block)
@@ -145,15 +146,22 @@ def test_masked_loss_ignores_missing_labels():
     y = torch.tensor([[1.0, float("nan")], [0.0, float("nan")]])
     full = nn.functional.binary_cross_entropy_with_logits(out[:, 0], y[:, 0])
     assert _masked_loss("classification", out, y).item() == pytest.approx(full.item())
-    assert _masked_loss("regression", out, torch.tensor([[1.0, float("nan")], [2.0, 0.0]])).item() == \
-        pytest.approx((1 + 0 + 9) / 3)
+    assert _masked_loss("regression", out, torch.tensor([[1.0, float("nan")], [2.0, 0.0]])).item() == pytest.approx(
+        (1 + 0 + 9) / 3
+    )
 
 
 def test_scaffold_split_deepchem_order_by_hand():
-    smiles = ["c1ccccc1C", "c1ccccc1O", "c1ccccc1N", "c1ccccc1CC",  # 4 x benzene
-              "C1CCCCC1C", "C1CCCCC1O",  # 2 x cyclohexane
-              "c1ccncc1C",  # pyridine
-              "CCCO"]  # acyclic: scaffold ""
+    smiles = [
+        "c1ccccc1C",
+        "c1ccccc1O",
+        "c1ccccc1N",
+        "c1ccccc1CC",  # 4 x benzene
+        "C1CCCCC1C",
+        "C1CCCCC1O",  # 2 x cyclohexane
+        "c1ccncc1C",  # pyridine
+        "CCCO",
+    ]  # acyclic: scaffold ""
     train, valid, test, scaffolds = scaffold_split(smiles, (0.5, 0.25, 0.25))
     assert scaffolds[0] == "c1ccccc1" and scaffolds[7] == ""
     assert train.tolist() == [0, 1, 2, 3] and valid.tolist() == [4, 5] and test.tolist() == [6, 7]
@@ -172,8 +180,9 @@ def test_scaffold_split_deterministic_and_disjoint(chembl_drugs):
 
 def test_load_task_moleculenet_and_tdc_files(tmp_path):
     mn = tmp_path / "tox.csv"
-    pd.DataFrame({"mol_id": [1, 2, 3], "smiles": ["CCO", "CCN", "c1ccccc1"], "NR-AR": [1, 0, None],
-                  "SR-MMP": [None, 1, 0]}).to_csv(mn, index=False)
+    pd.DataFrame(
+        {"mol_id": [1, 2, 3], "smiles": ["CCO", "CCN", "c1ccccc1"], "NR-AR": [1, 0, None], "SR-MMP": [None, 1, 0]}
+    ).to_csv(mn, index=False)
     [task] = load_tasks(TaskConfig(name="tox", path=str(mn)))
     assert task.task_names == ["NR-AR", "SR-MMP"] and task.kind == "classification"
     assert np.isnan(task.labels[2, 0]) and task.labels[1, 1] == 1
@@ -190,11 +199,12 @@ def test_pearson_spearman_on_constructed_data():
     x = np.arange(1.0, 6.0)
     assert correlations(x, 2 * x + 1) == pytest.approx({"pearson": 1.0, "spearman": 1.0})
     assert correlations(x, -x)["spearman"] == pytest.approx(-1.0)
-    cubic = correlations(x, x ** 3)
+    cubic = correlations(x, x**3)
     assert cubic["spearman"] == pytest.approx(1.0) and cubic["pearson"] < 0.99
     assert math.isnan(correlations(x, np.ones(5))["pearson"])
-    assert correlations(np.array([1.0, 2.0, np.nan, 4.0]), np.array([2.0, 4.0, 5.0, 8.0]))["pearson"] == \
-        pytest.approx(1.0)
+    assert correlations(np.array([1.0, 2.0, np.nan, 4.0]), np.array([2.0, 4.0, 5.0, 8.0]))["pearson"] == pytest.approx(
+        1.0
+    )
 
 
 def test_interpret_readout_recovers_encoded_descriptor(chembl_drugs):
@@ -246,10 +256,15 @@ def tiny_run(tmp_path_factory, chembl_drugs) -> Path:
     """A run folder like `acml demo` writes (model/model.pt, data/{train,val}.parquet, cache/),
     from 40 optimiser steps of a tiny GIN on 120 real molecules."""
     run = tmp_path_factory.mktemp("run")
-    cfg = ACMLConfig.model_validate({
-        "graph_encoder": {"num_layers": 2, "hidden_dim": 16}, "projection": {"dims": [32]},
-        "loss": {"kind": "infonce", "temperature": 0.1}, "modalities": [{"name": "test_fp"}],
-        "output_dir": str(run)})
+    cfg = ACMLConfig.model_validate(
+        {
+            "graph_encoder": {"num_layers": 2, "hidden_dim": 16},
+            "projection": {"dims": [32]},
+            "loss": {"kind": "infonce", "temperature": 0.1},
+            "modalities": [{"name": "test_fp"}],
+            "output_dir": str(run),
+        }
+    )
     smiles = chembl_drugs["smiles"].dropna().sample(140, random_state=0).tolist()
     graphs = [g for g in GraphFeaturizer(cfg.featurizer).featurize_batch(smiles) if isinstance(g, MolGraph)][:120]
     result = CachedEmbedder(_FingerprintModality(), cfg.resolved_cache_dir()).embed([g.smiles for g in graphs])
@@ -287,8 +302,7 @@ def test_resolve_model_from_a_train_runs_best_folder(tiny_run, tmp_path):
 
     model, cfg, _ = load_model(tiny_run / "model")
     best = tmp_path / "ray_results" / "train-x" / "best"
-    save_best(model, cfg, str(best), {"epoch": 3, "step": 9, "metric": "val/score", "score": 0.5,
-                                      "metrics": {}}, [])
+    save_best(model, cfg, str(best), {"epoch": 3, "step": 9, "metric": "val/score", "score": 0.5, "metrics": {}}, [])
     resolved, run = resolve_model(str(best), tmp_path / "work")
     assert run is None and load_model(resolved)[2]["epoch"] == 3
     copy = tmp_path / "copy"
@@ -300,21 +314,38 @@ def test_cli_evaluate_end_to_end(tiny_run, tmp_path, chembl_drugs):
     task_csv = tmp_path / "toy_tox.csv"
     sample = chembl_drugs["smiles"].dropna().sample(80, random_state=1).tolist()
     logp = [Chem.Crippen.MolLogP(Chem.MolFromSmiles(s)) for s in sample]
-    pd.DataFrame({"smiles": sample, "lipophilic": [float(v > 2) for v in logp],
-                  "sparse": [float(v > 3) if i % 3 else None for i, v in enumerate(logp)]}
-                 ).to_csv(task_csv, index=False)
+    pd.DataFrame(
+        {
+            "smiles": sample,
+            "lipophilic": [float(v > 2) for v in logp],
+            "sparse": [float(v > 3) if i % 3 else None for i, v in enumerate(logp)],
+        }
+    ).to_csv(task_csv, index=False)
     out = tmp_path / "eval"
-    sets = ["eval.pool_size=16", "eval.pool_repeats=2", "eval.isomers.constitutional_groups=3",
-            "eval.isomers.stereo_molecules=3", "eval.isomers.max_set_size=3", "eval.interpret.cv_folds=3",
-            "eval.downstream.epochs=2", "eval.downstream.rf_trees=10", "eval.downstream.batch_size=32",
-            "eval.downstream.workers=1"]  # parallel fits: test_parallel_fits_*
+    sets = [
+        "eval.pool_size=16",
+        "eval.pool_repeats=2",
+        "eval.isomers.constitutional_groups=3",
+        "eval.isomers.stereo_molecules=3",
+        "eval.isomers.max_set_size=3",
+        "eval.interpret.cv_folds=3",
+        "eval.downstream.epochs=2",
+        "eval.downstream.rf_trees=10",
+        "eval.downstream.batch_size=32",
+        "eval.downstream.workers=1",
+    ]  # parallel fits: test_parallel_fits_*
     argv = ["evaluate", "--model", str(tiny_run), "--out", str(out), "--task", str(task_csv), "--quiet"]
     for s in sets:
         argv += ["--set", s]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
-    for name in ("report.md", "retrieval_curves.png", "correlation_heatmap.png", "embedding_projection.png",
-                 "splits/toy_tox.csv"):
+    for name in (
+        "report.md",
+        "retrieval_curves.png",
+        "correlation_heatmap.png",
+        "embedding_projection.png",
+        "splits/toy_tox.csv",
+    ):
         assert (out / name).is_file(), name
     block = report["retrieval"]["test_fp->graph"]
     assert set(block) == {"pool_16", "pool_all"} and block["pool_all"]["n_pool"] == report["held_out_molecules"]
@@ -343,8 +374,25 @@ def test_cli_evaluate_end_to_end(tiny_run, tmp_path, chembl_drugs):
     # --data: a molecule CSV is featurised and embedded through the cache; retrieval only.
     mols = tmp_path / "mols.csv"
     pd.DataFrame({"smiles": sample[:40]}).to_csv(mols, index=False)
-    assert main(["evaluate", "--model", str(tiny_run / "model"), "--out", str(tmp_path / "e2"), "--data",
-                 str(mols), "--sections", "retrieval", "--set", "eval.pool_size=8", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_run / "model"),
+                "--out",
+                str(tmp_path / "e2"),
+                "--data",
+                str(mols),
+                "--sections",
+                "retrieval",
+                "--set",
+                "eval.pool_size=8",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     second = json.loads((tmp_path / "e2" / "report.json").read_text())
     accepted = sum(isinstance(r, MolGraph) for r in GraphFeaturizer().featurize_batch(sample[:40]))
     overlap = second["training_overlap"]  # on by default: the run's training table is known
@@ -360,16 +408,20 @@ def test_mlflow_logging_to_sqlite(tmp_path, monkeypatch):
     out = tmp_path / "eval"
     out.mkdir()
     (out / "report.md").write_text("# r\n")
-    report = {"retrieval": {"image->graph": {"pool_all": {"top1": 0.5, "random": {"top1": 0.1}}}},
-              "downstream": {"t": {"methods": {"ecfp_rf": {"roc_auc": {"mean": float("nan"), "values": [1]}}}}}}
+    report = {
+        "retrieval": {"image->graph": {"pool_all": {"top1": 0.5, "random": {"top1": 0.1}}}},
+        "downstream": {"t": {"methods": {"ecfp_rf": {"roc_auc": {"mean": float("nan"), "values": [1]}}}}},
+    }
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert log_to_mlflow(out, report, EvalConfig()) is None  # tracking off
     cfg = EvalConfig(tracking_uri=uri, mlflow_experiment="eval-test")
     run_id = log_to_mlflow(out, report, cfg)
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
-    assert run.data.metrics == {"eval/retrieval/image_to_graph/pool_all/top1": 0.5,
-                                "eval/retrieval/image_to_graph/pool_all/random/top1": 0.1}
+    assert run.data.metrics == {
+        "eval/retrieval/image_to_graph/pool_all/top1": 0.5,
+        "eval/retrieval/image_to_graph/pool_all/random/top1": 0.1,
+    }
     assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == ["evaluation/report.md"]
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run() as active:  # an active run receives the artifacts
@@ -397,19 +449,30 @@ def _b3db_file(tmp_path, n: int = 300, seed: int = 0) -> Path:
 
     frame = load_source("b3db_classification").sample(n, random_state=seed)
     path = tmp_path / "bbb.csv"
-    pd.DataFrame({"SMILES": frame["smiles"], "bbb": (frame["BBB+/BBB-"] == "BBB+").astype(float),
-                  "logBB": pd.to_numeric(frame["logBB"], errors="coerce")}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "SMILES": frame["smiles"],
+            "bbb": (frame["BBB+/BBB-"] == "BBB+").astype(float),
+            "logBB": pd.to_numeric(frame["logBB"], errors="coerce"),
+        }
+    ).to_csv(path, index=False)
     return path
 
 
 def test_task_spec_names_columns_and_kinds(capsys):
     spec = parse_task("data/assay.csv:canonical_smiles:pIC50=regression,active=classification")
     assert (spec.name, spec.path, spec.smiles_column) == ("assay", "data/assay.csv", "canonical_smiles")
-    assert spec.label_columns == ["pIC50", "active"] and spec.kind == {"pIC50": "regression",
-                                                                     "active": "classification"}
+    assert spec.label_columns == ["pIC50", "active"] and spec.kind == {
+        "pIC50": "regression",
+        "active": "classification",
+    }
     s3 = parse_task("s3://bucket/sets/chembl.tsv.gz::pIC50")
-    assert (s3.path, s3.smiles_column, s3.label_columns, s3.kind) == ("s3://bucket/sets/chembl.tsv.gz", None,
-                                                                      ["pIC50"], None)
+    assert (s3.path, s3.smiles_column, s3.label_columns, s3.kind) == (
+        "s3://bucket/sets/chembl.tsv.gz",
+        None,
+        ["pIC50"],
+        None,
+    )
     assert parse_task("freesolv").path is None and parse_task("my.csv").label_columns is None
     with pytest.raises(ValueError, match="kind 'reg' of label 'y'"):
         parse_task("my.csv:smiles:y=reg")
@@ -419,8 +482,10 @@ def test_task_spec_names_columns_and_kinds(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "PATH[:SMILES_COLUMN[:LABEL[=KIND],...]]" in text and "docs/evaluation.md" in text
     assert "--task-limit N" in text and "--exclude-training" in text and "--keep-censored" in text
-    for argv, message in ((["--task", "my.csv:smiles:y=reg"], "kind 'reg' of label 'y'"),
-                          (["--task", "freesolv", "--task-limit", "0"], "limit: Input should be greater than")):
+    for argv, message in (
+        (["--task", "my.csv:smiles:y=reg"], "kind 'reg' of label 'y'"),
+        (["--task", "freesolv", "--task-limit", "0"], "limit: Input should be greater than"),
+    ):
         assert main(["evaluate", "--model", "no-model", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("acml: error: ") and message in err and "\n" not in err, err
@@ -440,12 +505,16 @@ def test_binary_and_continuous_labels_are_never_one_regression(tmp_path, caplog)
     with caplog.at_level("WARNING"):
         tasks = load_tasks(TaskConfig(name="bbb", path=str(path)), say=lambda _: None)
     assert [(t.name, t.kind, t.task_names) for t in tasks] == [
-        ("bbb-classification", "classification", ["bbb"]), ("bbb-regression", "regression", ["logBB"])]
+        ("bbb-classification", "classification", ["bbb"]),
+        ("bbb-regression", "regression", ["logBB"]),
+    ]
     assert "labels of two kinds" in caplog.text and "inferred" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):  # kinds chosen by the user: split without a warning
-        chosen = load_tasks(TaskConfig(name="bbb", path=str(path), kind={"bbb": "classification",
-                                                                         "logBB": "regression"}), say=lambda _: None)
+        chosen = load_tasks(
+            TaskConfig(name="bbb", path=str(path), kind={"bbb": "classification", "logBB": "regression"}),
+            say=lambda _: None,
+        )
     assert len(chosen) == 2 and "labels of two kinds" not in caplog.text
     assert np.isnan(chosen[1].labels).any() and set(np.unique(chosen[0].labels)) == {0.0, 1.0}
     [both_regression] = load_tasks(TaskConfig(name="bbb", path=str(path), kind="regression"))
@@ -500,8 +569,9 @@ def test_r2_and_reference_beside_every_metric_by_hand():
     assert e == pytest.approx({"rmse": 0.5, "mae": 0.25, "r2": 1 - 1 / 5})
     ref = reference_score("regression", np.array([[2.0], [4.0], [np.nan]]), y[:, None])  # predicts 3
     assert ref == pytest.approx({"rmse": math.sqrt(6 / 4), "mae": 1.0, "r2": 1 - 6 / 5})
-    prior = reference_score("classification", np.array([[0.0], [1.0], [1.0], [1.0]]),
-                            np.array([[0.0], [0.0], [1.0], [1.0], [1.0]]))
+    prior = reference_score(
+        "classification", np.array([[0.0], [1.0], [1.0], [1.0]]), np.array([[0.0], [0.0], [1.0], [1.0], [1.0]])
+    )
     assert prior == pytest.approx({"roc_auc": 0.5, "pr_auc": 0.6})  # PR-AUC of a constant = prevalence
 
 
@@ -515,20 +585,47 @@ def _fit_inputs(tiny_run, epochs: int, patience: int | None, lr: float = 1e-3) -
     frame, graphs = frame[ok].head(120), [r.to_pyg() for r in results if isinstance(r, MolGraph)][:120]
     train, valid, test, _ = scaffold_split(frame["smiles"].tolist())
     cfg = DownstreamConfig(epochs=epochs, patience=patience, lr=lr, batch_size=32, rf_trees=10)
-    return FitInputs("regression", frame[["expt"]].to_numpy(float), train, valid, test, cfg,
-                     run_cfg.graph_encoder, graphs=graphs, pretrained=model.graph_encoder), model
+    return FitInputs(
+        "regression",
+        frame[["expt"]].to_numpy(float),
+        train,
+        valid,
+        test,
+        cfg,
+        run_cfg.graph_encoder,
+        graphs=graphs,
+        pretrained=model.graph_encoder,
+    ), model
 
 
 def test_graph_trainings_stop_early_on_the_validation_loss(tiny_run):
     inputs, _ = _fit_inputs(tiny_run, epochs=40, patience=2, lr=0.03)
     torch.manual_seed(0)
-    pred, info = train_graph_model(GraphEncoder.from_config(inputs.encoder_cfg), "regression", inputs.graphs,
-                                   inputs.labels, inputs.train, inputs.valid, inputs.test, inputs.cfg, seed=0)
+    pred, info = train_graph_model(
+        GraphEncoder.from_config(inputs.encoder_cfg),
+        "regression",
+        inputs.graphs,
+        inputs.labels,
+        inputs.train,
+        inputs.valid,
+        inputs.test,
+        inputs.cfg,
+        seed=0,
+    )
     assert info["epochs"] < 40 and info["epochs"] - info["best_epoch"] == 2 and pred.shape == (len(inputs.test), 1)
     full = inputs.cfg.model_copy(update={"patience": None, "epochs": 6})
     torch.manual_seed(0)
-    _, info = train_graph_model(GraphEncoder.from_config(inputs.encoder_cfg), "regression", inputs.graphs,
-                                inputs.labels, inputs.train, inputs.valid, inputs.test, full, seed=0)
+    _, info = train_graph_model(
+        GraphEncoder.from_config(inputs.encoder_cfg),
+        "regression",
+        inputs.graphs,
+        inputs.labels,
+        inputs.train,
+        inputs.valid,
+        inputs.test,
+        full,
+        seed=0,
+    )
     assert info["epochs"] == 6
 
 
@@ -573,15 +670,26 @@ def test_gallery_molecules_the_model_trained_on_are_dropped_and_counted(tiny_run
     cfg = EvalConfig(sections=["retrieval"], pool_size=8, pool_repeats=2)
     report = evaluate_run(str(tiny_run), cfg, tmp_path / "on", data=str(gallery), progress=False)
     assert report["training_overlap"] | {"training_table": None} == {
-        "training_table": None, "checked": True, "gallery": 10 + n_val, "in_training": 10,
-        "fraction": pytest.approx(10 / (10 + n_val)), "excluded": True, "dropped": 10}
+        "training_table": None,
+        "checked": True,
+        "gallery": 10 + n_val,
+        "in_training": 10,
+        "fraction": pytest.approx(10 / (10 + n_val)),
+        "excluded": True,
+        "dropped": 10,
+    }
     assert report["held_out_molecules"] == n_val and report["held_out_rejected"] == 2
     text = (tmp_path / "on" / "report.md").read_text()
     assert "10 of 46 molecules (21.7 %), 10 dropped" in text
     assert "| retrieval | deduplicate | duplicate InChIKey | 1 |" in text  # counted by kind, not by key
     assert "| retrieval | exclude_training | in the model's training set | 10 |" in text
-    off = evaluate_run(str(tiny_run), cfg.model_copy(update={"exclude_training": False}), tmp_path / "off",
-                       data=str(gallery), progress=False)
+    off = evaluate_run(
+        str(tiny_run),
+        cfg.model_copy(update={"exclude_training": False}),
+        tmp_path / "off",
+        data=str(gallery),
+        progress=False,
+    )
     assert off["training_overlap"]["in_training"] == 10 and off["training_overlap"]["dropped"] == 0
     assert off["held_out_molecules"] == n_val + 10
     q = pq.read_table(tmp_path / "on" / "quarantine.parquet").to_pandas()
@@ -594,8 +702,13 @@ def test_gallery_molecules_the_model_trained_on_are_dropped_and_counted(tiny_run
     unknown = evaluate_run(str(bare), cfg, tmp_path / "unknown", data=str(gallery), progress=False)
     assert unknown["training_overlap"]["checked"] is False and unknown["held_out_molecules"] == n_val + 10
     with pytest.raises(ValueError, match="training table is not known"):
-        evaluate_run(str(bare), cfg.model_copy(update={"exclude_training": True}), tmp_path / "x",
-                     data=str(gallery), progress=False)
+        evaluate_run(
+            str(bare),
+            cfg.model_copy(update={"exclude_training": True}),
+            tmp_path / "x",
+            data=str(gallery),
+            progress=False,
+        )
 
 
 def test_embedding_new_molecules_shows_a_progress_bar(tiny_run, tmp_path, capsys):
@@ -641,9 +754,23 @@ def test_cli_progress_reports_and_quarantine_on_a_user_task(tiny_run, tmp_path, 
     frame = load_source("freesolv").sample(70, random_state=2)[["smiles", "expt"]]
     frame = pd.concat([frame, pd.DataFrame({"smiles": ["C1CC(=O", "CCO"], "expt": [1.0, None]})])
     frame.rename(columns={"smiles": "mol", "expt": "dG"}).to_csv(tmp_path / "solv.csv", index=False)
-    argv = ["evaluate", "--model", str(tiny_run), "--sections", "downstream",
-            "--task", "solv.csv:mol:dG", "--set", "eval.downstream.methods=[finetune, ecfp_linear]",
-            "--set", "eval.downstream.seeds=[0, 1]", "--set", "eval.downstream.epochs=2", "--workers", "1"]
+    argv = [
+        "evaluate",
+        "--model",
+        str(tiny_run),
+        "--sections",
+        "downstream",
+        "--task",
+        "solv.csv:mol:dG",
+        "--set",
+        "eval.downstream.methods=[finetune, ecfp_linear]",
+        "--set",
+        "eval.downstream.seeds=[0, 1]",
+        "--set",
+        "eval.downstream.epochs=2",
+        "--workers",
+        "1",
+    ]
     assert main(argv) == 0
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("[evaluate ")]

@@ -18,6 +18,7 @@ from acml_ray.modalities import ModalityInputError, build_modality
 
 def grid_smiles(rows: int, cols: int) -> str:
     """A rows x cols grid graph of carbons: row chains joined by ring closures down each column."""
+
     def atom(i: int, j: int) -> str:
         label = f"%({j + 1})"
         return "C" + (label if i > 0 else "") + (label if i < rows - 1 else "")
@@ -80,8 +81,18 @@ def test_guarded_parse_is_exactly_rdkits_parse(chembl_drugs) -> None:
     from acml_ray.data.sources import package_dir
 
     nci = (package_dir("rdkit") / "Data" / "NCI" / "first_5K.smi").read_text().splitlines()[:1500]
-    odd = ["[H][C@@](C)(N)O", "[2H]C([2H])([2H])O", "F/C=C/F", "C[C@H](F)Cl", "CC=CC |c:1|",
-           "N->[Pt+2]<-N", "c1ccccc1", "[Na+].[Cl-]", "C1CC1", "O=C1C=CC(=O)C=C1"]
+    odd = [
+        "[H][C@@](C)(N)O",
+        "[2H]C([2H])([2H])O",
+        "F/C=C/F",
+        "C[C@H](F)Cl",
+        "CC=CC |c:1|",
+        "N->[Pt+2]<-N",
+        "c1ccccc1",
+        "[Na+].[Cl-]",
+        "C1CC1",
+        "O=C1C=CC(=O)C=C1",
+    ]
     smiles = chembl_drugs["smiles"].dropna().tolist()[:1500] + [line.split("\t")[0] for line in nci] + odd
     for s in smiles:
         expected = Chem.MolFromSmiles(s)
@@ -126,7 +137,8 @@ def test_radicals_rejected_unless_allowed() -> None:
 
 def test_length_cap_is_configurable() -> None:
     assert GraphFeaturizer(FeaturizerConfig(max_smiles_chars=5)).featurize_batch(["CCCCCC"])[0].reason == (
-        "too long: 6 characters > 5")
+        "too long: 6 characters > 5"
+    )
     assert canonical_identity("OCC") == ("CCO", "LFQSCWFLJHTTHZ-UHFFFAOYSA-N")
     with pytest.raises(FeaturizationError, match="too long"):
         canonical_identity("C" * 3000)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from acml_ray.modalities import ModalityInputError, available_modalities, build_modality
 from acml_ray.data.spectra import read_spectra, spectra_frame
+from acml_ray.modalities import ModalityInputError, available_modalities, build_modality
 from acml_ray.modalities.spectrum import SpectrumCNN, bin_peaks, parse_peak_input, read_jcamp
 
 MATCHMS_DATA = Path(__file__).parent / "data" / "matchms"
@@ -19,8 +19,10 @@ MOLECULES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "C[C@H](N)C(=O)O"]
 SPECTRUM_INPUTS = {
     "nmr13c": [[77.0, 128.5, 21.3], [(170.2, 1.0), (55.1, 3.0)]],
     "nmr1h": [[1.2, 3.6, 7.26], "[[2.1, 3], [7.3, 5]]"],
-    "ms": [(np.array([41.0, 57.1, 91.05]), np.array([10.0, 100.0, 30.0])),
-           {"mz": [77.0, 105.0], "intensities": [20.0, 80.0]}],
+    "ms": [
+        (np.array([41.0, 57.1, 91.05]), np.array([10.0, 100.0, 30.0])),
+        {"mz": [77.0, 105.0], "intensities": [20.0, 80.0]},
+    ],
 }
 
 
@@ -36,8 +38,14 @@ def _save_tiny_bert(directory: Path, seed: int) -> Path:
     tokenizer = BertTokenizer(vocab=str(vocab_file), do_lower_case=False)
     assert len(tokenizer) > 50  # the vocabulary was read (not just the special tokens)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=160)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=160,
+    )
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -91,11 +99,19 @@ def test_fingerprint_stable_encode_deterministic_frozen(name, tiny_bert):
     np.testing.assert_array_equal(out.numpy(), a)
 
 
-@pytest.mark.parametrize("name, options", [
-    ("nmr13c", {"line_width": 0.5}), ("nmr13c", {"bin_width": 0.2}), ("nmr1h", {"line_width": 0.0}),
-    ("nmr1h", {"line_shape": "gaussian"}), ("ms", {"intensity_scale": "none"}),
-    ("ms", {"bin_width": 0.5}), ("ecfp", {"radius": 3}), ("ecfp", {"log1p": False}),
-])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("nmr13c", {"line_width": 0.5}),
+        ("nmr13c", {"bin_width": 0.2}),
+        ("nmr1h", {"line_width": 0.0}),
+        ("nmr1h", {"line_shape": "gaussian"}),
+        ("ms", {"intensity_scale": "none"}),
+        ("ms", {"bin_width": 0.5}),
+        ("ecfp", {"radius": 3}),
+        ("ecfp", {"log1p": False}),
+    ],
+)
 def test_fingerprint_changes_with_preprocessing(name, options):
     # NMR on another grid needs an encoder not pretrained on the shipped one (see test_nmr.py)
     base = {"encoder": "random"} if name.startswith("nmr") else {}
@@ -114,13 +130,23 @@ def test_fingerprint_changes_with_weights(name, tmp_path):
     assert loaded.fingerprint != default.fingerprint
     assert torch.equal(loaded.encoder.readout.weight, state["readout.weight"])
     with pytest.raises(ValueError, match="do not fit"):
-        build_modality(name, {"weights_path": str(tmp_path / "weights.pt"), "dim": 64}).encoder
+        _ = build_modality(name, {"weights_path": str(tmp_path / "weights.pt"), "dim": 64}).encoder
 
 
 def test_image_encoder_chunks_on_cpu_without_changing_vectors(depiction_modality):
     image = depiction_modality
-    smiles = ["CC(=O)Oc1ccccc1C(=O)O", "C[C@H](N)C(=O)O", "c1ccc2ccccc2c1", "CCN(CC)CC", "O=C(O)CCl",
-              "C/C=C/C", "Cn1cnc2c1c(=O)n(C)c(=O)n2C", "OC1CCCCC1", "c1ccncc1", "CCOC(=O)C"]
+    smiles = [
+        "CC(=O)Oc1ccccc1C(=O)O",
+        "C[C@H](N)C(=O)O",
+        "c1ccc2ccccc2c1",
+        "CCN(CC)CC",
+        "O=C(O)CCl",
+        "C/C=C/C",
+        "Cn1cnc2c1c(=O)n(C)c(=O)n2C",
+        "OC1CCCCC1",
+        "c1ccncc1",
+        "CCOC(=O)C",
+    ]
     images = torch.stack([image.preprocess_one(s) for s in smiles])
     encoder = image.encoder
     assert encoder.cpu_chunk == 4
@@ -212,43 +238,47 @@ def test_spectrum_weights_from_s3(s3_env, tmp_path):
     state = {k: v * 0.5 for k, v in build_modality("nmr13c").encoder.state_dict().items()}
     torch.save(state, tmp_path / "nmr.pt")
     s3_server["client"].upload_file(str(tmp_path / "nmr.pt"), s3_server["bucket"], "weights/nmr.pt")
-    remote = build_modality("nmr13c", {"weights_path": f"s3://{s3_server['bucket']}/weights/nmr.pt",
-                                       "cache_dir": str(tmp_path / "cache")})
+    remote = build_modality(
+        "nmr13c", {"weights_path": f"s3://{s3_server['bucket']}/weights/nmr.pt", "cache_dir": str(tmp_path / "cache")}
+    )
     local = build_modality("nmr13c", {"weights_path": str(tmp_path / "nmr.pt")})
     assert remote.fingerprint == local.fingerprint != build_modality("nmr13c").fingerprint
 
 
 def test_missing_weights_are_reported():
     with pytest.raises(FileNotFoundError, match="weights not found"):
-        build_modality("nmr13c", {"weights_path": "/nonexistent/w.pt"}).encoder
+        _ = build_modality("nmr13c", {"weights_path": "/nonexistent/w.pt"}).encoder
     with pytest.raises(FileNotFoundError):
-        build_modality("smiles", {"model": "/nonexistent/model"}).dim
+        _ = build_modality("smiles", {"model": "/nonexistent/model"}).dim
 
 
 # -- bad inputs ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, raw, reason", [
-    ("smiles", "C1CC(", "unparsable SMILES"),
-    ("smiles", "", "non-empty string"),
-    ("ecfp", "not a molecule", "unparsable SMILES"),
-    ("ecfp", None, "non-empty string"),
-    ("nmr13c", [], "empty spectrum"),
-    ("nmr13c", "[]", "empty spectrum"),
-    ("nmr13c", [(77.0, 0.0)], "empty spectrum"),
-    ("nmr13c", [[1.0, 2.0, 3.0]], "wrong shape"),
-    ("nmr13c", np.zeros((3, 3)), "wrong shape"),
-    ("nmr13c", [77.0, (128.0, 1.0)], "wrong shape"),
-    ("nmr13c", ["a", "b"], "not numeric"),
-    ("nmr13c", [400.0, 500.0], "no peaks within -50..350 ppm"),
-    ("nmr13c", [float("nan")], "non-finite"),
-    ("nmr13c", [(77.0, -1.0)], "negative"),
-    ("nmr13c", "/nonexistent/spectrum.jdx", "missing file"),
-    ("nmr13c", "[1, 2", "unparsable JSON"),
-    ("nmr1h", {"intensities": [1.0]}, "no positions"),
-    ("ms", ([], []), "empty spectrum"),
-    ("ms", ([100.0, 200.0], [1.0]), "wrong shape"),
-    ("ms", [2000.0], "no peaks within 0..1000 m/z"),
-    ("ms", 42, "unsupported spectrum input"),
-])
+@pytest.mark.parametrize(
+    "name, raw, reason",
+    [
+        ("smiles", "C1CC(", "unparsable SMILES"),
+        ("smiles", "", "non-empty string"),
+        ("ecfp", "not a molecule", "unparsable SMILES"),
+        ("ecfp", None, "non-empty string"),
+        ("nmr13c", [], "empty spectrum"),
+        ("nmr13c", "[]", "empty spectrum"),
+        ("nmr13c", [(77.0, 0.0)], "empty spectrum"),
+        ("nmr13c", [[1.0, 2.0, 3.0]], "wrong shape"),
+        ("nmr13c", np.zeros((3, 3)), "wrong shape"),
+        ("nmr13c", [77.0, (128.0, 1.0)], "wrong shape"),
+        ("nmr13c", ["a", "b"], "not numeric"),
+        ("nmr13c", [400.0, 500.0], "no peaks within -50..350 ppm"),
+        ("nmr13c", [float("nan")], "non-finite"),
+        ("nmr13c", [(77.0, -1.0)], "negative"),
+        ("nmr13c", "/nonexistent/spectrum.jdx", "missing file"),
+        ("nmr13c", "[1, 2", "unparsable JSON"),
+        ("nmr1h", {"intensities": [1.0]}, "no positions"),
+        ("ms", ([], []), "empty spectrum"),
+        ("ms", ([100.0, 200.0], [1.0]), "wrong shape"),
+        ("ms", [2000.0], "no peaks within 0..1000 m/z"),
+        ("ms", 42, "unsupported spectrum input"),
+    ],
+)
 def test_bad_inputs_are_rejected_with_a_reason(name, raw, reason, tiny_bert):
     modality = build_modality(name, {"model": str(tiny_bert)} if name == "smiles" else None)
     with pytest.raises(ModalityInputError, match=reason) as info:
@@ -298,9 +328,18 @@ def test_ms_sqrt_scaling():
 
 def test_canonical_input_ignores_peak_order_and_format():
     modality = build_modality("nmr13c")
-    keys = {modality.content_key(raw) for raw in (
-        [128.0, 21.0], [21.0, 128.0], [(21.0, 1.0), (128.0, 1.0)], "[21.0, 128.0]",
-        np.array([128.0, 21.0]), {"shifts": [21.0, 128.0]}, ([21.0, 128.0], [1.0, 1.0]))}
+    keys = {
+        modality.content_key(raw)
+        for raw in (
+            [128.0, 21.0],
+            [21.0, 128.0],
+            [(21.0, 1.0), (128.0, 1.0)],
+            "[21.0, 128.0]",
+            np.array([128.0, 21.0]),
+            {"shifts": [21.0, 128.0]},
+            ([21.0, 128.0], [1.0, 1.0]),
+        )
+    }
     assert len(keys) == 1
     assert modality.content_key([21.0, 128.1]) not in keys
 
@@ -357,10 +396,15 @@ def pesticides():
     return read_spectra(MATCHMS_DATA / "pesticides.mgf")
 
 
-@pytest.mark.parametrize("file, expected_kept", [
-    ("pesticides.mgf", 76), ("MoNA-export-GC-MS-first10.msp", 10),
-    ("massbank_five_spectra.msp", 5), ("riken_style_five_spectra.msp", 5),
-])
+@pytest.mark.parametrize(
+    "file, expected_kept",
+    [
+        ("pesticides.mgf", 76),
+        ("MoNA-export-GC-MS-first10.msp", 10),
+        ("massbank_five_spectra.msp", 5),
+        ("riken_style_five_spectra.msp", 5),
+    ],
+)
 def test_read_real_spectra_with_structures(file, expected_kept, pesticides):
     result = pesticides if file == "pesticides.mgf" else read_spectra(MATCHMS_DATA / file)
     assert result.total == expected_kept + sum(result.dropped.values())
@@ -391,8 +435,7 @@ def test_encode_real_spectra_and_round_trip_through_a_table(tmp_path, pesticides
     assert list(back.columns) == ["smiles", "inchikey", "ms"]
     np.testing.assert_array_equal(modality.encode(list(back["ms"])), direct)
     assert modality.content_key(back["ms"][0]) == modality.content_key(records[0][1])
-    as_json = json.dumps({"mz": back["ms"][0]["mz"].tolist(),
-                          "intensities": back["ms"][0]["intensities"].tolist()})
+    as_json = json.dumps({"mz": back["ms"][0]["mz"].tolist(), "intensities": back["ms"][0]["intensities"].tolist()})
     # batch of 1 vs batch of 8: same input tensor, float sums may differ in the last bits
     np.testing.assert_allclose(modality.encode([as_json])[0], direct[0], rtol=1e-5, atol=1e-6)
     assert torch.equal(modality.preprocess_one(as_json), modality.preprocess_one(records[0][1]))

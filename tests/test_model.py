@@ -13,14 +13,14 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch, Data
 
+from acml_ray.chem import GraphFeaturizer
 from acml_ray.chem.features import (
     ATOM_FEATURE_DIMS,
     ATOM_VOCABS,
     BOND_FEATURE_DIMS,
     BOND_VOCABS,
 )
-from acml_ray.chem import GraphFeaturizer
-from acml_ray.config import ACMLConfig, GraphEncoderConfig, LossConfig, ProjectionConfig
+from acml_ray.config import ACMLConfig, GraphEncoderConfig
 from acml_ray.model import (
     ACMLModel,
     ContrastiveLoss,
@@ -141,9 +141,7 @@ def _ref_info_nce(c: np.ndarray, g: np.ndarray, tau: float) -> float:
 
 
 @pytest.mark.parametrize("tau", [1.0, 0.07])
-@pytest.mark.parametrize(
-    "fn,ref", [(clip_soft_target_loss, _ref_clip_soft), (info_nce_loss, _ref_info_nce)]
-)
+@pytest.mark.parametrize("fn,ref", [(clip_soft_target_loss, _ref_clip_soft), (info_nce_loss, _ref_info_nce)])
 def test_loss_matches_float64_reference(fn, ref, tau: float) -> None:
     rng = np.random.default_rng(0)
     c_np = rng.normal(size=(7, 5)) * 0.5
@@ -271,9 +269,7 @@ def test_frozen_encoder_untouched_by_training(batch: Batch) -> None:
     frozen = model.frozen_encoders["image"]
     frozen_before = copy.deepcopy(frozen.state_dict())
     trainable_before = {
-        k: v.detach().clone()
-        for k, v in model.named_parameters()
-        if not k.startswith("frozen_encoders.")
+        k: v.detach().clone() for k, v in model.named_parameters() if not k.startswith("frozen_encoders.")
     }
 
     model.train()
@@ -355,8 +351,11 @@ def test_saved_model_round_trip_and_safe_load(batch: Batch, tmp_path) -> None:
 
     torch.manual_seed(0)
     cfg = ACMLConfig.model_validate(
-        {"graph_encoder": {"num_layers": 2, "hidden_dim": 8}, "projection": {"dims": [6]},
-         "modalities": [{"name": "image"}]}
+        {
+            "graph_encoder": {"num_layers": 2, "hidden_dim": 8},
+            "projection": {"dims": [6]},
+            "modalities": [{"name": "image"}],
+        }
     )
     model = ACMLModel.from_config(cfg, {"image": 10}).eval()
     save_model(model, cfg, tmp_path / "m", extra={"epoch": 3, "metrics": {"val/score": 0.5}})
@@ -500,8 +499,12 @@ def test_model_takes_user_parts_as_plain_arguments(batch: Batch) -> None:
 
         return Cosine()
 
-    model = ACMLModel(_MeanAtomEncoder(), {"image": 10, "smiles": 4},
-                      projection=lambda d: ProjectionHead(d, dims=[5], dropout=0.0), loss=cosine_loss)
+    model = ACMLModel(
+        _MeanAtomEncoder(),
+        {"image": 10, "smiles": 4},
+        projection=lambda d: ProjectionHead(d, dims=[5], dropout=0.0),
+        loss=cosine_loss,
+    )
     assert model.embed_dim == 5 and isinstance(model.graph_encoder, _MeanAtomEncoder)
     out = model(batch, {"image": torch.randn(len(SMILES), 10), "smiles": torch.randn(len(SMILES), 4)})
     out["loss"].backward()
@@ -512,14 +515,21 @@ def test_model_takes_user_parts_as_plain_arguments(batch: Batch) -> None:
 def test_projection_heads_must_share_the_joint_width() -> None:
     widths = iter([4, 6])
     with pytest.raises(ValueError, match="joint width"):
-        ACMLModel(GraphEncoder(num_layers=1, hidden_dim=8), {"image": 10},
-                  projection=lambda d: ProjectionHead(d, dims=[next(widths)]))
+        ACMLModel(
+            GraphEncoder(num_layers=1, hidden_dim=8),
+            {"image": 10},
+            projection=lambda d: ProjectionHead(d, dims=[next(widths)]),
+        )
 
 
 def test_from_config_builds_the_configured_parts() -> None:
-    cfg = ACMLConfig.model_validate({"graph_encoder": {"num_layers": 3, "hidden_dim": 32},
-                                     "projection": {"dims": [64, 16]},
-                                     "loss": {"kind": "infonce", "temperature": 0.07}})
+    cfg = ACMLConfig.model_validate(
+        {
+            "graph_encoder": {"num_layers": 3, "hidden_dim": 32},
+            "projection": {"dims": [64, 16]},
+            "loss": {"kind": "infonce", "temperature": 0.07},
+        }
+    )
     model = ACMLModel.from_config(cfg, {"image": 10})
     assert model.graph_encoder.num_layers == 3 and model.graph_encoder.out_dim == 32
     assert [c.projection.out_features for c in model.graph_projections["image"].cells] == [64, 16]

@@ -32,15 +32,26 @@ def _fid() -> np.ndarray:
 
 def _udic():
     udic = ng.fileiobase.create_blank_udic(1)
-    udic[0].update(size=N, complex=True, sw=SW, obs=BF, car=CARRIER_PPM * BF, label="13C",
-                   time=True, freq=False)
+    udic[0].update(size=N, complex=True, sw=SW, obs=BF, car=CARRIER_PPM * BF, label="13C", time=True, freq=False)
     return udic
 
 
 def _write_bruker_fid(folder: Path) -> Path:
     dic = ng.bruker.create_dic(_udic())
-    dic["acqus"].update({"SW_h": SW, "BF1": BF, "SFO1": BF + CARRIER_PPM * BF / 1e6, "O1": CARRIER_PPM * BF,
-                         "DECIM": 1, "DSPFVS": 20, "GRPDLY": 0, "TD": 2 * N, "BYTORDA": 0, "DTYPA": 2})
+    dic["acqus"].update(
+        {
+            "SW_h": SW,
+            "BF1": BF,
+            "SFO1": BF + CARRIER_PPM * BF / 1e6,
+            "O1": CARRIER_PPM * BF,
+            "DECIM": 1,
+            "DSPFVS": 20,
+            "GRPDLY": 0,
+            "TD": 2 * N,
+            "BYTORDA": 0,
+            "DTYPA": 2,
+        }
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ng.bruker.write(str(folder), dic, _fid(), overwrite=True)
@@ -60,13 +71,22 @@ def _write_varian_fid(folder: Path, reffrq: bool = True) -> Path:
 
 def _write_bruker_pdata(experiment: Path, size: int = 8192) -> Path:
     axis = 230.0 - np.arange(size) * 250.0 / size  # OFFSET 230 ppm, 250 ppm wide
-    spectrum = sum(1000.0 * np.exp(-((axis - p) / 0.2) ** 2) for p in PPMS)
+    spectrum = sum(1000.0 * np.exp(-(((axis - p) / 0.2) ** 2)) for p in PPMS)
     (experiment / "pdata").mkdir(parents=True)
     (experiment / "acqus").write_text("##TITLE= toy\n##$SW_h= 25000\n##END=\n")
-    procs = {"OFFSET": 230.0, "SW_p": 250.0 * BF, "SF": BF, "SI": size, "BYTORDP": 0, "DTYPP": 0,
-             "NC_proc": 0, "FTSIZE": size, "_comments": [], "_coreheader": ["##TITLE= procs"]}
-    ng.bruker.write_pdata(str(experiment), {"procs": procs}, spectrum, write_procs=True,
-                          pdata_folder=1, overwrite=True)
+    procs = {
+        "OFFSET": 230.0,
+        "SW_p": 250.0 * BF,
+        "SF": BF,
+        "SI": size,
+        "BYTORDP": 0,
+        "DTYPP": 0,
+        "NC_proc": 0,
+        "FTSIZE": size,
+        "_comments": [],
+        "_coreheader": ["##TITLE= procs"],
+    }
+    ng.bruker.write_pdata(str(experiment), {"procs": procs}, spectrum, write_procs=True, pdata_folder=1, overwrite=True)
     return experiment
 
 
@@ -189,13 +209,13 @@ def simulated() -> pd.DataFrame:
 
 
 def test_pretraining_learns_to_pair_views_and_writes_loadable_weights(simulated, tmp_path):
-    from acml_ray.modalities.spectrum_pretrain import (PretrainConfig, pretrain_spectrum_encoder,
-                                                       save_encoder)
+    from acml_ray.modalities.spectrum_pretrain import PretrainConfig, pretrain_spectrum_encoder, save_encoder
 
     modality = build_modality("nmr1h", {"encoder": "random"})
     spectra = simulated["nmr1h"].head(96).tolist() + [[], [99.0]]  # two a user table might hold
-    result = pretrain_spectrum_encoder(spectra, modality, PretrainConfig(epochs=3, batch_size=32, seed=0),
-                                       log=lambda _: None)
+    result = pretrain_spectrum_encoder(
+        spectra, modality, PretrainConfig(epochs=3, batch_size=32, seed=0), log=lambda _: None
+    )
     assert result.spectra_used == 96
     assert result.rejected == {"empty spectrum": 1, "no peaks within 0..12 ppm": 1}
     first, last = result.history[0], result.history[-1]
@@ -207,9 +227,9 @@ def test_pretraining_learns_to_pair_views_and_writes_loadable_weights(simulated,
     assert json.loads((tmp_path / "w.json").read_text())["weights_sha256"] == card["weights_sha256"]
     # weights carry their architecture and binning: a mismatch is an error, not garbage vectors
     with pytest.raises(ValueError, match="saved for"):
-        build_modality("nmr1h", {"weights_path": str(tmp_path / "w.pt"), "dim": 128}).encoder
+        _ = build_modality("nmr1h", {"weights_path": str(tmp_path / "w.pt"), "dim": 128}).encoder
     with pytest.raises(ValueError, match="other preprocessing"):
-        build_modality("nmr1h", {"weights_path": str(tmp_path / "w.pt"), "hi": 14.0}).encoder
+        _ = build_modality("nmr1h", {"weights_path": str(tmp_path / "w.pt"), "hi": 14.0}).encoder
 
 
 def test_pretrain_spectrum_cli_leaves_out_the_held_out_molecules(simulated, tmp_path, capsys):
@@ -219,8 +239,21 @@ def test_pretrain_spectrum_cli_leaves_out_the_held_out_molecules(simulated, tmp_
     table = simulated.head(80)[["smiles", "inchikey", "nmr13c"]]
     table.to_parquet(tmp_path / "spectra.parquet")
     out = tmp_path / "user13c.pt"
-    code = main(["pretrain-spectrum", "--nucleus", "13c", "--spectra", str(tmp_path / "spectra.parquet"),
-                 "--out", str(out), "--epochs", "1", "--batch-size", "32"])
+    code = main(
+        [
+            "pretrain-spectrum",
+            "--nucleus",
+            "13c",
+            "--spectra",
+            str(tmp_path / "spectra.parquet"),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     held = int(validation_mask(table["inchikey"], 0.2, 4).sum())
@@ -228,6 +261,20 @@ def test_pretrain_spectrum_cli_leaves_out_the_held_out_molecules(simulated, tmp_
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["provenance"]["held_out"]["rows"] == held and card["modality"] == "nmr13c"
     assert build_modality("nmr13c", {"weights_path": str(out)}).encode([[77.0]]).shape == (1, 256)
-    assert main(["pretrain-spectrum", "--nucleus", "13c", "--spectra", str(tmp_path / "spectra.parquet"),
-                 "--out", str(out), "--column", "nmr19f"]) == 2
+    assert (
+        main(
+            [
+                "pretrain-spectrum",
+                "--nucleus",
+                "13c",
+                "--spectra",
+                str(tmp_path / "spectra.parquet"),
+                "--out",
+                str(out),
+                "--column",
+                "nmr19f",
+            ]
+        )
+        == 2
+    )
     assert "no column 'nmr19f'" in capsys.readouterr().err

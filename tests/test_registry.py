@@ -30,14 +30,27 @@ def run_dir(tmp_path_factory, chembl_drugs) -> Path:
     import torch
 
     out = tmp_path_factory.mktemp("run")
-    cfg = load_config(None, {"graph_encoder.hidden_dim": 16, "projection.dims": [32], "output_dir": str(out),
-                             "modalities": [{"name": m} for m in MODALITIES],
-                             "data.sources": [{"name": "chembl_approved_drugs", "limit": 150}]})
+    cfg = load_config(
+        None,
+        {
+            "graph_encoder.hidden_dim": 16,
+            "projection.dims": [32],
+            "output_dir": str(out),
+            "modalities": [{"name": m} for m in MODALITIES],
+            "data.sources": [{"name": "chembl_approved_drugs", "limit": 150}],
+        },
+    )
     torch.manual_seed(0)
     save_model(ACMLModel.from_config(cfg, MODALITIES), cfg, out / "model", extra={"epoch": 2})
-    summary = {"held_out_molecules": 30, "retrieval": {
-        "image->graph": {"pool_128": {"top1": 0.25, "top10": 0.75, "mrr": 0.4},
-                         "pool_all": {"top1": 0.125, "top10": 0.5}}}}
+    summary = {
+        "held_out_molecules": 30,
+        "retrieval": {
+            "image->graph": {
+                "pool_128": {"top1": 0.25, "top10": 0.75, "mrr": 0.4},
+                "pool_all": {"top1": 0.125, "top10": 0.5},
+            }
+        },
+    }
     (out / "summary.json").write_text(json.dumps(summary))
     return out
 
@@ -112,8 +125,14 @@ def test_register_then_load_in_fresh_process(registered, run_dir, molecules):
     assert "mrr" not in " ".join(tags)
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"]}
-    proc = subprocess.run([sys.executable, "-c", _FRESH_LOAD, json.dumps(molecules)], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=run_dir)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH_LOAD, json.dumps(molecules)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=run_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(proc.stdout.split("RESULT", 1)[1])
     model, cfg, _ = _loaded(run_dir)
@@ -193,17 +212,39 @@ def test_mlflow_models_serve_answers_http(registered, run_dir, tmp_path, stop_pr
     (port,) = free_ports(1)
     bin_dir = str(Path(sys.executable).parent)
     # `mlflow models serve` execs `uvicorn` by name: the venv's bin must be on PATH (as when activated).
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"],
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": registered["uri"],
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    }
     mlflow_bin = str(Path(bin_dir) / "mlflow")
     log_path = tmp_path / "serve.log"
     log = open(log_path, "wb")
     # Own process group: the server forks workers, and the whole group must go at the end.
-    server = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/acml-test@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
-                               "--workers", "2", "--timeout", "30"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            mlflow_bin,
+            "models",
+            "serve",
+            "-m",
+            "models:/acml-test@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--workers",
+            "2",
+            "--timeout",
+            "30",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(base, server, log_path, 240)

@@ -44,9 +44,14 @@ BAD_ROWS = ["not a smiles", "", "C" * 60]  # unparsable, empty, too many heavy a
 def _model(directory: Path, seed: int) -> Path:
     import torch
 
-    cfg = load_config(None, {"graph_encoder.hidden_dim": 16, "projection.dims": [32],
-                             "modalities": [{"name": "ecfp", "options": {"n_bits": 128}}, {"name": "nmr13c"},
-                                            {"name": "ms"}]})
+    cfg = load_config(
+        None,
+        {
+            "graph_encoder.hidden_dim": 16,
+            "projection.dims": [32],
+            "modalities": [{"name": "ecfp", "options": {"n_bits": 128}}, {"name": "nmr13c"}, {"name": "ms"}],
+        },
+    )
     torch.manual_seed(seed)
     save_model(ACMLModel.from_config(cfg, DIMS), cfg, directory)
     return directory
@@ -64,8 +69,9 @@ def libraries(tmp_path_factory, chembl_drugs) -> dict[str, Path]:
     from acml_ray.chem import GraphFeaturizer, MolGraph
 
     root = tmp_path_factory.mktemp("libraries")
-    graphs = [g for g in GraphFeaturizer().featurize_batch(chembl_drugs["smiles"].tolist()[:400])
-              if isinstance(g, MolGraph)]
+    graphs = [
+        g for g in GraphFeaturizer().featurize_batch(chembl_drugs["smiles"].tolist()[:400]) if isinstance(g, MolGraph)
+    ]
     unique = {g.inchikey: g.smiles for g in graphs}  # molecules the featuriser keeps, once each
     smiles = list(unique.values())[:300]
     first = smiles[:240] + BAD_ROWS + [smiles[3]]
@@ -86,8 +92,9 @@ def flat_index(ray_local, models, libraries, tmp_path_factory) -> dict:
 def _vectors(index_dir: Path, modality: str) -> np.ndarray:
     store = IndexStore(str(index_dir))
     manifest = store.read_manifest()
-    parts = [pq.read_table(store.path(s.name), columns=[emb_column(modality)]).column(0).to_pylist()
-             for s in manifest.shards]
+    parts = [
+        pq.read_table(store.path(s.name), columns=[emb_column(modality)]).column(0).to_pylist() for s in manifest.shards
+    ]
     return np.array([v for p in parts for v in p], dtype=np.float32)
 
 
@@ -97,8 +104,11 @@ def test_formula_and_mass_are_rdkits(chembl_drugs):
 
     from acml_ray.chem import GraphFeaturizer, MolGraph
 
-    graphs = [g for g in GraphFeaturizer().featurize_batch(chembl_drugs["smiles"].tolist()[:300] + ["C[NH3+]"])
-              if isinstance(g, MolGraph)]
+    graphs = [
+        g
+        for g in GraphFeaturizer().featurize_batch(chembl_drugs["smiles"].tolist()[:300] + ["C[NH3+]"])
+        if isinstance(g, MolGraph)
+    ]
     for g in graphs:
         mol = Chem.MolFromSmiles(g.smiles)
         formula, mass = formula_and_mass(g.smiles)
@@ -124,21 +134,28 @@ def test_build_writes_shards_quarantine_and_exact_index(flat_index, chembl_drugs
     result, path = flat_index["result"], flat_index["path"]
     assert result.rows == 240 and result.added == 240
     assert result.quarantined == 4 and result.duplicates == 1
-    assert result.quarantined_by_reason == {"unparsable SMILES": 1, "empty input": 1,
-                                            "too many heavy atoms": 1, "duplicate InChIKey": 1}
+    assert result.quarantined_by_reason == {
+        "unparsable SMILES": 1,
+        "empty input": 1,
+        "too many heavy atoms": 1,
+        "duplicate InChIKey": 1,
+    }
     assert result.chunks_done == 3  # 244 rows in chunks of 100
     assert {a["kind"] for a in result.ann.values()} == {"flat"}  # below index.ann_threshold
     store = IndexStore(str(path))
     manifest = store.read_manifest()
-    quarantine = pd.concat([pq.read_table(store.path(s.quarantine)).to_pandas()
-                            for s in manifest.shards if s.quarantine])
+    quarantine = pd.concat(
+        [pq.read_table(store.path(s.quarantine)).to_pandas() for s in manifest.shards if s.quarantine]
+    )
     assert sorted(quarantine["id"]) == ["drug240", "drug241", "drug242", "drug243"]
     meta = read_shard_metadata(store, manifest).to_pandas()
     assert meta["id"].tolist()[:3] == ["drug0", "drug1", "drug2"]
     assert meta["inchikey"].str.len().eq(27).all() and meta["inchikey"].is_unique
     aspirin_like = meta.iloc[7]
-    assert (aspirin_like.formula, aspirin_like.mass) == (formula_and_mass(aspirin_like.smiles)[0],
-                                                         pytest.approx(formula_and_mass(aspirin_like.smiles)[1]))
+    assert (aspirin_like.formula, aspirin_like.mass) == (
+        formula_and_mass(aspirin_like.smiles)[0],
+        pytest.approx(formula_and_mass(aspirin_like.smiles)[1]),
+    )
     vectors = _vectors(path, "ecfp")
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)  # cosine = inner product
 
@@ -164,8 +181,10 @@ def test_search_ranks_by_cosine_and_filters_inside_the_index(flat_index):
     members = np.flatnonzero(meta["formula"].to_numpy() == formula)
     filtered = index.search("nmr13c", queries[:1], top_k=50, formula=formula).candidates
     assert set(filtered["formula"]) == {formula} and len(filtered) == len(members)
-    assert filtered["id"].tolist() == meta["id"].iloc[members[np.argsort(-(library[members] @ vectors[0]),
-                                                                         kind="stable")]].tolist()
+    assert (
+        filtered["id"].tolist()
+        == meta["id"].iloc[members[np.argsort(-(library[members] @ vectors[0]), kind="stable")]].tolist()
+    )
     target = meta.iloc[11]
     by_mass = index.search("nmr13c", queries[:1], top_k=10, mass=float(target.mass), tol=0.001).candidates
     assert target.id in by_mass["id"].tolist()
@@ -185,9 +204,29 @@ def test_bad_queries_get_one_error_each_and_the_rest_run(flat_index, tmp_path):
     (queries / "outside.json").write_text(json.dumps([[500.0, 1.0]]))  # no peak in -50..350 ppm
     (queries / "figure.png").write_bytes(b"\x89PNG\r\n")  # a picture given to an NMR modality
     out = tmp_path / "hits.json"
-    proc = subprocess.run([sys.executable, "-m", "acml_ray.cli.main", "search", "--index", str(flat_index["path"]),
-                           "--modality", "nmr13c", "--query", str(queries), "--query", "[[128.0, 1.0]]",
-                           "--top", "3", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "acml_ray.cli.main",
+            "search",
+            "--index",
+            str(flat_index["path"]),
+            "--modality",
+            "nmr13c",
+            "--query",
+            str(queries),
+            "--query",
+            "[[128.0, 1.0]]",
+            "--top",
+            "3",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr  # some queries failed, the others answered
     errors = [line for line in proc.stderr.splitlines() if line.startswith("acml search: query")]
     assert len(errors) == 4
@@ -203,7 +242,8 @@ def test_bad_queries_get_one_error_each_and_the_rest_run(flat_index, tmp_path):
     # Mass spectra: every spectrum of an MGF file is a query; one without peaks fails alone.
     (tmp_path / "unknowns.mgf").write_text(
         "BEGIN IONS\nTITLE=unknown 1\nPEPMASS=181.05\n77.04 30\n105.03 100\n163.04 20\nEND IONS\n"
-        "BEGIN IONS\nTITLE=no peaks\nPEPMASS=200.0\nEND IONS\n")
+        "BEGIN IONS\nTITLE=no peaks\nPEPMASS=200.0\nEND IONS\n"
+    )
     ms = search(str(flat_index["path"]), "ms", [str(tmp_path / "unknowns.mgf")], top_k=2)
     assert ms.candidates["query_id"].unique().tolist() == ["unknowns.mgf:0 unknown 1"]
     assert len(ms.errors) == 1 and "no peaks" in ms.errors[0].query_id and "empty spectrum" in ms.errors[0].error
@@ -219,8 +259,9 @@ def test_search_with_another_model_is_refused(flat_index, models, libraries):
     assert StructureIndex(str(flat_index["path"]), model=str(models["a"])).rows == 240
 
 
-def test_interrupted_build_resumes_and_growth_embeds_only_new_molecules(ray_local, models, libraries, tmp_path,
-                                                                       monkeypatch):
+def test_interrupted_build_resumes_and_growth_embeds_only_new_molecules(
+    ray_local, models, libraries, tmp_path, monkeypatch
+):
     import acml_ray.search.build as build
 
     out = str(tmp_path / "index")
@@ -263,10 +304,25 @@ def test_index_and_search_on_object_storage(ray_local, s3_env, models, libraries
     from acml_ray.cli.main import main
 
     uri = f"s3://{s3_env['bucket']}/indexes/drugs"
-    assert main(["index", "--model", str(models["a"]), "--library", str(libraries["first"]), "--out", uri,
-                 "--set", "index.chunk_rows=200"]) == 0
-    keys = [o["Key"] for o in s3_env["client"].list_objects_v2(Bucket=s3_env["bucket"],
-                                                               Prefix="indexes/drugs/")["Contents"]]
+    assert (
+        main(
+            [
+                "index",
+                "--model",
+                str(models["a"]),
+                "--library",
+                str(libraries["first"]),
+                "--out",
+                uri,
+                "--set",
+                "index.chunk_rows=200",
+            ]
+        )
+        == 0
+    )
+    keys = [
+        o["Key"] for o in s3_env["client"].list_objects_v2(Bucket=s3_env["bucket"], Prefix="indexes/drugs/")["Contents"]
+    ]
     assert "indexes/drugs/manifest.json" in keys and any(k.endswith(".faiss") for k in keys)
     result = search(uri, "ecfp", ["CC(=O)Oc1ccccc1C(=O)O", "C1CC"], top_k=4)
     assert [e.error for e in result.errors] == ["unparsable SMILES"]
@@ -277,10 +333,14 @@ def test_pyfunc_answers_a_query_table(flat_index):
     from acml_ray.search.pyfunc import OUTPUT_COLUMNS, search_table
 
     index = StructureIndex(str(flat_index["path"]))
-    table = pd.DataFrame({"query_id": ["a", "b", "c", "d"],
-                          "modality": ["ecfp", "nmr13c", "image", "ecfp"],
-                          "query": ["c1ccccc1O", "[[128.0, 1.0], [30.0, 1.0]]", "x", "not a smiles"],
-                          "formula": [None, None, None, "C6H6O"]})
+    table = pd.DataFrame(
+        {
+            "query_id": ["a", "b", "c", "d"],
+            "modality": ["ecfp", "nmr13c", "image", "ecfp"],
+            "query": ["c1ccccc1O", "[[128.0, 1.0], [30.0, 1.0]]", "x", "not a smiles"],
+            "formula": [None, None, None, "C6H6O"],
+        }
+    )
     out = search_table(index, table, top_k=2)
     assert list(out.columns) == OUTPUT_COLUMNS
     assert out["query_id"].tolist() == ["a", "a", "b", "b", "c", "d"]  # input order, ranks within
@@ -300,9 +360,26 @@ def test_registered_search_model_serves_http(flat_index, tmp_path, stop_process_
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     log = open(tmp_path / "serve.log", "wb")
-    server = subprocess.Popen([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", "models:/drug-search@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            str(Path(bin_dir) / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/drug-search@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -317,10 +394,15 @@ def test_registered_search_model_serves_http(flat_index, tmp_path, stop_process_
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(1)
         meta = StructureIndex(str(flat_index["path"])).metadata()
-        body = json.dumps({"dataframe_split": {"columns": ["query_id", "modality", "query", "formula"],
-                                               "data": [["q1", "ecfp", meta.smiles[0], meta.formula[0]],
-                                                        ["q2", "nmr13c", "[]", None]]},
-                           "params": {"top_k": 3}}).encode()
+        body = json.dumps(
+            {
+                "dataframe_split": {
+                    "columns": ["query_id", "modality", "query", "formula"],
+                    "data": [["q1", "ecfp", meta.smiles[0], meta.formula[0]], ["q2", "nmr13c", "[]", None]],
+                },
+                "params": {"top_k": 3},
+            }
+        ).encode()
         request = urllib.request.Request(f"{base}/invocations", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as response:
             rows = json.loads(response.read())["predictions"]
@@ -343,8 +425,10 @@ def test_picture_queries_are_prepared_like_depictions(tmp_path, depiction_modali
 
     smiles = "CC(=O)Oc1ccccc1C(=O)O"
     Draw.MolToImage(Chem.MolFromSmiles(smiles), size=(224, 224)).save(tmp_path / "aspirin.png")
-    np.testing.assert_array_equal(picture_tensor(depiction_modality, tmp_path / "aspirin.png").numpy(),
-                                  depiction_modality.preprocess_one(smiles).numpy())
+    np.testing.assert_array_equal(
+        picture_tensor(depiction_modality, tmp_path / "aspirin.png").numpy(),
+        depiction_modality.preprocess_one(smiles).numpy(),
+    )
     wide = Image.new("RGBA", (400, 200), (0, 0, 0, 0))  # transparent, not square
     wide.save(tmp_path / "wide.png")
     assert picture_tensor(depiction_modality, tmp_path / "wide.png").shape == (3, 224, 224)
@@ -371,8 +455,23 @@ def test_search_benchmark_smoke(ray_local, models, tmp_path):
     kept = [isinstance(g, MolGraph) for g in GraphFeaturizer().featurize_batch(nmr["smiles"].tolist())]
     held = nmr[kept].head(8)[["smiles", "inchikey"]]  # molecules the model's featuriser keeps
     held.to_parquet(run / "data" / "val.parquet")
-    report = bench.main(["--model", str(run), "--index", str(tmp_path / "index"), "--size", "200",
-                         "--queries", "5", "--identify", "--set", "index.ann_threshold=100", "--set", "index.nlist=4"])
+    report = bench.main(
+        [
+            "--model",
+            str(run),
+            "--index",
+            str(tmp_path / "index"),
+            "--size",
+            "200",
+            "--queries",
+            "5",
+            "--identify",
+            "--set",
+            "index.ann_threshold=100",
+            "--set",
+            "index.nlist=4",
+        ]
+    )
     build, speed, found = report["build"], report["search"], report["identification"]
     assert build["rows"] == 200 and build["molecules_per_s"] > 0
     assert speed["rows"] == 208 and speed["kind"] == "ivf"  # 200 MOSES + 8 held-out drugs

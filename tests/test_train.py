@@ -28,14 +28,22 @@ def test_precision_follows_device():
 def test_gather_is_identity_without_process_group():
     x = torch.randn(3, 4, requires_grad=True)
     assert gather_rows(x) is x
-    cfg = load_config(overrides={"graph_encoder.hidden_dim": 8, "projection.dims": [8],
-                                 "modalities": [{"name": "a"}, {"name": "b", "weight": 0.5}]})
+    cfg = load_config(
+        overrides={
+            "graph_encoder.hidden_dim": 8,
+            "projection.dims": [8],
+            "modalities": [{"name": "a"}, {"name": "b", "weight": 0.5}],
+        }
+    )
     torch.manual_seed(0)
     model = ACMLModel.from_config(cfg, {"a": 5, "b": 3}).eval()
     featurizer = GraphFeaturizer()
     batch = Batch.from_data_list([featurizer.featurize(s).to_pyg() for s in SMILES])
-    inputs = {"a": torch.randn(6, 5), "b": torch.randn(6, 3),
-              "b__mask": torch.tensor([True, False, True, True, False, True])}
+    inputs = {
+        "a": torch.randn(6, 5),
+        "b": torch.randn(6, 3),
+        "b__mask": torch.tensor([True, False, True, True, False, True]),
+    }
     plain, gathered = model(batch, inputs), model(batch, inputs, gather=True)
     assert set(plain) == {"loss", "loss/a", "loss/b"}
     for key in plain:
@@ -92,8 +100,10 @@ def test_cli_train_parser():
 def test_config_logged_to_mlflow_has_no_uri_credentials() -> None:
     from acml_ray.tracking.mlflow_run import redact_credentials
 
-    dumped = {"tracking": {"uri": "https://alice:s3cr3t@mlflow.example:5000"},
-              "train": {"storage_path": "s3://bucket/runs", "tables": ["http://u:p@h/t", 3]}}
+    dumped = {
+        "tracking": {"uri": "https://alice:s3cr3t@mlflow.example:5000"},
+        "train": {"storage_path": "s3://bucket/runs", "tables": ["http://u:p@h/t", 3]},
+    }
     clean = redact_credentials(dumped)
     assert "s3cr3t" not in str(clean) and "u:p@" not in str(clean)
     assert clean["tracking"]["uri"] == "https://***@mlflow.example:5000"

@@ -20,8 +20,14 @@ from acml_ray.train.best import BEST_MARKER, download_best, save_best
 
 
 def _model(seed: int):
-    cfg = load_config(overrides={"graph_encoder.hidden_dim": 8, "graph_encoder.num_layers": 2,
-                                 "projection.dims": [8], "modalities": [{"name": "ecfp"}]})
+    cfg = load_config(
+        overrides={
+            "graph_encoder.hidden_dim": 8,
+            "graph_encoder.num_layers": 2,
+            "projection.dims": [8],
+            "modalities": [{"name": "ecfp"}],
+        }
+    )
     torch.manual_seed(seed)
     return ACMLModel.from_config(cfg, {"ecfp": 16}), cfg
 
@@ -33,8 +39,11 @@ def _marker(epoch: int, score: float) -> dict:
 def _folders(best_uri: str) -> list[str]:
     """Best-model folders by epoch (the random suffix dropped), sorted."""
     fs, path = resolve_filesystem(best_uri)
-    return sorted(i.base_name[:len("epoch-0000")] for i in fs.get_file_info(pafs.FileSelector(path))
-                  if i.type == pafs.FileType.Directory)
+    return sorted(
+        i.base_name[: len("epoch-0000")]
+        for i in fs.get_file_info(pafs.FileSelector(path))
+        if i.type == pafs.FileType.Directory
+    )
 
 
 def _check_best_store(best_uri: str, tmp_path: Path) -> None:

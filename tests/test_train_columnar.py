@@ -21,8 +21,9 @@ ATTRS = ("x", "edge_index", "edge_attr", "batch", "ptr")
 
 @pytest.fixture(scope="module")
 def molecules(chembl_drugs):
-    graphs = [g for g in GraphFeaturizer().featurize_batch(chembl_drugs["smiles"].tolist()[:300])
-              if isinstance(g, MolGraph)][:200]
+    graphs = [
+        g for g in GraphFeaturizer().featurize_batch(chembl_drugs["smiles"].tolist()[:300]) if isinstance(g, MolGraph)
+    ][:200]
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(len(graphs), 24)).astype(np.float32)
     has = rng.random(len(graphs)) > 0.3
@@ -67,7 +68,15 @@ def test_collate_multi_chunk_tables_graphs_only_and_ids(molecules):
     assert collated.ids.to_pylist() == [g.inchikey for g in graphs[:8]] and len(collated) == 8
     _assert_same_graphs(collated.graphs, graphs[:8])
     assert input_columns(["fp"], narrow.column_names) == [
-        "num_atoms", "num_edges", "x", "edge_index", "edge_attr", "emb__fp", "has__fp", "inchikey"]
+        "num_atoms",
+        "num_edges",
+        "x",
+        "edge_index",
+        "edge_attr",
+        "emb__fp",
+        "has__fp",
+        "inchikey",
+    ]
 
 
 def _replace(table: pa.Table, name: str, row: int, value) -> pa.Table:
@@ -76,16 +85,19 @@ def _replace(table: pa.Table, name: str, row: int, value) -> pa.Table:
     return table.set_column(table.column_names.index(name), name, pa.array(values, table.schema.field(name).type))
 
 
-@pytest.mark.parametrize("column, change, message", [
-    ("x", lambda v: v[:-7], r"column 'x' holds \d+ values, expected num_atoms x 7"),
-    ("x", lambda v: v + [0], r"column 'x' holds"),
-    ("edge_index", lambda v: v[:-2], r"column 'edge_index' holds \d+ values, expected 2 x num_edges"),
-    ("edge_attr", lambda v: v[:-4], r"column 'edge_attr' holds"),
-    ("edge_index", lambda v: [v[0] + 40] + v[1:], r"column 'edge_index' names atom \d+ of a graph with num_atoms"),
-    ("edge_index", lambda v: [-1] + v[1:], r"column 'edge_index' names atom -1"),
-    ("num_atoms", lambda v: v + 1, r"column 'x' holds"),
-    ("x", lambda v: None, r"column 'x' is null"),
-])
+@pytest.mark.parametrize(
+    "column, change, message",
+    [
+        ("x", lambda v: v[:-7], r"column 'x' holds \d+ values, expected num_atoms x 7"),
+        ("x", lambda v: v + [0], r"column 'x' holds"),
+        ("edge_index", lambda v: v[:-2], r"column 'edge_index' holds \d+ values, expected 2 x num_edges"),
+        ("edge_attr", lambda v: v[:-4], r"column 'edge_attr' holds"),
+        ("edge_index", lambda v: [v[0] + 40] + v[1:], r"column 'edge_index' names atom \d+ of a graph with num_atoms"),
+        ("edge_index", lambda v: [-1] + v[1:], r"column 'edge_index' names atom -1"),
+        ("num_atoms", lambda v: v + 1, r"column 'x' holds"),
+        ("x", lambda v: None, r"column 'x' is null"),
+    ],
+)
 def test_inconsistent_rows_are_rejected_with_id_and_column(molecules, column, change, message):
     graphs, _, _, _, narrow = molecules
     rows = narrow.slice(0, 20)

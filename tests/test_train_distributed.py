@@ -25,16 +25,30 @@ from acml_ray.train import BatchCallback, BatchInfo
 
 pytestmark = pytest.mark.slow
 
-TINY = {"graph_encoder.hidden_dim": 16, "graph_encoder.num_layers": 2, "projection.dims": [16],
-        "loss.kind": "infonce", "loss.temperature": 0.1, "train.batch_size": 16,
-        "eval.pool_size": 16, "eval.top_k": [1, 5]}
+TINY = {
+    "graph_encoder.hidden_dim": 16,
+    "graph_encoder.num_layers": 2,
+    "projection.dims": [16],
+    "loss.kind": "infonce",
+    "loss.temperature": 0.1,
+    "train.batch_size": 16,
+    "eval.pool_size": 16,
+    "eval.top_k": [1, 5],
+}
 MODALITIES = [{"name": "morgan", "weight": 1.0}, {"name": "maccs", "weight": 0.5}]
 
 
 def _cfg(tmp_path: Path, tables: dict[str, str], **overrides) -> ACMLConfig:
-    return load_config(overrides={**TINY, "modalities": MODALITIES, "output_dir": str(tmp_path),
-                                  "train.train_table": tables["train"], "train.val_table": tables["val"],
-                                  **overrides})
+    return load_config(
+        overrides={
+            **TINY,
+            "modalities": MODALITIES,
+            "output_dir": str(tmp_path),
+            "train.train_table": tables["train"],
+            "train.val_table": tables["val"],
+            **overrides,
+        }
+    )
 
 
 def test_two_modalities_tracking_early_stop_and_resume(ray_local, tables, tmp_path):
@@ -44,8 +58,16 @@ def test_two_modalities_tracking_early_stop_and_resume(ray_local, tables, tmp_pa
     from acml_ray.train import fit
 
     # 160 rows / batch 16 = 10 steps per epoch; a checkpoint every 4 steps and at epoch ends.
-    cfg = _cfg(tmp_path, tables, **{"train.epochs": 2, "train.checkpoint_every_steps": 4,
-                                    "train.lr_schedule": "cosine", "train.log_every_steps": 2})
+    cfg = _cfg(
+        tmp_path,
+        tables,
+        **{
+            "train.epochs": 2,
+            "train.checkpoint_every_steps": 4,
+            "train.lr_schedule": "cosine",
+            "train.log_every_steps": 2,
+        },
+    )
     first = fit(cfg, run_name="run")
     assert [h["step"] for h in first.history] == [10, 20]
     assert all(np.isfinite(h["val/loss"]) for h in first.history)
@@ -54,26 +76,31 @@ def test_two_modalities_tracking_early_stop_and_resume(ray_local, tables, tmp_pa
     assert model.modalities == ["morgan", "maccs"] and model.loss_weights["maccs"] == 0.5
     # The saved config names the tables the run used (evaluate falls back to train.val_table).
     assert (saved.train.train_table, saved.train.val_table) == (
-        str(Path(tables["train"]).resolve()), str(Path(tables["val"]).resolve()))
+        str(Path(tables["train"]).resolve()),
+        str(Path(tables["val"]).resolve()),
+    )
     marker = json.loads((first.best_model_dir / "BEST.json").read_text())
     assert marker["epoch"] == extra["epoch"] and marker["metric"] == "val/score"
 
     client = MlflowClient(f"sqlite:///{tmp_path.resolve()}/mlflow.db")
     run = client.get_run(first.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
-    assert {"train/step_loss", "val/loss", "val/maccs_to_graph/pool_16/top5", "train/graphs_per_s"} <= set(run.data.metrics)
+    assert {"train/step_loss", "val/loss", "val/maccs_to_graph/pool_16/top5", "train/graphs_per_s"} <= set(
+        run.data.metrics
+    )
     assert len(client.get_metric_history(run.info.run_id, "train/step_loss")) == 10
     assert run.data.tags["best_epoch"] == str(marker["epoch"]) and "mlflow.source.git.commit" in run.data.tags
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "model", "split"} <= artifacts
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "split")} == {"split/train_ids.csv",
-                                                                                  "split/val_ids.csv"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "split")} == {
+        "split/train_ids.csv",
+        "split/val_ids.csv",
+    }
 
     with pytest.raises(FileExistsError):
         fit(cfg, run_name="run")
     # Continue the stopped run for one more epoch; patience 1 with min_delta 1 stops it there.
-    more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 5, "patience": 1,
-                                                                        "min_delta": 1.0})})
+    more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 5, "patience": 1, "min_delta": 1.0})})
     resumed = fit(more, run_name="run", resume=True)
     assert [h["step"] for h in resumed.history] == [10, 20, 30] and resumed.stopped_early
     assert resumed.mlflow_run_id == first.mlflow_run_id
@@ -117,19 +144,29 @@ def test_two_workers_gather_equals_one_process_on_concatenated_batch(ray_local, 
     from acml_ray.model.acml import ACMLModel
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    cfg = _cfg(tmp_path, tables, **{"graph_encoder.dropout": 0.0, "projection.dropout": 0.0,
-                                    "loss.learnable_temperature": True})
+    cfg = _cfg(
+        tmp_path,
+        tables,
+        **{"graph_encoder.dropout": 0.0, "projection.dropout": 0.0, "loss.learnable_temperature": True},
+    )
     dims = {"morgan": 128, "maccs": 167}
     global_batch = list(range(0, 48, 2))  # 24 rows, 12 per worker; some lack maccs
 
     def probe(gather: bool, name: str) -> dict:
         out = tmp_path / f"{name}.pt"
-        TorchTrainer(_gradient_probe,
-                     train_loop_config={"acml": cfg.model_dump(mode="json"), "table": tables["train"],
-                                        "dims": dims, "global_batch": global_batch, "gather": gather,
-                                        "out": str(out)},
-                     scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-                     run_config=RunConfig(name=name, storage_path=str(tmp_path / "ray"))).fit()
+        TorchTrainer(
+            _gradient_probe,
+            train_loop_config={
+                "acml": cfg.model_dump(mode="json"),
+                "table": tables["train"],
+                "dims": dims,
+                "global_batch": global_batch,
+                "gather": gather,
+                "out": str(out),
+            },
+            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+            run_config=RunConfig(name=name, storage_path=str(tmp_path / "ray")),
+        ).fit()
         return torch.load(out)
 
     two = probe(True, "gathered")
@@ -200,13 +237,24 @@ def test_killed_worker_resumes_with_exact_replay_and_no_row_skipped(ray_local, t
         pq.write_table(table.slice(40 * i, 40), shards / f"part-{i}.parquet")
     # 160 rows, 2 workers: 80 rows each, batch 16 -> 5 steps per epoch, 10 in all; checkpoints
     # every 3 steps; rank 1 is SIGKILLed right after step 7 (last checkpoint: step 6).
-    cfg = _cfg(tmp_path, {**tables, "train": str(shards)},
-               **{"train.epochs": 2, "train.num_workers": 2, "train.cpus_per_worker": 0.5,
-                  "train.checkpoint_every_steps": 3, "train.max_failures": 1, "train.shuffle_buffer_rows": 48,
-                  "train.object_store_table_mib": 0, "tracking.enabled": False})
+    cfg = _cfg(
+        tmp_path,
+        {**tables, "train": str(shards)},
+        **{
+            "train.epochs": 2,
+            "train.num_workers": 2,
+            "train.cpus_per_worker": 0.5,
+            "train.checkpoint_every_steps": 3,
+            "train.max_failures": 1,
+            "train.shuffle_buffer_rows": 48,
+            "train.object_store_table_mib": 0,
+            "tracking.enabled": False,
+        },
+    )
     logs = tmp_path / "batches"
-    result = fit(cfg, run_name="faulty", batch_callbacks=[BatchLog(str(logs)),
-                                                          KillOnce(7, 1, str(tmp_path / "killed"))])
+    result = fit(
+        cfg, run_name="faulty", batch_callbacks=[BatchLog(str(logs)), KillOnce(7, 1, str(tmp_path / "killed"))]
+    )
     assert (tmp_path / "killed").read_text() == "7"
     assert [h["step"] for h in result.history] == [5, 10]
 

@@ -33,8 +33,11 @@ class MeanAtomEncoder(nn.Module):
 
 
 def mean_atom_model(cfg: ACMLConfig, modality_dims: Mapping[str, int]) -> ACMLModel:
-    return ACMLModel(MeanAtomEncoder(cfg.graph_encoder.hidden_dim), modality_dims,
-                     projection=lambda d: ProjectionHead(d, dims=cfg.projection.dims, dropout=0.0))
+    return ACMLModel(
+        MeanAtomEncoder(cfg.graph_encoder.hidden_dim),
+        modality_dims,
+        projection=lambda d: ProjectionHead(d, dims=cfg.projection.dims, dropout=0.0),
+    )
 
 
 def test_fit_builds_the_model_with_the_given_factory(ray_local, tables, tmp_path: Path):
@@ -44,11 +47,23 @@ def test_fit_builds_the_model_with_the_given_factory(ray_local, tables, tmp_path
     from acml_ray.train import fit
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    cfg = load_config(overrides={
-        "graph_encoder.hidden_dim": 12, "projection.dims": [8], "loss.kind": "infonce",
-        "loss.temperature": 0.1, "train.batch_size": 16, "train.epochs": 1, "eval.pool_size": 16,
-        "eval.top_k": [1, 5], "modalities": [{"name": "morgan"}], "output_dir": str(tmp_path),
-        "train.train_table": tables["train"], "train.val_table": tables["val"], "tracking.enabled": False})
+    cfg = load_config(
+        overrides={
+            "graph_encoder.hidden_dim": 12,
+            "projection.dims": [8],
+            "loss.kind": "infonce",
+            "loss.temperature": 0.1,
+            "train.batch_size": 16,
+            "train.epochs": 1,
+            "eval.pool_size": 16,
+            "eval.top_k": [1, 5],
+            "modalities": [{"name": "morgan"}],
+            "output_dir": str(tmp_path),
+            "train.train_table": tables["train"],
+            "train.val_table": tables["val"],
+            "tracking.enabled": False,
+        }
+    )
     result = fit(cfg, run_name="factory", model_factory=mean_atom_model)
     assert [h["epoch"] for h in result.history] == [1]
     model, _, _ = load_model(result.best_model_dir, model_factory=mean_atom_model)

@@ -34,9 +34,18 @@ def test_shipped_spaces_sample_valid_configs(path):
 
 def test_acml_space_covers_the_issue_and_maps_types():
     space = load_space(ROOT / "tune_spaces" / "acml.yaml")
-    assert {"graph_encoder.num_layers", "graph_encoder.hidden_dim", "graph_encoder.pooling", "loss.kind",
-            "loss.temperature", "loss.learnable_temperature", "projection.dims", "optimizer.lr",
-            "optimizer.weight_decay", "train.batch_size"} <= set(space.parameters)
+    assert {
+        "graph_encoder.num_layers",
+        "graph_encoder.hidden_dim",
+        "graph_encoder.pooling",
+        "loss.kind",
+        "loss.temperature",
+        "loss.learnable_temperature",
+        "projection.dims",
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "train.batch_size",
+    } <= set(space.parameters)
     depth = space.parameters["graph_encoder.num_layers"]
     assert (depth.low, depth.high, depth.integer) == (2, 8, True)
     seen = {"depth": set(), "dims": set()}
@@ -68,46 +77,64 @@ def _space(**parameters) -> dict:
     return {"parameters": {k.replace("__", "."): v for k, v in parameters.items()}}
 
 
-@pytest.mark.parametrize("spec, message", [
-    # unknown parameter: not a config path
-    (_space(graph_encoder__depth={"choice": [2, 3]}), r"unknown parameter 'graph_encoder.depth': not a config "
-                                                      r"path \(graph_encoder has: num_layers"),
-    (_space(optimiser__lr={"choice": [0.1]}), r"unknown parameter 'optimiser.lr'"),
-    (_space(graph_encoder={"choice": [1]}), r"graph_encoder is a config section"),
-    (_space(modalities__weight={"choice": [1.0]}), r"lists such as modalities cannot be tuned"),
-    (_space(train__epochs={"quniform": [1, 9, 1]}), r"'train.epochs' cannot be tuned \(ASHA decides"),
-    (_space(tracking__uri={"choice": ["x"]}), r"'tracking.uri' cannot be tuned"),
-    # empty range / empty choice
-    (_space(optimizer__lr={"loguniform": [1e-2, 1e-4]}), r"'optimizer.lr': empty range, low 0.01 must be below"),
-    (_space(optimizer__lr={"uniform": [0.1, 0.1]}), r"empty range"),
-    (_space(graph_encoder__pooling={"choice": []}), r"'graph_encoder.pooling': empty choice"),
-    ({"parameters": {}}, r"no parameters to search"),
-    # wrong type
-    (_space(optimizer__lr={"loguniform": ["1e-4", 1e-2]}), r"'optimizer.lr': loguniform low must be a number, got "
-                                                          r"'1e-4' \(str\)"),
-    (_space(optimizer__lr={"uniform": [True, 1.0]}), r"low must be a number"),
-    (_space(graph_encoder__pooling={"uniform": [0, 1]}), r"'graph_encoder.pooling': a numeric range needs a number "
-                                                          r"field.*use choice"),
-    (_space(graph_encoder__num_layers={"uniform": [2, 8]}), r"integer field: use quniform/qloguniform with an "
-                                                            r"integer q"),
-    (_space(graph_encoder__num_layers={"quniform": [2, 8, 0.5]}), r"integer field"),
-    (_space(optimizer__lr={"loguniform": [0.0, 1.0]}), r"loguniform needs low > 0"),
-    (_space(optimizer__lr={"loguniform": [1e-4]}), r"loguniform takes \[low, high\]"),
-    (_space(optimizer__lr={"normal": [0, 1]}), r"unknown distribution 'normal'"),
-    (_space(optimizer__lr=[1e-3, 1e-2]), r"expected one of \{choice"),
-    (_space(graph_encoder__pooling={"choice": "sum"}), r"choice needs a list of options"),
-    (_space(graph_encoder__pooling={"choice": ["sum", "sum"]}), r"lists an option twice"),
-    # a value the config field rejects
-    (_space(graph_encoder__pooling={"choice": ["sum", "attention"]}), r"'graph_encoder.pooling': value 'attention' "
-                                                                      r"is rejected by the config: Input should be"),
-    (_space(graph_encoder__num_layers={"quniform": [0, 4, 1]}), r"value 0 is rejected by the config"),
-    (_space(graph_encoder__dropout={"uniform": [0.0, 1.5]}), r"value 1.5 is rejected by the config"),
-    (_space(projection__dims={"choice": [[256], []]}), r"value \[\] is rejected by the config"),
-    (_space(loss__kind={"choice": ["infonce", 3]}), r"value 3 is rejected"),
-    # file structure
-    ({"params": {}}, r"expected a mapping with a 'parameters' mapping"),
-    ({"parameters": {"optimizer.lr": {"choice": [0.1]}}, "seed": 1}, r"unknown top-level keys \['seed'\]"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        # unknown parameter: not a config path
+        (
+            _space(graph_encoder__depth={"choice": [2, 3]}),
+            r"unknown parameter 'graph_encoder.depth': not a config "
+            r"path \(graph_encoder has: num_layers",
+        ),
+        (_space(optimiser__lr={"choice": [0.1]}), r"unknown parameter 'optimiser.lr'"),
+        (_space(graph_encoder={"choice": [1]}), r"graph_encoder is a config section"),
+        (_space(modalities__weight={"choice": [1.0]}), r"lists such as modalities cannot be tuned"),
+        (_space(train__epochs={"quniform": [1, 9, 1]}), r"'train.epochs' cannot be tuned \(ASHA decides"),
+        (_space(tracking__uri={"choice": ["x"]}), r"'tracking.uri' cannot be tuned"),
+        # empty range / empty choice
+        (_space(optimizer__lr={"loguniform": [1e-2, 1e-4]}), r"'optimizer.lr': empty range, low 0.01 must be below"),
+        (_space(optimizer__lr={"uniform": [0.1, 0.1]}), r"empty range"),
+        (_space(graph_encoder__pooling={"choice": []}), r"'graph_encoder.pooling': empty choice"),
+        ({"parameters": {}}, r"no parameters to search"),
+        # wrong type
+        (
+            _space(optimizer__lr={"loguniform": ["1e-4", 1e-2]}),
+            r"'optimizer.lr': loguniform low must be a number, got "
+            r"'1e-4' \(str\)",
+        ),
+        (_space(optimizer__lr={"uniform": [True, 1.0]}), r"low must be a number"),
+        (
+            _space(graph_encoder__pooling={"uniform": [0, 1]}),
+            r"'graph_encoder.pooling': a numeric range needs a number "
+            r"field.*use choice",
+        ),
+        (
+            _space(graph_encoder__num_layers={"uniform": [2, 8]}),
+            r"integer field: use quniform/qloguniform with an "
+            r"integer q",
+        ),
+        (_space(graph_encoder__num_layers={"quniform": [2, 8, 0.5]}), r"integer field"),
+        (_space(optimizer__lr={"loguniform": [0.0, 1.0]}), r"loguniform needs low > 0"),
+        (_space(optimizer__lr={"loguniform": [1e-4]}), r"loguniform takes \[low, high\]"),
+        (_space(optimizer__lr={"normal": [0, 1]}), r"unknown distribution 'normal'"),
+        (_space(optimizer__lr=[1e-3, 1e-2]), r"expected one of \{choice"),
+        (_space(graph_encoder__pooling={"choice": "sum"}), r"choice needs a list of options"),
+        (_space(graph_encoder__pooling={"choice": ["sum", "sum"]}), r"lists an option twice"),
+        # a value the config field rejects
+        (
+            _space(graph_encoder__pooling={"choice": ["sum", "attention"]}),
+            r"'graph_encoder.pooling': value 'attention' "
+            r"is rejected by the config: Input should be",
+        ),
+        (_space(graph_encoder__num_layers={"quniform": [0, 4, 1]}), r"value 0 is rejected by the config"),
+        (_space(graph_encoder__dropout={"uniform": [0.0, 1.5]}), r"value 1.5 is rejected by the config"),
+        (_space(projection__dims={"choice": [[256], []]}), r"value \[\] is rejected by the config"),
+        (_space(loss__kind={"choice": ["infonce", 3]}), r"value 3 is rejected"),
+        # file structure
+        ({"params": {}}, r"expected a mapping with a 'parameters' mapping"),
+        ({"parameters": {"optimizer.lr": {"choice": [0.1]}}, "seed": 1}, r"unknown top-level keys \['seed'\]"),
+    ],
+)
 def test_space_errors_are_clear(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_space(spec, source="bad.yaml")
@@ -135,9 +162,19 @@ def test_values_are_checked_against_the_base_config():
 
 def test_trial_config_plumbing(tmp_path):
     base = load_config(overrides={"output_dir": str(tmp_path), "train.epochs": 50})
-    plan = StudyPlan(name="s", study_uri=str(tmp_path / "s"), output_dir=str(tmp_path), train_table="t.parquet",
-                     val_table="v.parquet", modality_dims={"image": 8}, max_t=4, metric="val/score", mode="max",
-                     tracking_uri="sqlite:///x.db", parent_run_id="abc")
+    plan = StudyPlan(
+        name="s",
+        study_uri=str(tmp_path / "s"),
+        output_dir=str(tmp_path),
+        train_table="t.parquet",
+        val_table="v.parquet",
+        modality_dims={"image": 8},
+        max_t=4,
+        metric="val/score",
+        mode="max",
+        tracking_uri="sqlite:///x.db",
+        parent_run_id="abc",
+    )
     cfg = plan.trial_config(base, {"optimizer.lr": 0.01, "projection.dims": [16]}, "t1")
     assert cfg.optimizer.lr == 0.01 and cfg.projection.dims == [16] and cfg.train.epochs == 4
     assert cfg.train.storage_path == str(tmp_path / "s" / "train") and cfg.output_dir == str(tmp_path / "trials" / "t1")
@@ -159,9 +196,19 @@ def test_study_owns_trial_run_status(tmp_path):
 
     cfg = load_config(overrides={"output_dir": str(tmp_path)})
     parent = start_run(cfg, "s")
-    plan = StudyPlan(name="s", study_uri=str(tmp_path / "s"), output_dir=str(tmp_path), train_table="t",
-                     val_table="v", modality_dims={}, max_t=3, metric="val/score", mode="max",
-                     tracking_uri=parent.uri, parent_run_id=parent.run_id)
+    plan = StudyPlan(
+        name="s",
+        study_uri=str(tmp_path / "s"),
+        output_dir=str(tmp_path),
+        train_table="t",
+        val_table="v",
+        modality_dims={},
+        max_t=3,
+        metric="val/score",
+        mode="max",
+        tracking_uri=parent.uri,
+        parent_run_id=parent.run_id,
+    )
     client = MlflowClient(parent.uri)
     runs = {}
     for trial_id, status in [("done", "FINISHED"), ("stopped", "FAILED"), ("open", "RUNNING"), ("broken", "RUNNING")]:
@@ -170,8 +217,12 @@ def test_study_owns_trial_run_status(tmp_path):
         if status != "RUNNING":
             run.finish(status)
         runs[trial_id] = run.run_id
-    trials = [TrialSummary("done", {}, 3, 0.5, 0.5, False), TrialSummary("stopped", {}, 1, 0.1, 0.1, True),
-              TrialSummary("open", {}, 1, 0.2, 0.2, True), TrialSummary("broken", {}, 0, None, None, False, "boom")]
+    trials = [
+        TrialSummary("done", {}, 3, 0.5, 0.5, False),
+        TrialSummary("stopped", {}, 1, 0.1, 0.1, True),
+        TrialSummary("open", {}, 1, 0.2, 0.2, True),
+        TrialSummary("broken", {}, 0, None, None, False, "boom"),
+    ]
 
     def statuses():
         return {t: client.get_run(r).info.status for t, r in runs.items()}

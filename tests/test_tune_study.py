@@ -41,14 +41,30 @@ class InterruptOnce(ray.tune.Callback):
 
 
 def _cfg(tmp_path: Path, tables: dict[str, str]) -> ACMLConfig:
-    return load_config(overrides={
-        "modalities": [{"name": "morgan"}], "output_dir": str(tmp_path / "out"),
-        "train.train_table": tables["train"], "train.val_table": tables["val"],
-        "graph_encoder.hidden_dim": 16, "graph_encoder.num_layers": 2, "projection.dims": [16],
-        "loss.kind": "infonce", "loss.temperature": 0.1, "optimizer.lr": 1e-2,
-        "train.batch_size": 16, "train.epochs": MAX_T, "eval.pool_size": 16, "eval.top_k": [1, 5],
-        "tune.num_samples": 4, "tune.max_concurrent_trials": 1, "tune.seed": 0,
-        "tune.grace_period": 1, "tune.reduction_factor": 2, "tune.name": "tiny"})
+    return load_config(
+        overrides={
+            "modalities": [{"name": "morgan"}],
+            "output_dir": str(tmp_path / "out"),
+            "train.train_table": tables["train"],
+            "train.val_table": tables["val"],
+            "graph_encoder.hidden_dim": 16,
+            "graph_encoder.num_layers": 2,
+            "projection.dims": [16],
+            "loss.kind": "infonce",
+            "loss.temperature": 0.1,
+            "optimizer.lr": 1e-2,
+            "train.batch_size": 16,
+            "train.epochs": MAX_T,
+            "eval.pool_size": 16,
+            "eval.top_k": [1, 5],
+            "tune.num_samples": 4,
+            "tune.max_concurrent_trials": 1,
+            "tune.seed": 0,
+            "tune.grace_period": 1,
+            "tune.reduction_factor": 2,
+            "tune.name": "tiny",
+        }
+    )
 
 
 def test_study_asha_mlflow_export_and_resume(ray_local, tables, tmp_path):

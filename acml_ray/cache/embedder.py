@@ -59,8 +59,9 @@ class CachedEmbedder:
         self.batch_size = batch_size
         self.flush_every = flush_every  # persist progress so a crash loses little work
         self.progress = progress
-        self.cache = EmbeddingCache(cache_root, modality.name, modality.fingerprint, modality.dim,
-                                    filesystem=filesystem)
+        self.cache = EmbeddingCache(
+            cache_root, modality.name, modality.fingerprint, modality.dim, filesystem=filesystem
+        )
 
     def embed(self, raws: Sequence[Any]) -> EmbedResult:
         """Vectors for `raws` (cached or freshly encoded), with per-row rejection reasons."""
@@ -99,7 +100,10 @@ class CachedEmbedder:
         return EmbedResult(vectors, ok, reasons, report)
 
     def _encode_missing(
-        self, raws: Sequence[Any], missing: dict[str, int], reasons: list[str | None],
+        self,
+        raws: Sequence[Any],
+        missing: dict[str, int],
+        reasons: list[str | None],
         report: EmbedReport,
     ) -> dict[str, np.ndarray]:
         computed: dict[str, np.ndarray] = {}

@@ -49,8 +49,9 @@ class CacheStats:
 class EmbeddingCache:
     """Embeddings of one (modality, encoder fingerprint) pair, keyed by content hash."""
 
-    def __init__(self, root: str, modality: str, fingerprint: str, dim: int,
-                 filesystem: pafs.FileSystem | None = None) -> None:
+    def __init__(
+        self, root: str, modality: str, fingerprint: str, dim: int, filesystem: pafs.FileSystem | None = None
+    ) -> None:
         """`filesystem`, when given, is used for `root` as is (a path inside it): pipelines
         resolve S3 credentials once in the driver and ship the filesystem to their workers."""
         self.root = root
@@ -107,7 +108,7 @@ class EmbeddingCache:
         """Read every verified shard into memory: key -> float32 vector."""
         if self._index is not None and not refresh:
             return self._index
-        for attempt in range(3):
+        for _attempt in range(3):
             try:
                 self._index = self._load_once()
                 return self._index
@@ -163,10 +164,12 @@ class EmbeddingCache:
         return path
 
     def _write_shard(self, keys: list[str], vectors: np.ndarray) -> str:
-        table = pa.table({
-            "key": pa.array(keys, pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.dim),
-        })
+        table = pa.table(
+            {
+                "key": pa.array(keys, pa.string()),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.dim),
+            }
+        )
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         data = sink.getvalue().to_pybytes()

@@ -80,7 +80,13 @@ class _Lookup:
 _ATOM_LOOKUP = _Lookup(list(ATOM_VOCABS.values()))
 _BOND_LOOKUP = _Lookup(list(BOND_VOCABS.values()))
 assert list(ATOM_VOCABS) == [
-    "atomic_num", "chiral_tag", "degree", "formal_charge", "total_hs", "hybridization", "aromatic"
+    "atomic_num",
+    "chiral_tag",
+    "degree",
+    "formal_charge",
+    "total_hs",
+    "hybridization",
+    "aromatic",
 ], "update _graph_arrays when ATOM_VOCABS changes"
 assert list(BOND_VOCABS) == ["bond_type", "stereo", "conjugated", "in_ring"], (
     "update _graph_arrays when BOND_VOCABS changes"
@@ -394,7 +400,8 @@ class GraphFeaturizer:
                 if atom.GetNumRadicalElectrons():
                     raise FeaturizationError(
                         f"radical: {atom.GetNumRadicalElectrons()} unpaired electron(s) on "
-                        f"{atom.GetSymbol()} (atom {atom.GetIdx()})")
+                        f"{atom.GetSymbol()} (atom {atom.GetIdx()})"
+                    )
 
 
 def _rejected(index: int, item: object, err: Exception) -> Rejected:

@@ -32,8 +32,10 @@ __all__ = ["DEFAULT_LIMITS", "FeaturizationError", "SmilesLimits", "parse_smiles
 
 # Invisible characters that editors, spreadsheets and web pages leave at the ends of a field.
 # (Every character `str.isspace` accepts, then the byte-order mark and the zero-width ones.)
-_STRIP = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
-          "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff\u200b\u200c\u200d\u2060")
+_STRIP = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff\u200b\u200c\u200d\u2060"
+)
 
 
 class FeaturizationError(ValueError):

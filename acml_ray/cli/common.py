@@ -12,10 +12,17 @@ from acml_ray.config import ACMLConfig, load_config, packaged_config
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--config / --set / --quiet, the options every config-driven command takes."""
-    parser.add_argument("--config", help="YAML config (default: `acml demo` uses the packaged demo "
-                                         "config, every other command the built-in defaults)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    parser.add_argument(
+        "--config",
+        help="YAML config (default: `acml demo` uses the packaged demo "
+        "config, every other command the built-in defaults)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=5 (repeatable)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -29,13 +36,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         try:
             overrides[key] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise ValueError(f"--set {pair!r}: the value is not valid YAML "
-                             f"({' '.join(str(exc).split())})") from None
+            raise ValueError(f"--set {pair!r}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
     return overrides
 
 
-def config_from_args(args: argparse.Namespace, default: str | None = None,
-                     extra: dict[str, Any] | None = None) -> ACMLConfig:
+def config_from_args(
+    args: argparse.Namespace, default: str | None = None, extra: dict[str, Any] | None = None
+) -> ACMLConfig:
     """The config a command runs with: YAML file (or packaged default), then --set, then the
     command's own flags in `extra` (taken verbatim: a path named `yes` stays a string), then --out."""
     path = args.config or (packaged_config(default) if default else None)

@@ -8,8 +8,7 @@ from acml_ray.cli.common import add_config_arguments, config_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "embed", help="featurise molecules and embed every modality (cached) with Ray Data")
+    parser = sub.add_parser("embed", help="featurise molecules and embed every modality (cached) with Ray Data")
     add_config_arguments(parser)
     parser.add_argument("--input", help="Parquet/CSV file or folder, path or s3:// URI (embed.input)")
     parser.add_argument("--out", help="output_dir (default from the config)")
@@ -31,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
         result = run_embed_pipeline(cfg)
     except StorageError as exc:  # names the location, never the credentials
         raise PermissionError(str(exc)) from None
-    print(f"train: {result.train_path}\nval: {result.val_path}\nquarantine: {result.quarantine_path}\n"
-          f"report: {result.report_path}")
+    print(
+        f"train: {result.train_path}\nval: {result.val_path}\nquarantine: {result.quarantine_path}\n"
+        f"report: {result.report_path}"
+    )
     return 0

@@ -12,8 +12,18 @@ from acml_ray.environment import apply_defaults
 from acml_ray.storage import StorageError
 
 # Subcommand modules, in the order `acml --help` lists them.
-COMMANDS: tuple[str, ...] = ("demo", "embed", "evaluate", "index", "pretrain_spectrum", "register", "search",
-                             "train", "tune")
+COMMANDS: tuple[str, ...] = (
+    "demo",
+    "embed",
+    "evaluate",
+    "index",
+    "pretrain_spectrum",
+    "register",
+    "search",
+    "train",
+    "tune",
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acml", description=__doc__.split(".")[0])

@@ -14,19 +14,28 @@ NUCLEI = {"13c": "nmr13c", "1h": "nmr1h"}
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "pretrain-spectrum", help="self-supervised pretraining of the 13C / 1H NMR spectrum encoder",
+        "pretrain-spectrum",
+        help="self-supervised pretraining of the 13C / 1H NMR spectrum encoder",
         description="Contrast between augmented views of each spectrum (shift jitter, referencing "
-                    "offset, peak dropout, spurious peaks, intensity noise, line width); writes "
-                    "weights (.pt) and a JSON card with the config and data provenance.")
+        "offset, peak dropout, spurious peaks, intensity noise, line width); writes "
+        "weights (.pt) and a JSON card with the config and data provenance.",
+    )
     parser.add_argument("--nucleus", required=True, choices=sorted(NUCLEI), help="13c or 1h")
-    parser.add_argument("--spectra", required=True,
-                        help="table of spectra (Parquet/CSV path or s3:// URI) or a shipped set "
-                             "name (nmr_spectra); one peak list (or JSON / JCAMP-DX path) per row")
+    parser.add_argument(
+        "--spectra",
+        required=True,
+        help="table of spectra (Parquet/CSV path or s3:// URI) or a shipped set "
+        "name (nmr_spectra); one peak list (or JSON / JCAMP-DX path) per row",
+    )
     parser.add_argument("--column", help="column holding the spectra (default nmr13c / nmr1h)")
     parser.add_argument("--out", required=True, help="weights file to write (a JSON card goes beside it)")
-    parser.add_argument("--holdout-fraction", type=float, default=0.2,
-                        help="with an `inchikey` column: leave out the molecules of the validation "
-                             "split (acml's seeded InChIKey hash split; 0 uses every row)")
+    parser.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.2,
+        help="with an `inchikey` column: leave out the molecules of the validation "
+        "split (acml's seeded InChIKey hash split; 0 uses every row)",
+    )
     parser.add_argument("--split-seed", type=int, default=4, help="seed of that split (data.split_seed)")
     parser.add_argument("--limit", type=int, help="use at most this many spectra (seeded sample)")
     parser.add_argument("--epochs", type=int, default=20)
@@ -36,8 +45,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, help="stop after the epoch that crosses this")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
-                        help="modality option (binning, architecture), e.g. --option line_width=0.5")
+    parser.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        help="modality option (binning, architecture), e.g. --option line_width=0.5",
+    )
     parser.set_defaults(func=run)
 
 
@@ -53,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     name = NUCLEI[args.nucleus]
     options = parse_overrides(args.option)
     if "encoder" in options or "weights_path" in options:
-        raise ValueError("--option encoder / weights_path: pretraining always starts from the seeded "
-                         "random initialisation")
+        raise ValueError(
+            "--option encoder / weights_path: pretraining always starts from the seeded random initialisation"
+        )
     if not 0.0 <= args.holdout_fraction < 1.0:
         raise ValueError(f"--holdout-fraction must be in [0, 1), got {args.holdout_fraction}")
     modality = build_modality(name, {**options, "encoder": "random"})
@@ -71,24 +86,49 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < len(frame):
         frame = frame.sample(n=args.limit, random_state=args.seed)
     frame = frame.sort_values("inchikey") if "inchikey" in frame.columns else frame
-    cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         temperature=args.temperature, seed=args.seed, max_minutes=args.max_minutes,
-                         threads=args.threads)
+    cfg = PretrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        temperature=args.temperature,
+        seed=args.seed,
+        max_minutes=args.max_minutes,
+        threads=args.threads,
+    )
     result = pretrain_spectrum_encoder(frame[column].tolist(), modality, cfg)
     keys = frame["inchikey"].tolist() if "inchikey" in frame.columns else []
-    provenance = {"spectra": args.spectra, "column": column, "rows_read": rows_read,
-                  "held_out": {"rows": held_out, "fraction": args.holdout_fraction,
-                               "split_seed": args.split_seed,
-                               "rule": "acml_ray.data.paired.validation_mask(inchikey)"}
-                  if held_out else None,
-                  "rows_used": len(frame), "limit": args.limit,
-                  "inchikeys_sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest() if keys else None}
+    provenance = {
+        "spectra": args.spectra,
+        "column": column,
+        "rows_read": rows_read,
+        "held_out": {
+            "rows": held_out,
+            "fraction": args.holdout_fraction,
+            "split_seed": args.split_seed,
+            "rule": "acml_ray.data.paired.validation_mask(inchikey)",
+        }
+        if held_out
+        else None,
+        "rows_used": len(frame),
+        "limit": args.limit,
+        "inchikeys_sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest() if keys else None,
+    }
     if args.spectra in SHIPPED_SOURCES:
         provenance["set_file"] = SHIPPED_SOURCES[args.spectra].relpath
     card = save_encoder(args.out, result, modality, provenance)
     last = result.history[-1]
-    print(json.dumps({"weights": str(args.out), "bytes": card["bytes"], "spectra_used": result.spectra_used,
-                      "epochs_run": len(result.history), "final_loss": round(last["loss"], 4),
-                      "first_loss": round(result.history[0]["loss"], 4),
-                      "view_top1": round(last["view_top1"], 3), "seconds": round(result.seconds, 1)}))
+    print(
+        json.dumps(
+            {
+                "weights": str(args.out),
+                "bytes": card["bytes"],
+                "spectra_used": result.spectra_used,
+                "epochs_run": len(result.history),
+                "final_loss": round(last["loss"], 4),
+                "first_loss": round(result.history[0]["loss"], 4),
+                "view_top1": round(last["view_top1"], 3),
+                "seconds": round(result.seconds, 1),
+            }
+        )
+    )
     return 0

@@ -14,8 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--train", help="training table (path or s3://); default train.train_table")
     parser.add_argument("--val", help="validation table (path or s3://); default train.val_table")
     parser.add_argument("--name", help="run name (default train-<timestamp>)")
-    parser.add_argument("--resume", metavar="RUN",
-                        help="continue run RUN from its latest checkpoint (same storage path and name)")
+    parser.add_argument(
+        "--resume", metavar="RUN", help="continue run RUN from its latest checkpoint (same storage path and name)"
+    )
     parser.set_defaults(func=run)
 
 

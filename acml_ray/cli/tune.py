@@ -9,9 +9,11 @@ from acml_ray.cli.common import add_config_arguments, config_from_args
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "tune", help="hyperparameter search over training (Ray Tune, HyperOpt, ASHA, MLflow)",
+        "tune",
+        help="hyperparameter search over training (Ray Tune, HyperOpt, ASHA, MLflow)",
         description="Run the study tune.name (resumed when its folder already holds one); the best "
-                    "trial's model and config are exported to OUTPUT/best.")
+        "trial's model and config are exported to OUTPUT/best.",
+    )
     add_config_arguments(parser)
     parser.add_argument("--space", required=True, help="search space YAML (e.g. tune_spaces/acml.yaml)")
     parser.add_argument("--out", help="output folder (config output_dir)")

@@ -34,8 +34,7 @@ from torch_geometric.data import Batch, Data
 from acml_ray.chem.features import NUM_ATOM_FEATURES, NUM_BOND_FEATURES
 from acml_ray.data.paired import emb_column, mask_column
 
-__all__ = ["ColumnarError", "CollatedBatch", "ID_COLUMNS", "collate", "graph_columns",
-           "input_columns"]
+__all__ = ["ColumnarError", "CollatedBatch", "ID_COLUMNS", "collate", "graph_columns", "input_columns"]
 
 GRAPH_COLUMNS = ("num_atoms", "num_edges", "x", "edge_index", "edge_attr")
 # Columns that name a row in error messages and batch logs, in order of preference.
@@ -69,18 +68,22 @@ class CollatedBatch:
     def __len__(self) -> int:
         return int(self.graphs.num_graphs)
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None,
-           non_blocking: bool = False) -> CollatedBatch:
+    def to(
+        self, device: torch.device | str, dtype: torch.dtype | None = None, non_blocking: bool = False
+    ) -> CollatedBatch:
         """Moved to `device`; modality vectors cast to `dtype` (masks stay bool)."""
         graphs = self.graphs.to(device, non_blocking=non_blocking)
-        inputs = {k: v.to(device, non_blocking=non_blocking) if k.endswith("__mask")
-                  else v.to(device, dtype, non_blocking=non_blocking) for k, v in self.inputs.items()}
+        inputs = {
+            k: v.to(device, non_blocking=non_blocking)
+            if k.endswith("__mask")
+            else v.to(device, dtype, non_blocking=non_blocking)
+            for k, v in self.inputs.items()
+        }
         return CollatedBatch(graphs, inputs, self.ids)
 
     def pin_memory(self) -> CollatedBatch:
         """Page-locked copies (for asynchronous host -> GPU copies)."""
-        return CollatedBatch(self.graphs.pin_memory(), {k: v.pin_memory() for k, v in self.inputs.items()},
-                             self.ids)
+        return CollatedBatch(self.graphs.pin_memory(), {k: v.pin_memory() for k, v in self.inputs.items()}, self.ids)
 
 
 def _column(batch: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
@@ -118,8 +121,11 @@ def _flat(batch, name: str, expected: np.ndarray, what: str) -> np.ndarray:
     """The concatenated values of list column `name` (zero-copy where Arrow allows), after
     checking that row i holds exactly ``expected[i]`` values."""
     array = _column(batch, name)
-    if not pa.types.is_list(array.type) and not pa.types.is_large_list(array.type) \
-            and not pa.types.is_fixed_size_list(array.type):
+    if (
+        not pa.types.is_list(array.type)
+        and not pa.types.is_large_list(array.type)
+        and not pa.types.is_fixed_size_list(array.type)
+    ):
         raise ColumnarError(f"column {name!r} is {array.type}, not a list column")
     if array.null_count:
         raise _fail(batch, int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0]), name, "is null")
@@ -169,18 +175,32 @@ def _graphs(batch: pa.Table | pa.RecordBatch, check: bool) -> Batch:
         if bad.any():
             edge = int(np.flatnonzero(bad.any(axis=0))[0])
             g = int(np.searchsorted(edge_ptr, edge, side="right") - 1)
-            raise _fail(batch, g, "edge_index", f"names atom {int(local[:, edge][bad[:, edge]][0])} of a graph "
-                                                f"with num_atoms = {int(num_atoms[g])}")
+            raise _fail(
+                batch,
+                g,
+                "edge_index",
+                f"names atom {int(local[:, edge][bad[:, edge]][0])} of a graph with num_atoms = {int(num_atoms[g])}",
+            )
     local += np.repeat(ptr[:-1], num_edges)  # per-graph node offsets
 
-    return _batch(torch.from_numpy(x.reshape(-1, NUM_ATOM_FEATURES).astype(np.int64)), torch.from_numpy(local),
-                  torch.from_numpy(edge_attr.reshape(-1, NUM_BOND_FEATURES).astype(np.int64)),
-                  torch.from_numpy(np.repeat(np.arange(n, dtype=np.int64), num_atoms)),
-                  torch.from_numpy(ptr), torch.from_numpy(edge_ptr))
+    return _batch(
+        torch.from_numpy(x.reshape(-1, NUM_ATOM_FEATURES).astype(np.int64)),
+        torch.from_numpy(local),
+        torch.from_numpy(edge_attr.reshape(-1, NUM_BOND_FEATURES).astype(np.int64)),
+        torch.from_numpy(np.repeat(np.arange(n, dtype=np.int64), num_atoms)),
+        torch.from_numpy(ptr),
+        torch.from_numpy(edge_ptr),
+    )
 
 
-def _batch(x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, graph: torch.Tensor,
-           ptr: torch.Tensor, edge_ptr: torch.Tensor) -> Batch:
+def _batch(
+    x: torch.Tensor,
+    edge_index: torch.Tensor,
+    edge_attr: torch.Tensor,
+    graph: torch.Tensor,
+    ptr: torch.Tensor,
+    edge_ptr: torch.Tensor,
+) -> Batch:
     """A PyG `Batch` of already concatenated, offset tensors."""
     n = ptr.numel() - 1
     out = _DATA_BATCH.__new__(_DATA_BATCH)
@@ -208,8 +228,9 @@ def _modality(batch, modality: str, n: int) -> tuple[torch.Tensor, torch.Tensor]
         raise _fail(batch, int(bad[0]), name, f"is null where {mask_name!r} is true")
     if fixed:  # null slots still take `dim` values in the child array
         dim = array.type.list_size
-        vectors = np.array(np.asarray(array.values)[array.offset * dim:(array.offset + n) * dim],
-                           dtype=np.float32).reshape(n, dim)
+        vectors = np.array(
+            np.asarray(array.values)[array.offset * dim : (array.offset + n) * dim], dtype=np.float32
+        ).reshape(n, dim)
         vectors[nulls] = 0.0
     else:
         offsets = np.asarray(array.offsets)
@@ -219,14 +240,18 @@ def _modality(batch, modality: str, n: int) -> tuple[torch.Tensor, torch.Tensor]
         if wrong.size:
             raise _fail(batch, int(wrong[0]), name, f"holds {int(lengths[wrong[0]])} values, other rows {dim}")
         vectors = np.zeros((n, dim), dtype=np.float32)
-        flat = np.asarray(array.values)[int(offsets[0]):int(offsets[-1])]
-        vectors[~nulls] = flat[: int((~nulls).sum()) * dim].reshape(-1, dim) if not nulls.any() else \
-            np.asarray(array.filter(pa.array(~nulls)).flatten(), dtype=np.float32).reshape(-1, dim)
+        flat = np.asarray(array.values)[int(offsets[0]) : int(offsets[-1])]
+        vectors[~nulls] = (
+            flat[: int((~nulls).sum()) * dim].reshape(-1, dim)
+            if not nulls.any()
+            else np.asarray(array.filter(pa.array(~nulls)).flatten(), dtype=np.float32).reshape(-1, dim)
+        )
     return torch.from_numpy(vectors), torch.from_numpy(mask)
 
 
-def collate(batch: pa.Table | pa.RecordBatch, modalities: Sequence[str] = (), *, check: bool = True,
-            with_ids: bool = False) -> tuple[Batch, dict[str, torch.Tensor]] | CollatedBatch:
+def collate(
+    batch: pa.Table | pa.RecordBatch, modalities: Sequence[str] = (), *, check: bool = True, with_ids: bool = False
+) -> tuple[Batch, dict[str, torch.Tensor]] | CollatedBatch:
     """Training-table rows -> ``(Batch, inputs)`` in one vectorised pass (see the module doc).
 
     Args:

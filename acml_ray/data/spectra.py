@@ -73,8 +73,13 @@ def read_spectra(path: str | Path) -> SpectraRead:
         if spectrum is None:
             dropped["unreadable spectrum"] += 1
             continue
-        for step in (default_filters, repair_inchi_inchikey_smiles, harmonize_undefined_smiles,
-                     harmonize_undefined_inchi, derive_smiles_from_inchi):
+        for step in (
+            default_filters,
+            repair_inchi_inchikey_smiles,
+            harmonize_undefined_smiles,
+            harmonize_undefined_inchi,
+            derive_smiles_from_inchi,
+        ):
             spectrum = step(spectrum)
         smiles = spectrum.get("smiles")
         if not smiles:
@@ -90,8 +95,9 @@ def read_spectra(path: str | Path) -> SpectraRead:
             continue
         result.records.append((smiles, spectrum))
     result.dropped = dict(dropped)
-    log.info("%s: kept %d of %d spectra; dropped %s", path.name, len(result.records),
-             result.total, result.dropped or "none")
+    log.info(
+        "%s: kept %d of %d spectra; dropped %s", path.name, len(result.records), result.total, result.dropped or "none"
+    )
     return result
 
 
@@ -101,9 +107,13 @@ def spectra_frame(records: list[tuple[str, Any]] | SpectraRead) -> pd.DataFrame:
     rows = []
     for smiles, spectrum in records:
         _, inchikey = canonical_identity(smiles)
-        rows.append({"smiles": smiles, "inchikey": inchikey,
-                     "ms": {"mz": spectrum.peaks.mz.tolist(),
-                            "intensities": spectrum.peaks.intensities.tolist()}})
+        rows.append(
+            {
+                "smiles": smiles,
+                "inchikey": inchikey,
+                "ms": {"mz": spectrum.peaks.mz.tolist(), "intensities": spectrum.peaks.intensities.tolist()},
+            }
+        )
     return pd.DataFrame(rows, columns=["smiles", "inchikey", "ms"])
 
 

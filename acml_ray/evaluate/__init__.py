@@ -14,6 +14,16 @@ from acml_ray.evaluate.retrieval import (
     topk_from_ranks,
 )
 
-__all__ = ["chunk_rows", "graph_embeddings", "paired_from_smiles", "pooled_ranks", "project_examples",
-           "project_vectors", "random_topk", "rank_metrics", "retrieval_ranks", "retrieval_report",
-           "topk_from_ranks"]
+__all__ = [
+    "chunk_rows",
+    "graph_embeddings",
+    "paired_from_smiles",
+    "pooled_ranks",
+    "project_examples",
+    "project_vectors",
+    "random_topk",
+    "rank_metrics",
+    "retrieval_ranks",
+    "retrieval_report",
+    "topk_from_ranks",
+]

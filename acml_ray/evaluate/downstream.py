@@ -68,8 +68,7 @@ Say = Callable[[str], None]
 
 # Shipped benchmarks: (source name, label columns, kind, string-label mapping).
 BUILTIN_TASKS: dict[str, tuple[str, list[str], str, dict[str, float]]] = {
-    "b3db_classification": ("b3db_classification", ["BBB+/BBB-"], "classification",
-                            {"BBB+": 1.0, "BBB-": 0.0}),
+    "b3db_classification": ("b3db_classification", ["BBB+/BBB-"], "classification", {"BBB+": 1.0, "BBB-": 0.0}),
     "b3db_regression": ("b3db_regression", ["logBB"], "regression", {}),
     "freesolv": ("freesolv", ["expt"], "regression", {}),
     "solubility": ("solubility", ["SOL"], "regression", {}),
@@ -122,8 +121,9 @@ def _is_binary(values: np.ndarray) -> bool:
     return bool(len(finite)) and bool(np.isin(finite, (0.0, 1.0)).all())
 
 
-def _label_kinds(task: TaskConfig, columns: list[str], labels: np.ndarray, fixed: str | None
-                 ) -> tuple[dict[str, str], list[str]]:
+def _label_kinds(
+    task: TaskConfig, columns: list[str], labels: np.ndarray, fixed: str | None
+) -> tuple[dict[str, str], list[str]]:
     """Kind of every label column -> ({column: kind}, columns whose kind was inferred)."""
     given = task.kind if isinstance(task.kind, dict) else {c: task.kind for c in columns} if task.kind else {}
     unknown = sorted(set(given) - set(columns))
@@ -137,8 +137,10 @@ def _label_kinds(task: TaskConfig, columns: list[str], labels: np.ndarray, fixed
             inferred.append(column)
         elif kind == "classification" and not (_is_binary(labels[:, j]) or not np.isfinite(labels[:, j]).any()):
             values = sorted(set(np.unique(labels[np.isfinite(labels[:, j]), j]).tolist()))[:5]
-            raise ValueError(f"task {task.name!r}: label {column!r} is classification but holds values "
-                             f"other than 0/1 (e.g. {values}); give kind regression or a 0/1 column")
+            raise ValueError(
+                f"task {task.name!r}: label {column!r} is classification but holds values "
+                f"other than 0/1 (e.g. {values}); give kind regression or a 0/1 column"
+            )
         kinds[column] = kind
     return kinds, inferred
 
@@ -167,19 +169,28 @@ def load_tasks(task: TaskConfig, seed: int = 0, say: Say | None = None) -> list[
         frame = read_table(task.path)
         smiles_column = task.smiles_column or next((c for c in _SMILES_COLUMNS if c in frame.columns), None)
         if smiles_column is None or smiles_column not in frame.columns:
-            raise ValueError(f"{task.path}: no SMILES column {task.smiles_column or ''!r} (give it as "
-                             f"--task {task.path}:COLUMN or smiles_column); columns {list(frame.columns)}")
+            raise ValueError(
+                f"{task.path}: no SMILES column {task.smiles_column or ''!r} (give it as "
+                f"--task {task.path}:COLUMN or smiles_column); columns {list(frame.columns)}"
+            )
         if task.label_columns:
             columns = list(task.label_columns)
         elif "Y" in frame.columns:  # TDC single-task format: Drug_ID, Drug, Y
             columns = ["Y"]
         else:  # MoleculeNet: every numeric column that is not an identifier is a task
-            columns = [c for c in frame.columns if c not in (smiles_column, task.relation_column)
-                       and c.lower() not in _ID_NAMES and pd.api.types.is_numeric_dtype(frame[c])]
+            columns = [
+                c
+                for c in frame.columns
+                if c not in (smiles_column, task.relation_column)
+                and c.lower() not in _ID_NAMES
+                and pd.api.types.is_numeric_dtype(frame[c])
+            ]
     missing = [c for c in columns if c not in frame.columns]
     if missing or not columns:
-        raise ValueError(f"task {task.name!r}: label columns {missing or columns} not found "
-                         f"(give them as --task PATH:SMILES_COLUMN:LABEL,...); columns {list(frame.columns)}")
+        raise ValueError(
+            f"task {task.name!r}: label columns {missing or columns} not found "
+            f"(give them as --task PATH:SMILES_COLUMN:LABEL,...); columns {list(frame.columns)}"
+        )
     notes: dict = {"source": task.path or f"shipped {task.name}", "rows_in_file": len(frame)}
     if task.limit is not None and task.limit < len(frame):
         frame = frame.sample(n=task.limit, random_state=seed)
@@ -200,16 +211,21 @@ def load_tasks(task: TaskConfig, seed: int = 0, say: Say | None = None) -> list[
         relation = _relations(frame, task.relation_column)
         censored = np.array(["<" in r or ">" in r for r in relation])
         labelled = np.isfinite(labels[:, regression]).any(axis=1)
-        censoring.update(policy=task.censored, rows=int((censored & labelled).sum()),
-                         by_relation=dict(Counter(relation[censored & labelled].tolist())),
-                         approximate=int(((relation == "~") & labelled).sum()))
+        censoring.update(
+            policy=task.censored,
+            rows=int((censored & labelled).sum()),
+            by_relation=dict(Counter(relation[censored & labelled].tolist())),
+            approximate=int(((relation == "~") & labelled).sum()),
+        )
         if task.censored == "exclude":
             for i in np.flatnonzero(censored & labelled):
                 labels[i, regression] = np.nan
                 issues[i] = f"censored label ({relation[i]}), excluded (censored: exclude)"
         if censoring["rows"]:
-            say(f"task {task.name}: {censoring['rows']} censored regression labels {censoring['by_relation']} "
-                + ("left out of training and metrics" if task.censored == "exclude" else "used as exact values"))
+            say(
+                f"task {task.name}: {censoring['rows']} censored regression labels {censoring['by_relation']} "
+                + ("left out of training and metrics" if task.censored == "exclude" else "used as exact values")
+            )
     notes["censoring"] = censoring
 
     groups: dict[str, list[int]] = defaultdict(list)
@@ -217,11 +233,16 @@ def load_tasks(task: TaskConfig, seed: int = 0, say: Say | None = None) -> list[
         groups[kinds[c]].append(j)
     if len(groups) > 1:
         described = "; ".join(f"{k}: {[columns[j] for j in groups[k]]}" for k in sorted(groups))
-        message = (f"task {task.name}: labels of two kinds ({described}) are evaluated as two tasks, "
-                   f"{task.name}-classification and {task.name}-regression")
+        message = (
+            f"task {task.name}: labels of two kinds ({described}) are evaluated as two tasks, "
+            f"{task.name}-classification and {task.name}-regression"
+        )
         if inferred:  # the user did not choose: say so loudly
-            log.warning("%s (kinds inferred from the values: 0/1 -> classification; set kind per label, "
-                        "e.g. --task PATH:SMILES:LABEL=regression, to choose)", message)
+            log.warning(
+                "%s (kinds inferred from the values: 0/1 -> classification; set kind per label, "
+                "e.g. --task PATH:SMILES:LABEL=regression, to choose)",
+                message,
+            )
         else:
             say(message)
     smiles = frame[smiles_column].astype(str).tolist()
@@ -230,9 +251,22 @@ def load_tasks(task: TaskConfig, seed: int = 0, say: Say | None = None) -> list[
     for kind in sorted(groups):
         name = task.name if len(groups) == 1 else f"{task.name}-{kind}"
         js = groups[kind]
-        out.append(TaskData(name, smiles, labels[:, js], [columns[j] for j in js], kind, rows, list(issues),
-                            {**notes, "kind_inferred": [columns[j] for j in js if columns[j] in inferred],
-                             **({"split_from": task.name} if len(groups) > 1 else {})}))
+        out.append(
+            TaskData(
+                name,
+                smiles,
+                labels[:, js],
+                [columns[j] for j in js],
+                kind,
+                rows,
+                list(issues),
+                {
+                    **notes,
+                    "kind_inferred": [columns[j] for j in js if columns[j] in inferred],
+                    **({"split_from": task.name} if len(groups) > 1 else {}),
+                },
+            )
+        )
     return out
 
 
@@ -243,8 +277,9 @@ def murcko_scaffold(smiles: str) -> str:
         return "" if mol is None else MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False)
 
 
-def scaffold_split(smiles: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1)
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def scaffold_split(
+    smiles: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """DeepChem's deterministic scaffold split -> (train, valid, test indices, scaffolds).
 
     Scaffold sets are ordered largest first (ties: larger first index first, as DeepChem's
@@ -295,8 +330,10 @@ def masked_classification(y: np.ndarray, scores: np.ndarray) -> dict[str, float]
     """``{"roc_auc", "pr_auc"}`` (PR-AUC = average precision, whose chance level is the
     prevalence), each over the columns holding both classes, averaged."""
     both = [(t, s) for t, s in _columns(y, scores) if len(np.unique(t)) == 2]
-    return {"roc_auc": _mean([roc_auc_score(t, s) for t, s in both]),
-            "pr_auc": _mean([average_precision_score(t, s) for t, s in both])}
+    return {
+        "roc_auc": _mean([roc_auc_score(t, s) for t, s in both]),
+        "pr_auc": _mean([average_precision_score(t, s) for t, s in both]),
+    }
 
 
 def masked_errors(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -320,8 +357,11 @@ def score(kind: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 def reference_score(kind: str, y_train: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
     """`score` of the constant prediction of each label's training mean: the mean predictor
     (regression) or the prevalence (classification: ROC-AUC 0.5, PR-AUC = test prevalence)."""
-    mean = np.nan_to_num(np.nanmean(np.where(np.isfinite(y_train), y_train, np.nan), axis=0)
-                         if np.isfinite(y_train).any() else np.zeros(y_train.shape[1]))
+    mean = np.nan_to_num(
+        np.nanmean(np.where(np.isfinite(y_train), y_train, np.nan), axis=0)
+        if np.isfinite(y_train).any()
+        else np.zeros(y_train.shape[1])
+    )
     return score(kind, y_test, np.broadcast_to(mean, y_test.shape).copy())
 
 
@@ -338,8 +378,9 @@ DETERMINISTIC = frozenset({"linear_probe", "ecfp_linear"})
 _GRAPH_METHODS = frozenset({"finetune", "scratch"})
 
 
-def _fit_sklearn(kind: str, estimator: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
-                 seed: int, trees: int) -> np.ndarray:
+def _fit_sklearn(
+    kind: str, estimator: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, seed: int, trees: int
+) -> np.ndarray:
     """One model per task column on its labelled rows -> test scores/predictions [n_test, T]."""
     out = np.zeros((len(x_test), y.shape[1]))
     for t in range(y.shape[1]):
@@ -350,7 +391,8 @@ def _fit_sklearn(kind: str, estimator: str, x: np.ndarray, y: np.ndarray, x_test
             continue
         if estimator == "rf":
             model = (RandomForestClassifier if kind == "classification" else RandomForestRegressor)(
-                n_estimators=trees, random_state=seed, n_jobs=1)
+                n_estimators=trees, random_state=seed, n_jobs=1
+            )
         elif kind == "classification":
             model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
         else:
@@ -385,7 +427,7 @@ def _masked_loss(kind: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _batches(graphs: Sequence[Data], size: int) -> list[Batch]:
-    return [Batch.from_data_list(list(graphs[s:s + size])) for s in range(0, len(graphs), size)]
+    return [Batch.from_data_list(list(graphs[s : s + size])) for s in range(0, len(graphs), size)]
 
 
 @torch.no_grad()
@@ -394,9 +436,17 @@ def _predict(model: PropertyModel, batches: Sequence[Batch]) -> torch.Tensor:
     return torch.cat([model(b) for b in batches])
 
 
-def train_graph_model(encoder: GraphEncoder, kind: str, graphs: Sequence[Data], labels: np.ndarray,
-                      train: np.ndarray, valid: np.ndarray, test: np.ndarray, cfg: DownstreamConfig,
-                      seed: int) -> tuple[np.ndarray, dict]:
+def train_graph_model(
+    encoder: GraphEncoder,
+    kind: str,
+    graphs: Sequence[Data],
+    labels: np.ndarray,
+    train: np.ndarray,
+    valid: np.ndarray,
+    test: np.ndarray,
+    cfg: DownstreamConfig,
+    seed: int,
+) -> tuple[np.ndarray, dict]:
     """Train encoder + head on `train` (masked loss) for at most ``cfg.epochs`` epochs, stopping
     after ``cfg.patience`` epochs without a lower validation loss; keep the best epoch and return
     its test scores (probabilities) or predictions (original units) with ``{"epochs", "best_epoch"}``."""
@@ -418,7 +468,7 @@ def train_graph_model(encoder: GraphEncoder, kind: str, graphs: Sequence[Data], 
         model.train()
         order = rng.permutation(train)
         for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
+            idx = order[start : start + cfg.batch_size]
             if len(idx) < 2:  # BatchNorm needs two graphs
                 continue
             loss = _masked_loss(kind, model(Batch.from_data_list([graphs[i] for i in idx])), y_scaled[idx])
@@ -472,14 +522,33 @@ def fit_predict(inputs: FitInputs, method: str, seed: int) -> tuple[np.ndarray, 
     try:
         if method in _GRAPH_METHODS:
             torch.manual_seed(seed)
-            encoder = (copy.deepcopy(inputs.pretrained) if method == "finetune"
-                       else GraphEncoder.from_config(inputs.encoder_cfg))
-            pred, info = train_graph_model(encoder, inputs.kind, inputs.graphs, inputs.labels, inputs.train,
-                                           inputs.valid, inputs.test, inputs.cfg, seed)
+            encoder = (
+                copy.deepcopy(inputs.pretrained)
+                if method == "finetune"
+                else GraphEncoder.from_config(inputs.encoder_cfg)
+            )
+            pred, info = train_graph_model(
+                encoder,
+                inputs.kind,
+                inputs.graphs,
+                inputs.labels,
+                inputs.train,
+                inputs.valid,
+                inputs.test,
+                inputs.cfg,
+                seed,
+            )
         else:
             x = inputs.features
-            pred = _fit_sklearn(inputs.kind, "rf" if method == "ecfp_rf" else "linear", x[inputs.train],
-                                inputs.labels[inputs.train], x[inputs.test], seed, inputs.cfg.rf_trees)
+            pred = _fit_sklearn(
+                inputs.kind,
+                "rf" if method == "ecfp_rf" else "linear",
+                x[inputs.train],
+                inputs.labels[inputs.train],
+                x[inputs.test],
+                seed,
+                inputs.cfg.rf_trees,
+            )
     finally:
         torch.set_num_threads(threads)
     return pred, {**info, "seconds": time.perf_counter() - start}
@@ -495,8 +564,9 @@ class FitRunner:
     on one machine, and on a cluster Ray spreads the fits over its nodes.
     """
 
-    def __init__(self, workers: int | None = None,
-                 backend: Literal["auto", "ray", "processes", "serial"] = "auto") -> None:
+    def __init__(
+        self, workers: int | None = None, backend: Literal["auto", "ray", "processes", "serial"] = "auto"
+    ) -> None:
         self.mode: str | None = "serial" if backend == "serial" else None
         self.workers = 1
         ray_known = "ray" in sys.modules or os.environ.get("RAY_ADDRESS")  # never import Ray just to look
@@ -516,8 +586,11 @@ class FitRunner:
         self._pool: ProcessPoolExecutor | None = None
 
     def describe(self) -> str:
-        return {"serial": "in this process", "processes": f"in {self.workers} local processes",
-                "ray": f"as Ray tasks on {self.workers} free CPUs"}[self.mode]
+        return {
+            "serial": "in this process",
+            "processes": f"in {self.workers} local processes",
+            "ray": f"as Ray tasks on {self.workers} free CPUs",
+        }[self.mode]
 
     def run(self, jobs: Sequence[tuple[FitInputs, str, int]]) -> Iterator[tuple[int, np.ndarray, dict]]:
         """Yield ``(job index, predictions, info)`` as each fit finishes (any order)."""
@@ -555,13 +628,22 @@ class FitRunner:
             self._pool = None
 
 
-def _summary(values: list[dict[str, float]], seeds: list[int], seconds: list[float], deterministic: bool
-             ) -> dict:
-    metrics = {metric: {"mean": float(np.mean([v[metric] for v in values])),
-                        "sd": float(np.std([v[metric] for v in values], ddof=1)) if len(values) > 1 else None,
-                        "values": [v[metric] for v in values]} for metric in values[0]}
-    return {"runs": len(values), "seeds": None if deterministic else list(seeds), "deterministic": deterministic,
-            "seconds": [round(s, 2) for s in seconds], **metrics}
+def _summary(values: list[dict[str, float]], seeds: list[int], seconds: list[float], deterministic: bool) -> dict:
+    metrics = {
+        metric: {
+            "mean": float(np.mean([v[metric] for v in values])),
+            "sd": float(np.std([v[metric] for v in values], ddof=1)) if len(values) > 1 else None,
+            "values": [v[metric] for v in values],
+        }
+        for metric in values[0]
+    }
+    return {
+        "runs": len(values),
+        "seeds": None if deterministic else list(seeds),
+        "deterministic": deterministic,
+        "seconds": [round(s, 2) for s in seconds],
+        **metrics,
+    }
 
 
 def reason_kind(reason: str) -> str:
@@ -571,15 +653,28 @@ def reason_kind(reason: str) -> str:
     return re.split(r":| \(| '| [A-Z]{14}-[A-Z]{10}-[A-Z]", reason, maxsplit=1)[0]
 
 
-def _quarantine_rows(task: str, data: TaskData, index: Sequence[int], stage: str, reasons: Sequence[str]
-                     ) -> list[dict]:
-    return [{"mol_id": f"{task}:row {data.rows[i]}", "input": data.smiles[i][:300], "stage": stage,
-             "reason": r, "section": f"downstream:{task}"} for i, r in zip(index, reasons)]
+def _quarantine_rows(task: str, data: TaskData, index: Sequence[int], stage: str, reasons: Sequence[str]) -> list[dict]:
+    return [
+        {
+            "mol_id": f"{task}:row {data.rows[i]}",
+            "input": data.smiles[i][:300],
+            "stage": stage,
+            "reason": r,
+            "section": f"downstream:{task}",
+        }
+        for i, r in zip(index, reasons)
+    ]
 
 
-def run_task(model: ACMLModel, run_cfg: ACMLConfig, data: TaskData, cfg: DownstreamConfig,
-             split_dir: str | Path | None = None, runner: FitRunner | None = None, say: Say | None = None
-             ) -> tuple[dict, list[dict]]:
+def run_task(
+    model: ACMLModel,
+    run_cfg: ACMLConfig,
+    data: TaskData,
+    cfg: DownstreamConfig,
+    split_dir: str | Path | None = None,
+    runner: FitRunner | None = None,
+    say: Say | None = None,
+) -> tuple[dict, list[dict]]:
     """All configured methods on one task over `cfg.seeds` -> (report, quarantined rows).
 
     Rows the featuriser rejects, and rows left without any usable label, are quarantined with
@@ -589,12 +684,16 @@ def run_task(model: ACMLModel, run_cfg: ACMLConfig, data: TaskData, cfg: Downstr
     say = say or log.info
     runner = runner or FitRunner(1)
     results = GraphFeaturizer(run_cfg.featurizer).featurize_batch(data.smiles)
-    quarantine = _quarantine_rows(data.name, data, [i for i, r in enumerate(results) if isinstance(r, Rejected)],
-                                  "featurise", [r.reason for r in results if isinstance(r, Rejected)])
+    quarantine = _quarantine_rows(
+        data.name,
+        data,
+        [i for i, r in enumerate(results) if isinstance(r, Rejected)],
+        "featurise",
+        [r.reason for r in results if isinstance(r, Rejected)],
+    )
     graphs_ok = [i for i, r in enumerate(results) if not isinstance(r, Rejected)]
     no_label = [i for i in graphs_ok if not np.isfinite(data.labels[i]).any()]
-    quarantine += _quarantine_rows(data.name, data, no_label, "label",
-                                   [data.issues[i] or "no label" for i in no_label])
+    quarantine += _quarantine_rows(data.name, data, no_label, "label", [data.issues[i] or "no label" for i in no_label])
     kept = [i for i in graphs_ok if np.isfinite(data.labels[i]).any()]
     smiles = [data.smiles[i] for i in kept]
     labels = data.labels[kept]
@@ -603,10 +702,12 @@ def run_task(model: ACMLModel, run_cfg: ACMLConfig, data: TaskData, cfg: Downstr
     part = np.empty(len(smiles), dtype=object)
     part[train], part[valid], part[test] = "train", "valid", "test"
     split_csv = pd.DataFrame({"smiles": smiles, "scaffold": scaffolds, "split": part}).to_csv(index=False)
-    split_info = {"method": "scaffold (Bemis-Murcko, DeepChem order: largest sets to train)",
-                  "fractions": list(cfg.fractions),
-                  "sizes": {"train": len(train), "valid": len(valid), "test": len(test)},
-                  "sha256": hashlib.sha256(split_csv.encode()).hexdigest()}
+    split_info = {
+        "method": "scaffold (Bemis-Murcko, DeepChem order: largest sets to train)",
+        "fractions": list(cfg.fractions),
+        "sizes": {"train": len(train), "valid": len(valid), "test": len(test)},
+        "sha256": hashlib.sha256(split_csv.encode()).hexdigest(),
+    }
     if split_dir is not None:
         path = Path(split_dir) / f"{Path(data.name).stem}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -614,27 +715,43 @@ def run_task(model: ACMLModel, run_cfg: ACMLConfig, data: TaskData, cfg: Downstr
         split_info["file"] = str(path)
 
     by_reason = Counter(reason_kind(q["reason"]) for q in quarantine)
-    report = {"kind": data.kind, "tasks": data.task_names, **data.notes, "n_input": len(data.smiles),
-              "n": len(smiles), "rejected": len(quarantine), "rejected_by_reason": dict(by_reason.most_common()),
-              "split": split_info, "seeds": list(cfg.seeds),
-              "labelled": {p: np.isfinite(labels[idx]).sum(axis=0).astype(int).tolist()
-                           for p, idx in (("train", train), ("valid", valid), ("test", test))},
-              "methods": {}}
-    say(f"task {data.name} ({data.kind}, labels {data.task_names}): {len(smiles)} of {len(data.smiles)} rows "
-        f"usable ({len(quarantine)} quarantined), split train {len(train)} / valid {len(valid)} / test {len(test)}")
+    report = {
+        "kind": data.kind,
+        "tasks": data.task_names,
+        **data.notes,
+        "n_input": len(data.smiles),
+        "n": len(smiles),
+        "rejected": len(quarantine),
+        "rejected_by_reason": dict(by_reason.most_common()),
+        "split": split_info,
+        "seeds": list(cfg.seeds),
+        "labelled": {
+            p: np.isfinite(labels[idx]).sum(axis=0).astype(int).tolist()
+            for p, idx in (("train", train), ("valid", valid), ("test", test))
+        },
+        "methods": {},
+    }
+    say(
+        f"task {data.name} ({data.kind}, labels {data.task_names}): {len(smiles)} of {len(data.smiles)} rows "
+        f"usable ({len(quarantine)} quarantined), split train {len(train)} / valid {len(valid)} / test {len(test)}"
+    )
     if len(train) < 2 or len(test) < 1:
         report["error"] = "too few molecules for a scaffold split"
         say(f"task {data.name}: {report['error']}")
         return report, quarantine
     y_test = labels[test]
-    report["reference"] = {"description": "constant prediction of each label's training mean "
-                                          "(classification: the prevalence)",
-                           **reference_score(data.kind, labels[train], y_test),
-                           "prevalence": ({"train": np.nanmean(labels[train], axis=0).tolist(),
-                                           "test": np.nanmean(y_test, axis=0).tolist()}
-                                          if data.kind == "classification" else None)}
-    base = dict(kind=data.kind, labels=labels, train=train, valid=valid, test=test, cfg=cfg,
-                encoder_cfg=run_cfg.graph_encoder)
+    report["reference"] = {
+        "description": "constant prediction of each label's training mean (classification: the prevalence)",
+        **reference_score(data.kind, labels[train], y_test),
+        "prevalence": (
+            {"train": np.nanmean(labels[train], axis=0).tolist(), "test": np.nanmean(y_test, axis=0).tolist()}
+            if data.kind == "classification"
+            else None
+        ),
+    }
+    base = dict(
+        kind=data.kind, labels=labels, train=train, valid=valid, test=test, cfg=cfg, encoder_cfg=run_cfg.graph_encoder
+    )
     inputs: dict[str, FitInputs] = {}
     if _GRAPH_METHODS & set(cfg.methods):
         graph_inputs = FitInputs(**base, graphs=graphs, pretrained=model.graph_encoder)
@@ -654,20 +771,31 @@ def run_task(model: ACMLModel, run_cfg: ACMLConfig, data: TaskData, cfg: Downstr
         metric = "roc_auc" if data.kind == "classification" else "rmse"
         epochs = f", {info['epochs']} epochs (best {info['best_epoch']})" if "epochs" in info else ""
         seed_text = "seed-free, one fit" if method in DETERMINISTIC else f"seed {seed}"
-        say(f"task {data.name}: {method} {seed_text}: {metric} {scores[k][metric]:.3f} in {info['seconds']:.1f} s"
-            f"{epochs} [{len(scores)}/{len(jobs)}, {time.perf_counter() - start:.0f} s]")
+        say(
+            f"task {data.name}: {method} {seed_text}: {metric} {scores[k][metric]:.3f} in {info['seconds']:.1f} s"
+            f"{epochs} [{len(scores)}/{len(jobs)}, {time.perf_counter() - start:.0f} s]"
+        )
     for method in cfg.methods:
         ks = [k for k, job in enumerate(jobs) if job[1] == method]
-        report["methods"][method] = _summary([scores[k] for k in ks], [jobs[k][2] for k in ks],
-                                             [infos[k]["seconds"] for k in ks], method in DETERMINISTIC)
+        report["methods"][method] = _summary(
+            [scores[k] for k in ks],
+            [jobs[k][2] for k in ks],
+            [infos[k]["seconds"] for k in ks],
+            method in DETERMINISTIC,
+        )
         if "epochs" in infos[ks[0]]:
             report["methods"][method]["epochs"] = [infos[k]["epochs"] for k in ks]
     return report, quarantine
 
 
-def downstream_report(model: ACMLModel, run_cfg: ACMLConfig, cfg: DownstreamConfig,
-                      split_dir: str | Path | None = None, seed: int = 0, say: Say | None = None
-                      ) -> tuple[dict[str, dict], list[dict]]:
+def downstream_report(
+    model: ACMLModel,
+    run_cfg: ACMLConfig,
+    cfg: DownstreamConfig,
+    split_dir: str | Path | None = None,
+    seed: int = 0,
+    say: Say | None = None,
+) -> tuple[dict[str, dict], list[dict]]:
     """``({task name: run_task report}, quarantined rows)`` for every configured task (a file
     with labels of two kinds gives two tasks)."""
     say = say or log.info
@@ -685,6 +813,23 @@ def downstream_report(model: ACMLModel, run_cfg: ACMLConfig, cfg: DownstreamConf
     return reports, quarantine
 
 
-__all__ = ["BUILTIN_TASKS", "DETERMINISTIC", "FitInputs", "FitRunner", "TaskData", "downstream_report", "ecfp",
-           "fit_predict", "load_tasks", "masked_classification", "masked_errors", "masked_roc_auc",
-           "murcko_scaffold", "reason_kind", "reference_score", "run_task", "scaffold_split", "score"]
+__all__ = [
+    "BUILTIN_TASKS",
+    "DETERMINISTIC",
+    "FitInputs",
+    "FitRunner",
+    "TaskData",
+    "downstream_report",
+    "ecfp",
+    "fit_predict",
+    "load_tasks",
+    "masked_classification",
+    "masked_errors",
+    "masked_roc_auc",
+    "murcko_scaffold",
+    "reason_kind",
+    "reference_score",
+    "run_task",
+    "scaffold_split",
+    "score",
+]

@@ -16,23 +16,23 @@ from acml_ray.cache import CachedEmbedder
 from acml_ray.chem import GraphFeaturizer, Rejected
 from acml_ray.config import ACMLConfig
 from acml_ray.data.paired import PairedExamples
-from acml_ray.model.acml import ACMLModel
 from acml_ray.modalities import build_modality
+from acml_ray.model.acml import ACMLModel
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def project_examples(model: ACMLModel, examples: PairedExamples, modality: str,
-                     batch_size: int = 512, device: torch.device | str = "cpu"
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def project_examples(
+    model: ACMLModel, examples: PairedExamples, modality: str, batch_size: int = 512, device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Joint-space (modality, graph) embeddings of the examples that have `modality`."""
     was_training = model.training
     model.eval()
     keep = np.flatnonzero(examples.masks[modality].numpy())
     mods, graphs = [], []
     for start in range(0, len(keep), batch_size):
-        idx = keep[start:start + batch_size]
+        idx = keep[start : start + batch_size]
         batch, inputs = examples.batch(idx)
         batch = batch.to(device)
         dtype = next(model.graph_projections[modality].parameters()).dtype
@@ -45,15 +45,16 @@ def project_examples(model: ACMLModel, examples: PairedExamples, modality: str,
 
 
 @torch.no_grad()
-def graph_embeddings(model: ACMLModel, graphs: Sequence[Data], modality: str | None = None,
-                     batch_size: int = 512) -> np.ndarray:
+def graph_embeddings(
+    model: ACMLModel, graphs: Sequence[Data], modality: str | None = None, batch_size: int = 512
+) -> np.ndarray:
     """Graph embeddings of PyG graphs: raw encoder output (``modality=None``, what downstream
     tasks see) or projected into `modality`'s joint space."""
     was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(graphs), batch_size):
-        batch = Batch.from_data_list(list(graphs[start:start + batch_size]))
+        batch = Batch.from_data_list(list(graphs[start : start + batch_size]))
         emb = model.encode_graph(batch) if modality is None else model.project_graph(batch, modality)
         out.append(emb.float().cpu())
     model.train(was_training)
@@ -62,20 +63,22 @@ def graph_embeddings(model: ACMLModel, graphs: Sequence[Data], modality: str | N
 
 
 @torch.no_grad()
-def project_vectors(model: ACMLModel, vectors: np.ndarray, modality: str,
-                    batch_size: int = 2048) -> np.ndarray:
+def project_vectors(model: ACMLModel, vectors: np.ndarray, modality: str, batch_size: int = 2048) -> np.ndarray:
     """Frozen-modality vectors ``[n, dim]`` -> `modality`'s joint space ``[n, embed_dim]``."""
     was_training = model.training
     model.eval()
     dtype = next(model.modality_projections[modality].parameters()).dtype
-    out = [model.project_modality(torch.as_tensor(vectors[s:s + batch_size], dtype=dtype), modality)
-           .float().cpu() for s in range(0, len(vectors), batch_size)]
+    out = [
+        model.project_modality(torch.as_tensor(vectors[s : s + batch_size], dtype=dtype), modality).float().cpu()
+        for s in range(0, len(vectors), batch_size)
+    ]
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, model.embed_dim), np.float32)
 
 
-def paired_from_smiles(smiles: Sequence[str], cfg: ACMLConfig, cache_dir: str | None = None,
-                       progress: bool = False) -> tuple[PairedExamples, np.ndarray]:
+def paired_from_smiles(
+    smiles: Sequence[str], cfg: ACMLConfig, cache_dir: str | None = None, progress: bool = False
+) -> tuple[PairedExamples, np.ndarray]:
     """Featurise molecules with the run's featuriser and embed them with the run's frozen
     modalities through the cache -> (examples, indices of `smiles` that were kept).
 
@@ -92,8 +95,7 @@ def paired_from_smiles(smiles: Sequence[str], cfg: ACMLConfig, cache_dir: str | 
         modality = build_modality(mcfg.name, mcfg.options)
         if modality.input_column != "smiles":
             # Spectra etc. are not derivable from a SMILES string: such modalities need a table.
-            log.warning("modality %s reads %r, not SMILES: skipped for new molecules",
-                        mcfg.name, modality.input_column)
+            log.warning("modality %s reads %r, not SMILES: skipped for new molecules", mcfg.name, modality.input_column)
             continue
         bar = tqdm(total=len(mol_graphs), desc=f"embed {mcfg.name}", unit="mol", disable=not progress)
         embedder = CachedEmbedder(modality, cache_dir or cfg.resolved_cache_dir(), progress=bar.update)

@@ -29,8 +29,7 @@ DESCRIPTORS = {
     "TPSA": rdMolDescriptors.CalcTPSA,
     "RotB": rdMolDescriptors.CalcNumRotatableBonds,
     "QED": QED.qed,
-    "ChiralCentres": lambda m: len(Chem.FindMolChiralCenters(m, includeUnassigned=True,
-                                                             useLegacyImplementation=False)),
+    "ChiralCentres": lambda m: len(Chem.FindMolChiralCenters(m, includeUnassigned=True, useLegacyImplementation=False)),
 }
 
 
@@ -58,9 +57,14 @@ def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {"pearson": float(stats.pearsonr(x, y)[0]), "spearman": float(stats.spearmanr(x, y)[0])}
 
 
-def interpret_report(embeddings: np.ndarray, smiles: Sequence[str], n_components: int = 5,
-                     cv_folds: int = 5, seed: int = 0,
-                     descriptors: Mapping[str, np.ndarray] | None = None) -> dict:
+def interpret_report(
+    embeddings: np.ndarray,
+    smiles: Sequence[str],
+    n_components: int = 5,
+    cv_folds: int = 5,
+    seed: int = 0,
+    descriptors: Mapping[str, np.ndarray] | None = None,
+) -> dict:
     """``{"pcs": {"PC1": {desc: {pearson, spearman}}}, "readout": {desc: {...}},
     "explained_variance": [...], "n": n}``. Pass `descriptors` (`descriptor_table(smiles)`)
     when the caller already has them."""
@@ -69,10 +73,15 @@ def interpret_report(embeddings: np.ndarray, smiles: Sequence[str], n_components
     n_comp = min(n_components, emb.shape[0], emb.shape[1])
     pca = PCA(n_components=n_comp, random_state=seed).fit(emb)
     pcs = pca.transform(emb)
-    report: dict = {"n": int(len(emb)), "explained_variance": pca.explained_variance_ratio_.tolist(),
-                    "pcs": {f"PC{j + 1}": {name: correlations(pcs[:, j], values)
-                                           for name, values in desc.items()} for j in range(n_comp)},
-                    "readout": {}}
+    report: dict = {
+        "n": int(len(emb)),
+        "explained_variance": pca.explained_variance_ratio_.tolist(),
+        "pcs": {
+            f"PC{j + 1}": {name: correlations(pcs[:, j], values) for name, values in desc.items()}
+            for j in range(n_comp)
+        },
+        "readout": {},
+    }
     folds = KFold(n_splits=min(cv_folds, len(emb)), shuffle=True, random_state=seed)
     for name, values in desc.items():
         ok = np.isfinite(values)

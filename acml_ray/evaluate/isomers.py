@@ -39,8 +39,7 @@ class IsomerSet:
     smiles: list[str]
 
 
-def set_discrimination(queries: np.ndarray, candidates: np.ndarray, set_ids: np.ndarray
-                       ) -> dict[str, float]:
+def set_discrimination(queries: np.ndarray, candidates: np.ndarray, set_ids: np.ndarray) -> dict[str, float]:
     """Accuracy of ranking each query's own candidate first within its set.
 
     Row i of `queries` and `candidates` is the same molecule; `set_ids[i]` names its isomer set.
@@ -57,10 +56,20 @@ def set_discrimination(queries: np.ndarray, candidates: np.ndarray, set_ids: np.
         chance.extend([1.0 / len(idx)] * len(idx))
         sizes.append(len(idx))
     if not sizes:
-        return {"accuracy": float("nan"), "chance": float("nan"), "n_sets": 0, "n_queries": 0,
-                "mean_set_size": float("nan")}
-    return {"accuracy": float(np.mean(hits)), "chance": float(np.mean(chance)),
-            "n_sets": len(sizes), "n_queries": len(hits), "mean_set_size": float(np.mean(sizes))}
+        return {
+            "accuracy": float("nan"),
+            "chance": float("nan"),
+            "n_sets": 0,
+            "n_queries": 0,
+            "mean_set_size": float("nan"),
+        }
+    return {
+        "accuracy": float(np.mean(hits)),
+        "chance": float(np.mean(chance)),
+        "n_sets": len(sizes),
+        "n_queries": len(hits),
+        "mean_set_size": float(np.mean(sizes)),
+    }
 
 
 def _flat_smiles(smiles: str) -> str | None:
@@ -69,8 +78,9 @@ def _flat_smiles(smiles: str) -> str | None:
     return None if mol is None else Chem.MolToSmiles(mol, isomericSmiles=False)
 
 
-def formula_groups(smiles: list[str], formulas: list[str] | None, n_groups: int,
-                   max_set_size: int, seed: int) -> list[IsomerSet]:
+def formula_groups(
+    smiles: list[str], formulas: list[str] | None, n_groups: int, max_set_size: int, seed: int
+) -> list[IsomerSet]:
     """Seeded sample of up to `n_groups` formulas with >= 2 distinct (stereo-free) structures,
     each cut to at most `max_set_size` members. Formulas are computed by RDKit when not given.
 
@@ -116,16 +126,15 @@ def stereo_sets(smiles: list[str], n_molecules: int, max_set_size: int, seed: in
             mol = Chem.MolFromSmiles(smiles[i]) if isinstance(smiles[i], str) else None
             if mol is None:
                 continue
-            options = StereoEnumerationOptions(onlyUnassigned=False, unique=True,
-                                               maxIsomers=4 * max_set_size, rand=int(seed) + 1)
+            options = StereoEnumerationOptions(
+                onlyUnassigned=False, unique=True, maxIsomers=4 * max_set_size, rand=int(seed) + 1
+            )
             original = Chem.MolToSmiles(mol)
-            isomers = sorted({Chem.MolToSmiles(m) for m in EnumerateStereoisomers(mol, options=options)}
-                             - {original})
+            isomers = sorted({Chem.MolToSmiles(m) for m in EnumerateStereoisomers(mol, options=options)} - {original})
             if not isomers:
                 continue
             if len(isomers) > max_set_size - 1:
-                isomers = [isomers[k] for k in sorted(rng.choice(len(isomers), max_set_size - 1,
-                                                                 replace=False))]
+                isomers = [isomers[k] for k in sorted(rng.choice(len(isomers), max_set_size - 1, replace=False))]
             sets.append(IsomerSet("stereo", original, [original, *isomers]))
     return sets
 
@@ -135,12 +144,12 @@ def build_isomer_sets(cfg: IsomerEvalConfig, seed: int) -> list[IsomerSet]:
     sets: list[IsomerSet] = []
     if cfg.constitutional_source == "qm9" and cfg.constitutional_groups:
         qm9 = load_source("qm9")
-        sets += formula_groups(qm9["smiles"].tolist(), qm9["Stoichiometry"].tolist(),
-                               cfg.constitutional_groups, cfg.max_set_size, seed)
+        sets += formula_groups(
+            qm9["smiles"].tolist(), qm9["Stoichiometry"].tolist(), cfg.constitutional_groups, cfg.max_set_size, seed
+        )
     elif cfg.constitutional_source == "moses" and cfg.constitutional_groups:
         moses = load_source("moses", limit=cfg.pool_limit, seed=seed)
-        sets += formula_groups(moses["smiles"].tolist(), None, cfg.constitutional_groups,
-                               cfg.max_set_size, seed)
+        sets += formula_groups(moses["smiles"].tolist(), None, cfg.constitutional_groups, cfg.max_set_size, seed)
     if cfg.stereo_source != "none" and cfg.stereo_molecules:
         # Molecules without any stereo element enumerate to themselves and are skipped.
         source = load_source(cfg.stereo_source)
@@ -148,8 +157,9 @@ def build_isomer_sets(cfg: IsomerEvalConfig, seed: int) -> list[IsomerSet]:
     return sets
 
 
-def isomer_report(model: ACMLModel, run_cfg: ACMLConfig, sets: list[IsomerSet],
-                  cache_dir: str | None = None, progress: bool = False) -> dict[str, dict]:
+def isomer_report(
+    model: ACMLModel, run_cfg: ACMLConfig, sets: list[IsomerSet], cache_dir: str | None = None, progress: bool = False
+) -> dict[str, dict]:
     """``{kind: {"<m>->graph": {...}, "graph-><m>": {...}, "n_sets_built": n}}`` per modality.
 
     Members that the featuriser or a modality rejects are dropped (a set left with one member

@@ -16,14 +16,20 @@ from sklearn.decomposition import PCA  # noqa: E402
 def plot_retrieval_curves(retrieval: dict, ks: list[int], path: str | Path) -> Path:
     """Top-k vs k per direction, one line per pool size, chance dashed."""
     directions = sorted(retrieval)
-    fig, axes = plt.subplots(1, max(1, len(directions)), figsize=(5 * max(1, len(directions)), 4),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(directions)), figsize=(5 * max(1, len(directions)), 4), squeeze=False)
     for ax, direction in zip(axes[0], directions):
         for pool_name, block in retrieval[direction].items():
-            line, = ax.plot(ks, [block[f"top{k}"] for k in ks], marker="o",
-                            label=f"{pool_name} (n={block['n_pool']})")
-            ax.plot(ks, [block["random"][f"top{k}"] for k in ks], ls="--", color=line.get_color(),
-                    alpha=0.5, label=f"chance {pool_name}")
+            (line,) = ax.plot(
+                ks, [block[f"top{k}"] for k in ks], marker="o", label=f"{pool_name} (n={block['n_pool']})"
+            )
+            ax.plot(
+                ks,
+                [block["random"][f"top{k}"] for k in ks],
+                ls="--",
+                color=line.get_color(),
+                alpha=0.5,
+                label=f"chance {pool_name}",
+            )
         ax.set(title=direction, xlabel="k", ylabel="top-k accuracy", ylim=(0, 1.02), xscale="log")
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.legend(fontsize=7)
@@ -73,26 +79,38 @@ def _fmt(v) -> str:
 def _overlap_line(overlap: dict | None) -> str:
     if not overlap or not overlap.get("checked"):
         return "Overlap with the training set: not checked (the model's training table is not known)."
-    text = (f"Overlap with the training set ({overlap['training_table']}): {overlap['in_training']} of "
-            f"{overlap['gallery']} molecules ({100 * overlap['fraction']:.1f} %)")
-    return text + (f", {overlap['dropped']} dropped (exclude_training)." if overlap["excluded"]
-                   else ", kept (exclude_training off: scores include molecules the model trained on).")
+    text = (
+        f"Overlap with the training set ({overlap['training_table']}): {overlap['in_training']} of "
+        f"{overlap['gallery']} molecules ({100 * overlap['fraction']:.1f} %)"
+    )
+    return text + (
+        f", {overlap['dropped']} dropped (exclude_training)."
+        if overlap["excluded"]
+        else ", kept (exclude_training off: scores include molecules the model trained on)."
+    )
 
 
 def _task_lines(task: str, r: dict) -> list[str]:
     """One downstream task: data, split and seeds, then a metric table with the reference row."""
     sizes = r["split"]["sizes"]
-    lines = [f"### {task} ({r['kind']}: {', '.join(map(str, r['tasks']))})", "",
-             f"- data: {r.get('source', '')}, {r['n']} of {r['n_input']} rows used"
-             + (f" (random sample of {r['limit']} of {r['rows_in_file']} rows)" if r.get("limit") else "")
-             + (f"; {r['rejected']} rejected: "
-                + ", ".join(f"{k} {v}" for k, v in r.get("rejected_by_reason", {}).items()) if r["rejected"] else ""),
-             f"- split: n train {sizes['train']} / valid {sizes['valid']} / test {sizes['test']}; "
-             f"seeds {r.get('seeds')}"]
+    lines = [
+        f"### {task} ({r['kind']}: {', '.join(map(str, r['tasks']))})",
+        "",
+        f"- data: {r.get('source', '')}, {r['n']} of {r['n_input']} rows used"
+        + (f" (random sample of {r['limit']} of {r['rows_in_file']} rows)" if r.get("limit") else "")
+        + (
+            f"; {r['rejected']} rejected: " + ", ".join(f"{k} {v}" for k, v in r.get("rejected_by_reason", {}).items())
+            if r["rejected"]
+            else ""
+        ),
+        f"- split: n train {sizes['train']} / valid {sizes['valid']} / test {sizes['test']}; seeds {r.get('seeds')}",
+    ]
     c = r.get("censoring") or {}
     if c.get("present") and "policy" in c:
-        lines.append(f"- censored labels (column `{c['column']}`): {c['rows']} rows {c['by_relation']}, "
-                     + ("excluded from training and metrics" if c["policy"] == "exclude" else "kept as exact values"))
+        lines.append(
+            f"- censored labels (column `{c['column']}`): {c['rows']} rows {c['by_relation']}, "
+            + ("excluded from training and metrics" if c["policy"] == "exclude" else "kept as exact values")
+        )
     if r.get("split_from"):
         lines.append(f"- one of the tasks made from {r['split_from']}, whose labels are of two kinds")
     lines.append("")
@@ -104,11 +122,17 @@ def _task_lines(task: str, r: dict) -> list[str]:
     lines += ["| method | runs | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for method, m in methods.items():
         runs = "1 (seed-free)" if m.get("deterministic") else str(m.get("runs", len(m[metrics[0]]["values"])))
-        lines.append(f"| {method} | {runs} | " + " | ".join(
-            _fmt(m[k]["mean"]) + ("" if m[k]["sd"] is None else f" +- {_fmt(m[k]['sd'])}") for k in metrics) + " |")
+        lines.append(
+            f"| {method} | {runs} | "
+            + " | ".join(
+                _fmt(m[k]["mean"]) + ("" if m[k]["sd"] is None else f" +- {_fmt(m[k]['sd'])}") for k in metrics
+            )
+            + " |"
+        )
     if "reference" in r:
-        lines.append("| reference (training mean) | - | " + " | ".join(_fmt(r["reference"].get(k)) for k in metrics)
-                     + " |")
+        lines.append(
+            "| reference (training mean) | - | " + " | ".join(_fmt(r["reference"].get(k)) for k in metrics) + " |"
+        )
     return lines + [""]
 
 
@@ -117,52 +141,84 @@ def render_markdown(report: dict) -> str:
     lines = [f"# ACML evaluation: {report.get('model', '')}", ""]
     ks = report.get("top_k", [])
     if report.get("retrieval"):
-        lines += ["## Cross-modal retrieval", "",
-                  f"Held-out molecules: {report.get('held_out_molecules')} "
-                  f"({report.get('held_out_rejected', 0)} input rows rejected). Cosine similarity; ties "
-                  "count against the query. Pool 128 = random pools averaged; pool all = whole held-out set.", "",
-                  _overlap_line(report.get("training_overlap")), "",
-                  "| direction | pool | " + " | ".join(f"top{k}" for k in ks) + " | mean rank | MRR |",
-                  "|---|---|" + "---|" * (len(ks) + 2)]
+        lines += [
+            "## Cross-modal retrieval",
+            "",
+            f"Held-out molecules: {report.get('held_out_molecules')} "
+            f"({report.get('held_out_rejected', 0)} input rows rejected). Cosine similarity; ties "
+            "count against the query. Pool 128 = random pools averaged; pool all = whole held-out set.",
+            "",
+            _overlap_line(report.get("training_overlap")),
+            "",
+            "| direction | pool | " + " | ".join(f"top{k}" for k in ks) + " | mean rank | MRR |",
+            "|---|---|" + "---|" * (len(ks) + 2),
+        ]
         for direction, pools in report["retrieval"].items():
             for pool, b in pools.items():
-                lines.append(f"| {direction} | {pool} (n={b['n_pool']}) | "
-                             + " | ".join(f"{_fmt(b[f'top{k}'])} ({_fmt(b['random'][f'top{k}'])})" for k in ks)
-                             + f" | {b['mean_rank']:.1f} ({b['random']['mean_rank']:.1f}) | "
-                               f"{_fmt(b['mrr'])} ({_fmt(b['random']['mrr'])}) |")
+                lines.append(
+                    f"| {direction} | {pool} (n={b['n_pool']}) | "
+                    + " | ".join(f"{_fmt(b[f'top{k}'])} ({_fmt(b['random'][f'top{k}'])})" for k in ks)
+                    + f" | {b['mean_rank']:.1f} ({b['random']['mean_rank']:.1f}) | "
+                    f"{_fmt(b['mrr'])} ({_fmt(b['random']['mrr'])}) |"
+                )
         lines += ["", "Chance level in parentheses.", "", "![retrieval](retrieval_curves.png)", ""]
     if report.get("isomers"):
-        lines += ["## Isomer discrimination", "",
-                  "Is the true molecule ranked first among its isomers' graphs (or modality vectors)?", "",
-                  "| isomer kind | direction | accuracy | chance | sets | queries |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## Isomer discrimination",
+            "",
+            "Is the true molecule ranked first among its isomers' graphs (or modality vectors)?",
+            "",
+            "| isomer kind | direction | accuracy | chance | sets | queries |",
+            "|---|---|---|---|---|---|",
+        ]
         for kind, block in report["isomers"].items():
             for direction, r in block.items():
                 if isinstance(r, dict):
-                    lines.append(f"| {kind} | {direction} | {_fmt(r['accuracy'])} | {_fmt(r['chance'])} | "
-                                 f"{r['n_sets']} | {r['n_queries']} |")
+                    lines.append(
+                        f"| {kind} | {direction} | {_fmt(r['accuracy'])} | {_fmt(r['chance'])} | "
+                        f"{r['n_sets']} | {r['n_queries']} |"
+                    )
         lines.append("")
     if report.get("interpret"):
         it = report["interpret"]
         names = list(it["readout"])
-        lines += ["## Interpretability", "",
-                  f"{it['n']} molecules. Pearson (Spearman) between descriptors and principal components of the "
-                  "graph embeddings, and a 5-fold cross-validated ridge read-out.", "",
-                  "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [
+            "## Interpretability",
+            "",
+            f"{it['n']} molecules. Pearson (Spearman) between descriptors and principal components of the "
+            "graph embeddings, and a 5-fold cross-validated ridge read-out.",
+            "",
+            "| | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
         for row, block in [*it["pcs"].items(), ("read-out (CV)", it["readout"])]:
-            lines.append(f"| {row} | " + " | ".join(f"{_fmt(block[n]['pearson'])} ({_fmt(block[n]['spearman'])})"
-                                                    for n in names) + " |")
+            lines.append(
+                f"| {row} | "
+                + " | ".join(f"{_fmt(block[n]['pearson'])} ({_fmt(block[n]['spearman'])})" for n in names)
+                + " |"
+            )
         lines += ["", "![heatmap](correlation_heatmap.png)", "", "![projection](embedding_projection.png)", ""]
     if report.get("downstream"):
-        lines += ["## Property prediction (scaffold split)", "",
-                  "Mean +- sd over seeds (runs in the second column; seed-free methods are fitted once). "
-                  "The reference row is a constant prediction of each label's training mean (for "
-                  "classification: the prevalence; ROC-AUC 0.5, PR-AUC = test prevalence).", ""]
+        lines += [
+            "## Property prediction (scaffold split)",
+            "",
+            "Mean +- sd over seeds (runs in the second column; seed-free methods are fitted once). "
+            "The reference row is a constant prediction of each label's training mean (for "
+            "classification: the prevalence; ROC-AUC 0.5, PR-AUC = test prevalence).",
+            "",
+        ]
         for task, r in report["downstream"].items():
             lines += _task_lines(task, r)
     if report.get("quarantine", {}).get("rows"):
         q = report["quarantine"]
-        lines += ["## Rejected rows", "", f"{q['rows']} rows, each with its reason, in `{q['file']}`.", "",
-                  "| section | stage | reason | rows |", "|---|---|---|---|"]
+        lines += [
+            "## Rejected rows",
+            "",
+            f"{q['rows']} rows, each with its reason, in `{q['file']}`.",
+            "",
+            "| section | stage | reason | rows |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {b['section']} | {b['stage']} | {b['reason']} | {b['rows']} |" for b in q["by_reason"]]
         lines.append("")
     return "\n".join(lines) + "\n"

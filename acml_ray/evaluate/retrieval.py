@@ -29,8 +29,10 @@ def chunk_rows(n_candidates: int, chunk_mib: int = 256) -> int:
 
 
 def retrieval_ranks(
-    queries: np.ndarray | torch.Tensor, candidates: np.ndarray | torch.Tensor,
-    chunk_size: int | None = None, chunk_mib: int = 256,
+    queries: np.ndarray | torch.Tensor,
+    candidates: np.ndarray | torch.Tensor,
+    chunk_size: int | None = None,
+    chunk_mib: int = 256,
 ) -> np.ndarray:
     """0-based rank of each query's true candidate (same row index) among all candidates.
 
@@ -59,8 +61,11 @@ def topk_from_ranks(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
 def rank_metrics(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
     """Top-k accuracies plus mean rank (1-based) and mean reciprocal rank of 0-based `ranks`."""
     ranks = np.asarray(ranks)
-    return {**topk_from_ranks(ranks, ks), "mean_rank": float(ranks.mean() + 1),
-            "mrr": float(np.mean(1.0 / (ranks + 1)))}
+    return {
+        **topk_from_ranks(ranks, ks),
+        "mean_rank": float(ranks.mean() + 1),
+        "mrr": float(np.mean(1.0 / (ranks + 1))),
+    }
 
 
 def random_topk(pool_size: int, ks: list[int]) -> dict[str, float]:
@@ -70,12 +75,15 @@ def random_topk(pool_size: int, ks: list[int]) -> dict[str, float]:
 
 def _random_ranks(pool_size: int) -> dict[str, float]:
     # Chance mean rank (P + 1) / 2 and chance MRR (mean over r = 1..P of 1/r).
-    return {"mean_rank": (pool_size + 1) / 2,
-            "mrr": float(np.mean(1.0 / np.arange(1, pool_size + 1)))}
+    return {"mean_rank": (pool_size + 1) / 2, "mrr": float(np.mean(1.0 / np.arange(1, pool_size + 1)))}
 
 
 def pooled_ranks(
-    queries: np.ndarray, candidates: np.ndarray, pool_size: int, repeats: int, seed: int,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    pool_size: int,
+    repeats: int,
+    seed: int,
 ) -> np.ndarray:
     """Ranks within random pools of `pool_size` (the reference protocol), over `repeats`
     random partitions of the set; every query is ranked once per repeat."""
@@ -88,7 +96,7 @@ def pooled_ranks(
         order = rng.permutation(n)
         usable = n - n % pool_size  # full pools only, so every pool has exactly pool_size
         for start in range(0, usable, pool_size):
-            idx = order[start:start + pool_size]
+            idx = order[start : start + pool_size]
             all_ranks.append(retrieval_ranks(queries[idx], candidates[idx]))
     return np.concatenate(all_ranks)
 
@@ -120,9 +128,11 @@ def retrieval_report(
         fixed = pooled_ranks(q, c, pool_size, repeats, seed)
         whole = retrieval_ranks(q, c, chunk_mib=chunk_mib)
         report[direction] = {
-            f"pool_{pool_size}": {**rank_metrics(fixed, ks), "n_pool": pool,
-                                  "random": random_topk(pool, ks) | _random_ranks(pool)},
-            "pool_all": {**rank_metrics(whole, ks), "n_pool": n,
-                         "random": random_topk(n, ks) | _random_ranks(n)},
+            f"pool_{pool_size}": {
+                **rank_metrics(fixed, ks),
+                "n_pool": pool,
+                "random": random_topk(pool, ks) | _random_ranks(pool),
+            },
+            "pool_all": {**rank_metrics(whole, ks), "n_pool": n, "random": random_topk(n, ks) | _random_ranks(n)},
         }
     return report

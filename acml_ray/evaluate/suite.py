@@ -44,8 +44,15 @@ log = logging.getLogger(__name__)
 
 # `acml embed`'s quarantine columns (mol_id, input, stage, reason) plus the section that
 # rejected the row (retrieval, downstream:<task>).
-QUARANTINE_SCHEMA = pa.schema([("mol_id", pa.string()), ("input", pa.string()), ("stage", pa.string()),
-                               ("reason", pa.string()), ("section", pa.string())])
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("mol_id", pa.string()),
+        ("input", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("section", pa.string()),
+    ]
+)
 
 
 def retrieval_summary(model: ACMLModel, examples: PairedExamples, cfg: EvalConfig) -> dict:
@@ -57,8 +64,9 @@ def retrieval_summary(model: ACMLModel, examples: PairedExamples, cfg: EvalConfi
         mod, graph = project_examples(model, examples, modality)
         if len(mod) < 2:
             continue
-        summary.update(retrieval_report(modality, mod, graph, cfg.top_k, cfg.pool_size,
-                                        cfg.pool_repeats, cfg.seed, cfg.chunk_mib))
+        summary.update(
+            retrieval_report(modality, mod, graph, cfg.top_k, cfg.pool_size, cfg.pool_repeats, cfg.seed, cfg.chunk_mib)
+        )
     return summary
 
 
@@ -116,8 +124,14 @@ def _row(mol_id: str, given: str, stage: str, reason: str, section: str) -> dict
     return {"mol_id": mol_id, "input": str(given)[:300], "stage": stage, "reason": reason, "section": section}
 
 
-def held_out_examples(data: str | None, run_dir: Path | None, run_cfg: ACMLConfig, cache_dir: str | None,
-                      exclude_training: bool | None = None, progress: bool = False) -> HeldOut:
+def held_out_examples(
+    data: str | None,
+    run_dir: Path | None,
+    run_cfg: ACMLConfig,
+    cache_dir: str | None,
+    exclude_training: bool | None = None,
+    progress: bool = False,
+) -> HeldOut:
     """Held-out molecules for retrieval and interpretability.
 
     `data` may be a prepared table (``emb__<modality>`` columns), a molecule table by path or
@@ -135,12 +149,15 @@ def held_out_examples(data: str | None, run_dir: Path | None, run_cfg: ACMLConfi
         elif run_cfg.train.val_table:
             data = run_cfg.train.val_table  # the table the run validated on (path or s3://)
         else:
-            raise FileNotFoundError("no held-out data: pass --data (the run has no data/val.parquet "
-                                    "and no train.val_table)")
+            raise FileNotFoundError(
+                "no held-out data: pass --data (the run has no data/val.parquet and no train.val_table)"
+            )
     train_keys, train_location = training_inchikeys(run_dir, run_cfg)
     if exclude_training and train_keys is None:
-        raise ValueError("exclude_training: the model's training table is not known (no data/train.parquet "
-                         "in the run folder, no train.train_table in its config); pass --no-exclude-training")
+        raise ValueError(
+            "exclude_training: the model's training table is not known (no data/train.parquet "
+            "in the run folder, no train.train_table in its config); pass --no-exclude-training"
+        )
     exclude = train_keys is not None if exclude_training is None else exclude_training
     section = "retrieval"
     quarantine: list[dict] = []
@@ -150,14 +167,25 @@ def held_out_examples(data: str | None, run_dir: Path | None, run_cfg: ACMLConfi
         keys = table.column("inchikey").to_pylist() if "inchikey" in table.column_names else [None] * table.num_rows
         seen = [k in train_keys for k in keys] if train_keys is not None else [False] * len(keys)
         if exclude and any(seen):
-            quarantine += [_row(keys[i], table.column("smiles")[i].as_py(), "exclude_training",
-                                "in the model's training set (InChIKey)", section) for i in np.flatnonzero(seen)]
+            quarantine += [
+                _row(
+                    keys[i],
+                    table.column("smiles")[i].as_py(),
+                    "exclude_training",
+                    "in the model's training set (InChIKey)",
+                    section,
+                )
+                for i in np.flatnonzero(seen)
+            ]
             table = table.filter(pa.array([not x for x in seen]))
         examples, smiles = PairedExamples.from_table(table, names), table.column("smiles").to_pylist()
         n_gallery, n_seen = len(keys), int(sum(seen))
     else:  # molecules: featurise and embed them like the run did
-        source = (DataSourceConfig(name=data) if data in SHIPPED_SOURCES
-                  else DataSourceConfig(name=Path(data).stem, path=data))
+        source = (
+            DataSourceConfig(name=data)
+            if data in SHIPPED_SOURCES
+            else DataSourceConfig(name=Path(data).stem, path=data)
+        )
         given = load_source(source)["smiles"].tolist()
         # Featurised here for the reasons and InChIKeys (paired_from_smiles featurises the kept
         # rows again: well under a millisecond per molecule, against an encoder pass).
@@ -169,15 +197,25 @@ def held_out_examples(data: str | None, run_dir: Path | None, run_cfg: ACMLConfi
             if isinstance(r, Rejected):
                 quarantine.append(_row(f"row {i}", given[i], "featurise", r.reason, section))
             elif r.inchikey in first:
-                quarantine.append(_row(f"row {i}", given[i], "deduplicate",
-                                       f"duplicate InChIKey {r.inchikey} (row {first[r.inchikey]})", section))
+                quarantine.append(
+                    _row(
+                        f"row {i}",
+                        given[i],
+                        "deduplicate",
+                        f"duplicate InChIKey {r.inchikey} (row {first[r.inchikey]})",
+                        section,
+                    )
+                )
             else:
                 first[r.inchikey] = i
                 in_training = train_keys is not None and r.inchikey in train_keys
                 n_seen += in_training
                 if in_training and exclude:
-                    quarantine.append(_row(f"row {i}", given[i], "exclude_training",
-                                           "in the model's training set (InChIKey)", section))
+                    quarantine.append(
+                        _row(
+                            f"row {i}", given[i], "exclude_training", "in the model's training set (InChIKey)", section
+                        )
+                    )
                 else:
                     keep.append(i)
         n_gallery = len(first)
@@ -185,23 +223,43 @@ def held_out_examples(data: str | None, run_dir: Path | None, run_cfg: ACMLConfi
         smiles = [given[i] for i in keep]
         if examples.masks:
             usable = np.any(np.stack([m.numpy() for m in examples.masks.values()]), axis=0)
-            quarantine += [_row(f"row {keep[j]}", smiles[j], "embed", "no modality could embed it", section)
-                           for j in np.flatnonzero(~usable)]
+            quarantine += [
+                _row(f"row {keep[j]}", smiles[j], "embed", "no modality could embed it", section)
+                for j in np.flatnonzero(~usable)
+            ]
     rejected = sum(q["stage"] != "exclude_training" for q in quarantine)
     n_input = len(keys) if names else len(given)
-    overlap = {"training_table": train_location, "checked": train_keys is not None, "gallery": n_gallery,
-               "in_training": n_seen, "fraction": n_seen / n_gallery if n_gallery else 0.0,
-               "excluded": bool(exclude), "dropped": n_seen if exclude else 0}
+    overlap = {
+        "training_table": train_location,
+        "checked": train_keys is not None,
+        "gallery": n_gallery,
+        "in_training": n_seen,
+        "fraction": n_seen / n_gallery if n_gallery else 0.0,
+        "excluded": bool(exclude),
+        "dropped": n_seen if exclude else 0,
+    }
     if train_keys is not None and n_seen:
-        log.warning("%s: %d of %d molecules (%.0f %%) are in the model's training set: %s", data, n_seen, n_gallery,
-                    100 * overlap["fraction"], "dropped (exclude_training)" if exclude else
-                    "kept (--no-exclude-training): retrieval scores are inflated")
+        log.warning(
+            "%s: %d of %d molecules (%.0f %%) are in the model's training set: %s",
+            data,
+            n_seen,
+            n_gallery,
+            100 * overlap["fraction"],
+            "dropped (exclude_training)" if exclude else "kept (--no-exclude-training): retrieval scores are inflated",
+        )
     if len(examples) < 2:
-        raise ValueError(f"{data}: {len(examples)} usable held-out molecule(s) "
-                         f"({rejected} rejected, {overlap['dropped']} in the training set); retrieval needs at least 2")
+        raise ValueError(
+            f"{data}: {len(examples)} usable held-out molecule(s) "
+            f"({rejected} rejected, {overlap['dropped']} in the training set); retrieval needs at least 2"
+        )
     if rejected:
-        log.warning("%s: %d of %d held-out rows rejected (unparsable, filtered, duplicate or without any "
-                    "modality input): see quarantine.parquet", data, rejected, n_input)
+        log.warning(
+            "%s: %d of %d held-out rows rejected (unparsable, filtered, duplicate or without any "
+            "modality input): see quarantine.parquet",
+            data,
+            rejected,
+            n_input,
+        )
     return HeldOut(examples, smiles, data, rejected, quarantine, overlap)
 
 
@@ -256,8 +314,14 @@ class _Created:
                     path.unlink(missing_ok=True)
 
 
-def evaluate_run(model_ref: str, cfg: EvalConfig, out_dir: str | Path | None = None, data: str | None = None,
-                 cache_dir: str | None = None, progress: bool = True) -> dict:
+def evaluate_run(
+    model_ref: str,
+    cfg: EvalConfig,
+    out_dir: str | Path | None = None,
+    data: str | None = None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Run the configured sections and write ``report.json``, ``report.md``, PNGs, ``splits/``
     and ``quarantine.parquet`` under `out_dir` (default `default_out_dir`); returns the report
     (with ``mlflow_run_id`` when logged).
@@ -288,13 +352,31 @@ def evaluate_run(model_ref: str, cfg: EvalConfig, out_dir: str | Path | None = N
     return report
 
 
-def _evaluate(model: ACMLModel, run_cfg: ACMLConfig, extra: dict, run_dir: Path | None, model_ref: str,
-              cfg: EvalConfig, out: Path, data: str | None, cache: str, say: Progress) -> dict:
+def _evaluate(
+    model: ACMLModel,
+    run_cfg: ACMLConfig,
+    extra: dict,
+    run_dir: Path | None,
+    model_ref: str,
+    cfg: EvalConfig,
+    out: Path,
+    data: str | None,
+    cache: str,
+    say: Progress,
+) -> dict:
     timings: dict[str, float] = {}
-    report: dict = {"model": model_ref, "model_epoch": extra.get("epoch"), "modalities": model.modalities,
-                    "top_k": cfg.top_k, "pool_size": cfg.pool_size, "eval_config": cfg.model_dump(mode="json"),
-                    "output": str(out), "cache": cache,
-                    "encoder_fingerprints": _fingerprint_check(run_dir, run_cfg), "plots": []}
+    report: dict = {
+        "model": model_ref,
+        "model_epoch": extra.get("epoch"),
+        "modalities": model.modalities,
+        "top_k": cfg.top_k,
+        "pool_size": cfg.pool_size,
+        "eval_config": cfg.model_dump(mode="json"),
+        "output": str(out),
+        "cache": cache,
+        "encoder_fingerprints": _fingerprint_check(run_dir, run_cfg),
+        "plots": [],
+    }
     say(f"model {model_ref} (epoch {extra.get('epoch')}); sections {', '.join(cfg.sections)}; output {out}")
     quarantine: list[dict] = []
     held = None
@@ -305,9 +387,14 @@ def _evaluate(model: ACMLModel, run_cfg: ACMLConfig, extra: dict, run_dir: Path 
         report["held_out_rejected"], report["training_overlap"] = held.rejected, held.overlap
         quarantine += held.quarantine
         ov = held.overlap
-        say(f"held-out {held.description}: {len(held.examples)} molecules, {held.rejected} rejected; "
-            + (f"{ov['in_training']} of {ov['gallery']} in the training set, "
-               f"{ov['dropped']} dropped" if ov["checked"] else "training table unknown: overlap not checked"))
+        say(
+            f"held-out {held.description}: {len(held.examples)} molecules, {held.rejected} rejected; "
+            + (
+                f"{ov['in_training']} of {ov['gallery']} in the training set, {ov['dropped']} dropped"
+                if ov["checked"]
+                else "training table unknown: overlap not checked"
+            )
+        )
 
     if "retrieval" in cfg.sections:
         with say.section("retrieval", timings):
@@ -333,8 +420,9 @@ def _evaluate(model: ACMLModel, run_cfg: ACMLConfig, extra: dict, run_dir: Path 
                 graphs, ismiles = held.examples.graphs, held.smiles
             emb = graph_embeddings(model, graphs)
             descriptors = descriptor_table(ismiles)
-            report["interpret"] = interpret_report(emb, ismiles, icfg.n_components, icfg.cv_folds, cfg.seed,
-                                                   descriptors=descriptors)
+            report["interpret"] = interpret_report(
+                emb, ismiles, icfg.n_components, icfg.cv_folds, cfg.seed, descriptors=descriptors
+            )
             plot_correlation_heatmap(report["interpret"], out / "correlation_heatmap.png")
             colour = descriptors.get(icfg.colour_by)
             if colour is None:
@@ -343,17 +431,20 @@ def _evaluate(model: ACMLModel, run_cfg: ACMLConfig, extra: dict, run_dir: Path 
             report["plots"] += ["correlation_heatmap.png", "embedding_projection.png"]
     if "downstream" in cfg.sections:
         with say.section("downstream", timings):
-            report["downstream"], rows = downstream_report(model, run_cfg, cfg.downstream, out / "splits",
-                                                           cfg.seed, say)
+            report["downstream"], rows = downstream_report(
+                model, run_cfg, cfg.downstream, out / "splits", cfg.seed, say
+            )
             quarantine += rows
     report["timings"] = timings
 
     table = pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA)
     pq.write_table(table, out / "quarantine.parquet")
     by = Counter((q["section"], q["stage"], reason_kind(q["reason"])) for q in quarantine)
-    report["quarantine"] = {"file": "quarantine.parquet", "rows": len(quarantine),
-                            "by_reason": [{"section": k[0], "stage": k[1], "reason": k[2], "rows": n}
-                                          for k, n in by.most_common()]}
+    report["quarantine"] = {
+        "file": "quarantine.parquet",
+        "rows": len(quarantine),
+        "by_reason": [{"section": k[0], "stage": k[1], "reason": k[2], "rows": n} for k, n in by.most_common()],
+    }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
     (out / "report.md").write_text(render_markdown(report))
     say(f"wrote {out / 'report.md'} ({len(quarantine)} rows quarantined)")
@@ -400,14 +491,15 @@ def log_to_mlflow(out_dir: str | Path, report: dict, cfg: EvalConfig) -> str | N
     run_id, created = cfg.mlflow_run_id or (active.info.run_id if active else None), False
     if run_id is None:
         experiment = client.get_experiment_by_name(cfg.mlflow_experiment)
-        experiment_id = (experiment.experiment_id if experiment is not None
-                         else client.create_experiment(cfg.mlflow_experiment))
+        experiment_id = (
+            experiment.experiment_id if experiment is not None else client.create_experiment(cfg.mlflow_experiment)
+        )
         run_id, created = client.create_run(experiment_id, run_name="evaluate").info.run_id, True
     sections = {k: report[k] for k in ("retrieval", "isomers", "interpret", "downstream") if k in report}
     now = int(time.time() * 1000)
     metrics = [Metric(f"eval/{k}", v, now, 0) for k, v in numeric_leaves(sections).items()]
     for start in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
-        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
     client.log_artifacts(run_id, str(out_dir), artifact_path="evaluation")
     if created:
         client.set_terminated(run_id)
@@ -415,5 +507,4 @@ def log_to_mlflow(out_dir: str | Path, report: dict, cfg: EvalConfig) -> str | N
     return run_id
 
 
-__all__ = ["evaluate_run", "held_out_examples", "log_to_mlflow", "numeric_leaves", "resolve_model",
-           "retrieval_summary"]
+__all__ = ["evaluate_run", "held_out_examples", "log_to_mlflow", "numeric_leaves", "resolve_model", "retrieval_summary"]

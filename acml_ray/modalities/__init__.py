@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from acml_ray.modalities.base import Modality, ModalityInputError, hash_module_weights
 
@@ -38,14 +39,17 @@ def _register_builtins() -> None:
     from acml_ray.modalities.spectrum import Nmr1HModality, Nmr13CModality
     from acml_ray.modalities.text import SmilesModality
 
-    for modality in (ImageModality, SmilesModality, Nmr13CModality, Nmr1HModality,
-                     MassSpecModality, EcfpModality):
+    for modality in (ImageModality, SmilesModality, Nmr13CModality, Nmr1HModality, MassSpecModality, EcfpModality):
         register_modality(modality.name, modality)
 
 
 _register_builtins()
 
 __all__ = [
-    "Modality", "ModalityInputError", "hash_module_weights", "register_modality",
-    "build_modality", "available_modalities",
+    "Modality",
+    "ModalityInputError",
+    "hash_module_weights",
+    "register_modality",
+    "build_modality",
+    "available_modalities",
 ]

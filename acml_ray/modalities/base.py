@@ -117,9 +117,13 @@ class Modality(ABC):
         """Hash of encoder weights + preprocessing config (+ the class that interprets them)."""
         if self._fingerprint is None:
             config = json.dumps(
-                {"class": f"{type(self).__module__}.{type(self).__qualname__}",
-                 "preprocess": self.preprocess_config(), "dim": self.dim},
-                sort_keys=True, default=str,
+                {
+                    "class": f"{type(self).__module__}.{type(self).__qualname__}",
+                    "preprocess": self.preprocess_config(),
+                    "dim": self.dim,
+                },
+                sort_keys=True,
+                default=str,
             )
             digest = hashlib.sha256(config.encode())
             digest.update(hash_module_weights(self.encoder).encode())

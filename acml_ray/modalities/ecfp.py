@@ -28,24 +28,29 @@ class EcfpModality(Modality):
     name = "ecfp"
     input_column = "smiles"
 
-    def __init__(self, radius: int = 2, n_bits: int = 2048, chirality: bool = False,
-                 log1p: bool = True) -> None:
+    def __init__(self, radius: int = 2, n_bits: int = 2048, chirality: bool = False, log1p: bool = True) -> None:
         super().__init__()
         if radius < 0 or n_bits < 1:
             raise ValueError(f"need radius >= 0 and n_bits >= 1, got {radius}, {n_bits}")
         self.radius, self.n_bits = int(radius), int(n_bits)
         self.chirality, self.log1p = bool(chirality), bool(log1p)
         self._generator = rdFingerprintGenerator.GetMorganGenerator(
-            radius=self.radius, fpSize=self.n_bits, includeChirality=self.chirality)
+            radius=self.radius, fpSize=self.n_bits, includeChirality=self.chirality
+        )
 
     @property
     def dim(self) -> int:
         return self.n_bits
 
     def preprocess_config(self) -> dict[str, Any]:
-        return {"fingerprint": "morgan-count", "radius": self.radius, "n_bits": self.n_bits,
-                "chirality": self.chirality, "log1p": self.log1p,
-                "rdkit": Chem.rdBase.rdkitVersion}
+        return {
+            "fingerprint": "morgan-count",
+            "radius": self.radius,
+            "n_bits": self.n_bits,
+            "chirality": self.chirality,
+            "log1p": self.log1p,
+            "rdkit": Chem.rdBase.rdkitVersion,
+        }
 
     def preprocess_one(self, raw: Any) -> torch.Tensor:
         mol = molecule_from_smiles(self.canonical_input(raw))

@@ -76,8 +76,12 @@ class ImageModality(Modality):
         return 1280
 
     def preprocess_config(self) -> dict[str, Any]:
-        return {"renderer": "rdkit.Draw.MolToImage", "rdkit": Chem.rdBase.rdkitVersion,
-                "image_size": self.image_size, "normalise": "imagenet"}
+        return {
+            "renderer": "rdkit.Draw.MolToImage",
+            "rdkit": Chem.rdBase.rdkitVersion,
+            "image_size": self.image_size,
+            "normalise": "imagenet",
+        }
 
     def _build_encoder(self) -> nn.Module:
         return EfficientNetFeatures(load_efficientnet_lite0(self.weights_path))

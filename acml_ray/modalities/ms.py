@@ -30,10 +30,18 @@ class MassSpecModality(SpectrumModality):
     input_column = "ms"
     unit = "m/z"
 
-    def __init__(self, lo: float = 0.0, hi: float = 1000.0, bin_width: float = 1.0,
-                 intensity_scale: str = "sqrt", line_width: float = 0.0, **options: Any) -> None:
-        super().__init__(lo=lo, hi=hi, bin_width=bin_width, intensity_scale=intensity_scale,
-                         line_width=line_width, **options)
+    def __init__(
+        self,
+        lo: float = 0.0,
+        hi: float = 1000.0,
+        bin_width: float = 1.0,
+        intensity_scale: str = "sqrt",
+        line_width: float = 0.0,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            lo=lo, hi=hi, bin_width=bin_width, intensity_scale=intensity_scale, line_width=line_width, **options
+        )
 
     def parse(self, raw: Any) -> Peaks:
         peaks = getattr(raw, "peaks", None)  # a matchms Spectrum (duck-typed: no import needed)

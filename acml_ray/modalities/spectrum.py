@@ -35,9 +35,10 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -52,8 +53,7 @@ EncoderKind = Literal["pretrained", "random", "binned"]
 # Weights pretrained in this project (`acml pretrain-spectrum`), one `<modality>.pt` each, with
 # a `<modality>.json` stating their training config and data provenance.
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-CNN_DEFAULTS: dict[str, Any] = {"channels": [16, 32, 64, 64], "kernel_size": 9, "pool_positions": 32,
-                                "dim": 256}
+CNN_DEFAULTS: dict[str, Any] = {"channels": [16, 32, 64, 64], "kernel_size": 9, "pool_positions": 32, "dim": 256}
 
 # Residual solvent lines, ppm from TMS (Fulmer et al. 2010, Table 1/2): the lines a real
 # spectrum carries that belong to no atom of the sample. Water lines included for 1H.
@@ -83,8 +83,7 @@ class Peaks:
     def canonical(self) -> str:
         """Sorted, rounded text form: equal spectra give equal strings whatever their order."""
         order = np.lexsort((self.intensities, self.positions))
-        body = ";".join(f"{p:.4f}:{i:.6g}"
-                        for p, i in zip(self.positions[order], self.intensities[order]))
+        body = ";".join(f"{p:.4f}:{i:.6g}" for p, i in zip(self.positions[order], self.intensities[order]))
         return ("profile|" if self.continuous else "peaks|") + body
 
 
@@ -95,18 +94,17 @@ def peaks_from_arrays(positions: Any, intensities: Any | None, continuous: bool 
     """
     try:
         pos = np.asarray(positions, dtype=np.float64)
-        inten = (np.ones_like(pos) if intensities is None
-                 else np.asarray(intensities, dtype=np.float64))
+        inten = np.ones_like(pos) if intensities is None else np.asarray(intensities, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ModalityInputError(f"peaks are not numeric: {exc}") from None
     if pos.ndim != 1 or inten.shape != pos.shape:
-        raise ModalityInputError(
-            f"wrong shape: positions {pos.shape} and intensities {inten.shape} must be equal 1-D")
+        raise ModalityInputError(f"wrong shape: positions {pos.shape} and intensities {inten.shape} must be equal 1-D")
     if pos.size == 0:
         raise ModalityInputError("empty spectrum")
     if intensities is not None and not continuous and np.isnan(inten).any() and not np.isnan(inten).all():
         raise ModalityInputError(
-            f"{int(np.isnan(inten).sum())} of {inten.size} peak intensities missing: give all or none")
+            f"{int(np.isnan(inten).sum())} of {inten.size} peak intensities missing: give all or none"
+        )
     if intensities is not None and np.isnan(inten).all():
         inten = np.ones_like(pos)  # a table column of intensities that are all missing = none given
     if not (np.isfinite(pos).all() and np.isfinite(inten).all()):
@@ -146,8 +144,7 @@ def parse_peak_input(raw: Any) -> Peaks:
             raise ModalityInputError(f"spectrum mapping has no positions; keys: {sorted(raw)}")
         inten_key = next((k for k in ("intensities", "intensity") if k in raw), None)
         return peaks_from_arrays(raw[pos_key], raw[inten_key] if inten_key else None)
-    if isinstance(raw, tuple) and len(raw) == 2 and all(
-            isinstance(v, (list, tuple, np.ndarray)) for v in raw):
+    if isinstance(raw, tuple) and len(raw) == 2 and all(isinstance(v, (list, tuple, np.ndarray)) for v in raw):
         return peaks_from_arrays(raw[0], raw[1])
     if not isinstance(raw, (list, tuple, np.ndarray)):
         raise ModalityInputError(f"unsupported spectrum input: {type(raw).__name__}")
@@ -171,7 +168,8 @@ def parse_peak_input(raw: Any) -> Peaks:
     if arr.ndim == 2 and arr.shape[1] == 2:
         return peaks_from_arrays(arr[:, 0], arr[:, 1])
     raise ModalityInputError(
-        f"wrong shape: expected positions [n] or (position, intensity) pairs [n, 2], got {arr.shape}")
+        f"wrong shape: expected positions [n] or (position, intensity) pairs [n, 2], got {arr.shape}"
+    )
 
 
 _PAIR = re.compile(r"([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*,\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)")
@@ -303,8 +301,9 @@ def _to_ppm(x: np.ndarray, units: str, freq_mhz: str | None) -> np.ndarray:
     raise ModalityInputError(f"JCAMP-DX x units {units!r} cannot be converted to ppm")
 
 
-def bin_peaks(peaks: Peaks, lo: float, hi: float, bin_width: float,
-              line_shape: LineShape = "lorentzian", line_width: float = 0.0) -> tuple[np.ndarray, int]:
+def bin_peaks(
+    peaks: Peaks, lo: float, hi: float, bin_width: float, line_shape: LineShape = "lorentzian", line_width: float = 0.0
+) -> tuple[np.ndarray, int]:
     """Bin a spectrum over ``[lo, hi)`` -> (float64 vector, number of peaks out of range).
 
     Bin ``i`` is centred on the grid point ``lo + i*w`` (covers half a width either side), so a
@@ -359,14 +358,19 @@ class SpectrumCNN(nn.Module):
     the same arguments give bit-identical weights in every process.
     """
 
-    def __init__(self, channels: Sequence[int] = (16, 32, 64, 64), kernel_size: int = 9,
-                 pool_positions: int = 32, dim: int = 256, seed: int = 0) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int] = (16, 32, 64, 64),
+        kernel_size: int = 9,
+        pool_positions: int = 32,
+        dim: int = 256,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         c_in = 1
         for c_out in channels:
-            blocks += [nn.Conv1d(c_in, c_out, kernel_size, stride=2, padding=kernel_size // 2),
-                       nn.ReLU()]
+            blocks += [nn.Conv1d(c_in, c_out, kernel_size, stride=2, padding=kernel_size // 2), nn.ReLU()]
             c_in = c_out
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool1d(pool_positions)
@@ -404,15 +408,28 @@ class SpectrumModality(Modality):
     nucleus: str | None = None  # "13C" / "1H": which solvent lines apply
     default_encoder: EncoderKind = "random"
 
-    def __init__(self, lo: float, hi: float, bin_width: float, line_shape: LineShape = "lorentzian",
-                 line_width: float = 0.0, intensity_scale: IntensityScale = "none",
-                 normalise: bool = True, channels: Sequence[int] | None = None,
-                 kernel_size: int | None = None, pool_positions: int | None = None,
-                 dim: int | None = None, seed: int = 0,
-                 weights_path: str | None = None, cache_dir: str | None = None,
-                 input_column: str | None = None, encoder: EncoderKind | None = None,
-                 reference_offset: float = 0.0, solvent: str | None = None,
-                 solvent_window: float | None = None) -> None:
+    def __init__(
+        self,
+        lo: float,
+        hi: float,
+        bin_width: float,
+        line_shape: LineShape = "lorentzian",
+        line_width: float = 0.0,
+        intensity_scale: IntensityScale = "none",
+        normalise: bool = True,
+        channels: Sequence[int] | None = None,
+        kernel_size: int | None = None,
+        pool_positions: int | None = None,
+        dim: int | None = None,
+        seed: int = 0,
+        weights_path: str | None = None,
+        cache_dir: str | None = None,
+        input_column: str | None = None,
+        encoder: EncoderKind | None = None,
+        reference_offset: float = 0.0,
+        solvent: str | None = None,
+        solvent_window: float | None = None,
+    ) -> None:
         super().__init__()
         if not hi > lo or bin_width <= 0:
             raise ValueError(f"need lo < hi and bin_width > 0, got {lo}, {hi}, {bin_width}")
@@ -438,8 +455,12 @@ class SpectrumModality(Modality):
         self.intensity_scale, self.normalise = intensity_scale, bool(normalise)
         # Architecture options left unset take the shipped weights' values (encoder "pretrained")
         # or SpectrumCNN's defaults; set ones must match the weights.
-        given = {"channels": None if channels is None else [int(c) for c in channels],
-                 "kernel_size": kernel_size, "pool_positions": pool_positions, "dim": dim}
+        given = {
+            "channels": None if channels is None else [int(c) for c in channels],
+            "kernel_size": kernel_size,
+            "pool_positions": pool_positions,
+            "dim": dim,
+        }
         self._arch_given = {k: v for k, v in given.items() if v is not None}
         arch = {**CNN_DEFAULTS, **self._arch_given}
         self.channels, self.kernel_size = tuple(arch["channels"]), int(arch["kernel_size"])
@@ -449,8 +470,9 @@ class SpectrumModality(Modality):
         self.reference_offset = float(reference_offset)
         self.solvent = solvent.lower() if solvent else None
         # Residual solvent multiplets span ~0.3 ppm (13C triplet of CDCl3) / ~0.02 ppm (1H).
-        self.solvent_window = float(solvent_window if solvent_window is not None
-                                    else (0.5 if self.nucleus == "13C" else 0.03))
+        self.solvent_window = float(
+            solvent_window if solvent_window is not None else (0.5 if self.nucleus == "13C" else 0.03)
+        )
         if input_column is not None:
             self.input_column = input_column
         self.peaks_out_of_range = 0
@@ -463,15 +485,19 @@ class SpectrumModality(Modality):
         """Adopt the architecture of this modality's shipped weights; refuse other preprocessing."""
         card_path = PRETRAINED_DIR / f"{self.name}.json"
         if not card_path.is_file():
-            raise ValueError(f"{self.name}: no pretrained weights ship with acml-ray; use encoder "
-                             f"'random' or 'binned', or give weights_path")
+            raise ValueError(
+                f"{self.name}: no pretrained weights ship with acml-ray; use encoder "
+                f"'random' or 'binned', or give weights_path"
+            )
         card = json.loads(card_path.read_text())
         self.shipped = card
         differ = {k: v for k, v in self._arch_given.items() if card["encoder"][k] != v}
         if differ:
-            raise ValueError(f"{self.name}: the shipped weights are SpectrumCNN{card['encoder']}, "
-                             f"configured {differ}; use encoder 'random' for another "
-                             f"architecture, or give weights_path")
+            raise ValueError(
+                f"{self.name}: the shipped weights are SpectrumCNN{card['encoder']}, "
+                f"configured {differ}; use encoder 'random' for another "
+                f"architecture, or give weights_path"
+            )
         arch = card["encoder"]
         self.channels, self.kernel_size = tuple(arch["channels"]), int(arch["kernel_size"])
         self.pool_positions, self._dim = int(arch["pool_positions"]), int(arch["dim"])
@@ -484,19 +510,28 @@ class SpectrumModality(Modality):
         keys = ("lo", "hi", "bin_width")
         differ = {k: (trained.get(k), ours[k]) for k in keys if trained.get(k) != ours[k]}
         if differ:
-            raise ValueError(f"{self.name}: {what} were trained on other preprocessing "
-                             f"(option: trained, configured) {differ}; match those options or use "
-                             f"encoder 'random'/'binned'")
+            raise ValueError(
+                f"{self.name}: {what} were trained on other preprocessing "
+                f"(option: trained, configured) {differ}; match those options or use "
+                f"encoder 'random'/'binned'"
+            )
 
     @property
     def dim(self) -> int:
         return self.n_bins if self.encoder_kind == "binned" else self._dim
 
     def preprocess_config(self) -> dict[str, Any]:
-        config = {"lo": self.lo, "hi": self.hi, "bin_width": self.bin_width, "n_bins": self.n_bins,
-                  "line_shape": self.line_shape if self.line_width > 0 else None,
-                  "line_width": self.line_width, "intensity_scale": self.intensity_scale,
-                  "normalise": "max" if self.normalise else None, "binning": "centred-integrated-v1"}
+        config = {
+            "lo": self.lo,
+            "hi": self.hi,
+            "bin_width": self.bin_width,
+            "n_bins": self.n_bins,
+            "line_shape": self.line_shape if self.line_width > 0 else None,
+            "line_width": self.line_width,
+            "intensity_scale": self.intensity_scale,
+            "normalise": "max" if self.normalise else None,
+            "binning": "centred-integrated-v1",
+        }
         # Only when set, so fingerprints (and caches) of plain spectra stay what they were.
         if self.reference_offset:
             config["reference_offset"] = self.reference_offset
@@ -516,8 +551,11 @@ class SpectrumModality(Modality):
         positions, intensities = peaks.positions + self.reference_offset, peaks.intensities
         if self.solvent:
             lines = np.asarray(SOLVENT_LINES[self.solvent][self.nucleus], dtype=np.float64)
-            near = (np.abs(positions[:, None] - lines[None, :]) <= self.solvent_window).any(axis=1) \
-                if lines.size else np.zeros(positions.shape, dtype=bool)
+            near = (
+                (np.abs(positions[:, None] - lines[None, :]) <= self.solvent_window).any(axis=1)
+                if lines.size
+                else np.zeros(positions.shape, dtype=bool)
+            )
             if peaks.continuous:  # a profile keeps its grid: the solvent region is zeroed
                 intensities = np.where(near, 0.0, intensities)
             else:
@@ -533,8 +571,7 @@ class SpectrumModality(Modality):
 
     def vector(self, peaks: Peaks) -> np.ndarray:
         """Bin, broaden and normalise cleaned `peaks` (float32 [n_bins])."""
-        vector, dropped = bin_peaks(peaks, self.lo, self.hi, self.bin_width, self.line_shape,
-                                    self.line_width)
+        vector, dropped = bin_peaks(peaks, self.lo, self.hi, self.bin_width, self.line_shape, self.line_width)
         self.peaks_out_of_range += dropped
         top = vector.max()
         if not top > 0:
@@ -548,8 +585,12 @@ class SpectrumModality(Modality):
 
     def architecture(self) -> dict[str, Any]:
         """The `SpectrumCNN` arguments of this modality (what a weights file must match)."""
-        return {"channels": list(self.channels), "kernel_size": self.kernel_size,
-                "pool_positions": self.pool_positions, "dim": self._dim}
+        return {
+            "channels": list(self.channels),
+            "kernel_size": self.kernel_size,
+            "pool_positions": self.pool_positions,
+            "dim": self._dim,
+        }
 
     def _build_encoder(self) -> nn.Module:
         if self.encoder_kind == "binned":
@@ -565,8 +606,10 @@ class SpectrumModality(Modality):
             location, what = local_copy(self.weights_path, self.cache_dir), f"weights {self.weights_path}"
         saved = read_encoder_file(location)
         if "encoder" in saved and dict(saved["encoder"]) != self.architecture():
-            raise ValueError(f"{self.name}: {what} do not fit SpectrumCNN{self.architecture()}: "
-                             f"they were saved for {dict(saved['encoder'])}; set those options")
+            raise ValueError(
+                f"{self.name}: {what} do not fit SpectrumCNN{self.architecture()}: "
+                f"they were saved for {dict(saved['encoder'])}; set those options"
+            )
         if "preprocess" in saved:
             self._check_preprocess(dict(saved["preprocess"]), what)
         try:
@@ -575,7 +618,8 @@ class SpectrumModality(Modality):
             raise ValueError(
                 f"{self.name}: {what} do not fit SpectrumCNN(channels="
                 f"{self.channels}, kernel_size={self.kernel_size}, pool_positions="
-                f"{self.pool_positions}, dim={self._dim}): {exc}") from exc
+                f"{self.pool_positions}, dim={self._dim}): {exc}"
+            ) from exc
         return cnn
 
 
@@ -606,8 +650,9 @@ class Nmr13CModality(NmrModality):
     input_column = "nmr13c"
     nucleus = "13C"
 
-    def __init__(self, lo: float = -50.0, hi: float = 350.0, bin_width: float = 0.1,
-                 line_width: float = 0.0, **options: Any) -> None:
+    def __init__(
+        self, lo: float = -50.0, hi: float = 350.0, bin_width: float = 0.1, line_width: float = 0.0, **options: Any
+    ) -> None:
         super().__init__(lo=lo, hi=hi, bin_width=bin_width, line_width=line_width, **options)
 
 
@@ -623,6 +668,7 @@ class Nmr1HModality(NmrModality):
     input_column = "nmr1h"
     nucleus = "1H"
 
-    def __init__(self, lo: float = 0.0, hi: float = 12.0, bin_width: float = 0.01,
-                 line_width: float = 0.02, **options: Any) -> None:
+    def __init__(
+        self, lo: float = 0.0, hi: float = 12.0, bin_width: float = 0.01, line_width: float = 0.02, **options: Any
+    ) -> None:
         super().__init__(lo=lo, hi=hi, bin_width=bin_width, line_width=line_width, **options)

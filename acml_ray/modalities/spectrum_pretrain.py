@@ -16,11 +16,11 @@ training record), with a JSON card beside it. `acml pretrain-spectrum` is the co
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,8 +79,7 @@ class PretrainResult:
     augmentation: Augmentation
 
 
-def augmented_view(peaks: Peaks, modality: SpectrumModality, aug: Augmentation,
-                   rng: np.random.Generator) -> np.ndarray:
+def augmented_view(peaks: Peaks, modality: SpectrumModality, aug: Augmentation, rng: np.random.Generator) -> np.ndarray:
     """One random view of a peak list, binned and normalised as `modality` bins (float32)."""
     pos, inten = peaks.positions, peaks.intensities
     keep = rng.random(pos.size) >= aug.peak_dropout
@@ -94,14 +93,21 @@ def augmented_view(peaks: Peaks, modality: SpectrumModality, aug: Augmentation,
         pos = np.concatenate([pos, rng.uniform(pos.min(), pos.max(), n_extra)])
         inten = np.concatenate([inten, rng.uniform(0.2, 1.0, n_extra) * inten.mean()])
     width = rng.uniform(0.0, aug.max_line_width) if rng.random() < 0.5 else 0.0
-    vector, _ = bin_peaks(Peaks(pos, inten), modality.lo, modality.hi, modality.bin_width,
-                          modality.line_shape, width or modality.line_width)
+    vector, _ = bin_peaks(
+        Peaks(pos, inten),
+        modality.lo,
+        modality.hi,
+        modality.bin_width,
+        modality.line_shape,
+        width or modality.line_width,
+    )
     top = vector.max()
     return (vector / top if top > 0 and modality.normalise else vector).astype(np.float32)
 
 
-def _profile_view(binned: np.ndarray, modality: SpectrumModality, aug: Augmentation,
-                  rng: np.random.Generator) -> np.ndarray:
+def _profile_view(
+    binned: np.ndarray, modality: SpectrumModality, aug: Augmentation, rng: np.random.Generator
+) -> np.ndarray:
     """A view of a sampled profile (JCAMP-DX XYDATA): shifted grid and multiplicative noise."""
     steps = int(round(rng.normal(0.0, aug.offset_sd) / modality.bin_width))
     view = np.roll(binned, steps) * np.exp(rng.normal(0.0, aug.intensity_noise / 2, binned.size))
@@ -119,9 +125,12 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
     return F.cross_entropy(logits, targets)
 
 
-def pretrain_spectrum_encoder(spectra: Sequence[Any], modality: SpectrumModality,
-                              cfg: PretrainConfig | None = None,
-                              log: Callable[[str], None] = print) -> PretrainResult:
+def pretrain_spectrum_encoder(
+    spectra: Sequence[Any],
+    modality: SpectrumModality,
+    cfg: PretrainConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> PretrainResult:
     """Pretrain a `SpectrumCNN` with `modality`'s architecture and binning on `spectra`.
 
     `spectra` are raw inputs the modality parses (peak lists, JSON, files). Inputs it rejects
@@ -147,17 +156,18 @@ def pretrain_spectrum_encoder(spectra: Sequence[Any], modality: SpectrumModality
         inside = (peaks.positions >= modality.lo) & (peaks.positions < modality.hi)
         parsed.append(Peaks(peaks.positions[inside], peaks.intensities[inside], peaks.continuous))
     if len(parsed) < 2:
-        raise ValueError(f"need at least 2 usable spectra to pretrain, got {len(parsed)} "
-                         f"(rejected: {rejected})")
+        raise ValueError(f"need at least 2 usable spectra to pretrain, got {len(parsed)} (rejected: {rejected})")
     batch = min(cfg.batch_size, len(parsed))
-    log(f"pretraining {modality.name} encoder on {len(parsed)} spectra "
-        f"({sum(rejected.values())} rejected), batch {batch}, up to {cfg.epochs} epochs")
+    log(
+        f"pretraining {modality.name} encoder on {len(parsed)} spectra "
+        f"({sum(rejected.values())} rejected), batch {batch}, up to {cfg.epochs} epochs"
+    )
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    encoder = SpectrumCNN(modality.channels, modality.kernel_size, modality.pool_positions,
-                          modality._dim, modality.seed)
-    head = nn.Sequential(nn.Linear(modality._dim, modality._dim), nn.ReLU(),
-                         nn.Linear(modality._dim, cfg.head_dim))
+    encoder = SpectrumCNN(
+        modality.channels, modality.kernel_size, modality.pool_positions, modality._dim, modality.seed
+    )
+    head = nn.Sequential(nn.Linear(modality._dim, modality._dim), nn.ReLU(), nn.Linear(modality._dim, cfg.head_dim))
     params = [*encoder.parameters(), *head.parameters()]
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(parsed) // batch
@@ -169,10 +179,16 @@ def pretrain_spectrum_encoder(spectra: Sequence[Any], modality: SpectrumModality
         order = rng.permutation(len(parsed))
         total, correct, seen = 0.0, 0, 0
         for step in range(steps_per_epoch):
-            idx = order[step * batch:(step + 1) * batch]
-            views = [[_profile_view(profiles[i], modality, aug, rng) if i in profiles
-                      else augmented_view(parsed[i], modality, aug, rng) for i in idx]
-                     for _ in range(2)]
+            idx = order[step * batch : (step + 1) * batch]
+            views = [
+                [
+                    _profile_view(profiles[i], modality, aug, rng)
+                    if i in profiles
+                    else augmented_view(parsed[i], modality, aug, rng)
+                    for i in idx
+                ]
+                for _ in range(2)
+            ]
             a, b = (head(encoder(torch.from_numpy(np.stack(v)))) for v in views)
             loss = nt_xent(a, b, cfg.temperature)
             optimiser.zero_grad()
@@ -185,8 +201,9 @@ def pretrain_spectrum_encoder(spectra: Sequence[Any], modality: SpectrumModality
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
         elapsed = time.time() - start
-        history.append({"epoch": epoch + 1, "loss": total / seen, "view_top1": correct / seen,
-                        "seconds": round(elapsed, 1)})
+        history.append(
+            {"epoch": epoch + 1, "loss": total / seen, "view_top1": correct / seen, "seconds": round(elapsed, 1)}
+        )
         log(f"  epoch {epoch + 1}: loss {total / seen:.4f}, view top-1 {correct / seen:.3f}, {elapsed:.0f} s")
         if cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes and epoch + 1 < cfg.epochs:
             log(f"  stopping: {cfg.max_minutes} min budget spent")
@@ -195,8 +212,9 @@ def pretrain_spectrum_encoder(spectra: Sequence[Any], modality: SpectrumModality
     return PretrainResult(encoder, history, len(parsed), rejected, time.time() - start, cfg, aug)
 
 
-def save_encoder(path: str | Path, result: PretrainResult, modality: SpectrumModality,
-                 provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+def save_encoder(
+    path: str | Path, result: PretrainResult, modality: SpectrumModality, provenance: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write the weights file (`torch.save`, loadable with ``weights_only=True``) and a JSON card
     (``<path>.json``: architecture, preprocessing, training config and history, provenance).
     Returns the card."""
@@ -207,12 +225,17 @@ def save_encoder(path: str | Path, result: PretrainResult, modality: SpectrumMod
         "modality": modality.name,
         "encoder": modality.architecture(),
         "preprocess": modality.preprocess_config(),
-        "training": {**{k: v for k, v in asdict(result.config).items() if k != "augmentation"},
-                     "objective": "NT-Xent between two augmented views (SimCLR)",
-                     "augmentation": asdict(result.augmentation),
-                     "spectra_used": result.spectra_used, "rejected": result.rejected,
-                     "epochs_run": len(result.history), "seconds": round(result.seconds, 1),
-                     "history": result.history, "torch": torch.__version__},
+        "training": {
+            **{k: v for k, v in asdict(result.config).items() if k != "augmentation"},
+            "objective": "NT-Xent between two augmented views (SimCLR)",
+            "augmentation": asdict(result.augmentation),
+            "spectra_used": result.spectra_used,
+            "rejected": result.rejected,
+            "epochs_run": len(result.history),
+            "seconds": round(result.seconds, 1),
+            "history": result.history,
+            "torch": torch.__version__,
+        },
         "weights_sha256": hash_module_weights(result.encoder),
         "provenance": provenance or {},
     }

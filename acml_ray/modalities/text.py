@@ -97,9 +97,14 @@ class SmilesModality(Modality):
     name = "smiles"
     input_column = "smiles"
 
-    def __init__(self, model: str | None = None, max_length: int = 128,
-                 pooling: Pooling | None = None, normalise: bool | None = None,
-                 cache_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        max_length: int = 128,
+        pooling: Pooling | None = None,
+        normalise: bool | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
         super().__init__()
         if max_length < 4:
             raise ValueError(f"max_length must be >= 4, got {max_length}")
@@ -126,9 +131,11 @@ class SmilesModality(Modality):
             if not (root.is_dir()):
                 raise FileNotFoundError(f"text model must be a directory, got {root}")
             transformer_dir, pooling, normalise = _sentence_transformers_layout(root)
-            self._resolved = (transformer_dir,
-                              self._pooling_option or pooling or "mean",
-                              normalise if self._normalise_option is None else self._normalise_option)
+            self._resolved = (
+                transformer_dir,
+                self._pooling_option or pooling or "mean",
+                normalise if self._normalise_option is None else self._normalise_option,
+            )
         return self._resolved
 
     @property
@@ -137,8 +144,7 @@ class SmilesModality(Modality):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self._files()[0]),
-                                                            local_files_only=True)
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self._files()[0]), local_files_only=True)
         return self._tokenizer
 
     def _model_config(self):
@@ -164,14 +170,20 @@ class SmilesModality(Modality):
 
     def preprocess_config(self) -> dict[str, Any]:
         _, pooling, normalise = self._files()
-        return {"tokenizer": self._tokenizer_hash(), "max_length": self.max_length,
-                "padding": "max_length", "truncation": True, "pooling": pooling,
-                "normalise": normalise}
+        return {
+            "tokenizer": self._tokenizer_hash(),
+            "max_length": self.max_length,
+            "padding": "max_length",
+            "truncation": True,
+            "pooling": pooling,
+            "normalise": normalise,
+        }
 
     def preprocess_one(self, raw: Any) -> torch.Tensor:
         text = self.canonical_input(raw)
-        encoded = self.tokenizer(text, padding="max_length", truncation=True,
-                                 max_length=self.max_length, return_attention_mask=True)
+        encoded = self.tokenizer(
+            text, padding="max_length", truncation=True, max_length=self.max_length, return_attention_mask=True
+        )
         ids, mask = encoded["input_ids"], encoded["attention_mask"]
         if len(ids) != self.max_length:  # a tokenizer that ignores padding="max_length"
             raise ModalityInputError(f"tokenizer returned {len(ids)} ids, expected {self.max_length}")

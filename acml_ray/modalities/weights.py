@@ -11,8 +11,7 @@ import tempfile
 from pathlib import Path
 
 # Where s3 weights are copied unless a modality is given `cache_dir`.
-DEFAULT_CACHE = Path(os.environ.get("ACML_WEIGHTS_CACHE",
-                                    Path.home() / ".cache" / "acml_ray" / "weights"))
+DEFAULT_CACHE = Path(os.environ.get("ACML_WEIGHTS_CACHE", Path.home() / ".cache" / "acml_ray" / "weights"))
 
 
 def local_copy(location: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -25,7 +24,7 @@ def local_copy(location: str | os.PathLike, cache_dir: str | os.PathLike | None 
     """
     location = str(location)
     if not location.startswith("s3://"):
-        path = Path(location[len("file://"):] if location.startswith("file://") else location)
+        path = Path(location[len("file://") :] if location.startswith("file://") else location)
         if not path.exists():
             raise FileNotFoundError(f"weights not found: {path}")
         return path
@@ -42,8 +41,9 @@ def local_copy(location: str | os.PathLike, cache_dir: str | os.PathLike | None 
         listing = [(Path(root).name, info.size, str(info.mtime))]
     else:
         entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-        listing = sorted((e.path[len(root):].lstrip("/"), e.size, str(e.mtime))
-                         for e in entries if e.type == pafs.FileType.File)
+        listing = sorted(
+            (e.path[len(root) :].lstrip("/"), e.size, str(e.mtime)) for e in entries if e.type == pafs.FileType.File
+        )
         if not listing:
             raise FileNotFoundError(f"no files under {location}")
     digest = hashlib.sha256(json.dumps([location, listing]).encode()).hexdigest()[:24]
@@ -56,11 +56,14 @@ def local_copy(location: str | os.PathLike, cache_dir: str | os.PathLike | None 
     staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=base))
     try:
         if info.type == pafs.FileType.File:
-            pafs.copy_files(root, str(staging / Path(root).name), source_filesystem=fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(
+                root,
+                str(staging / Path(root).name),
+                source_filesystem=fs,
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
         else:
-            pafs.copy_files(root, str(staging), source_filesystem=fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(root, str(staging), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         try:
             staging.rename(target)
         except OSError:  # another process finished the same download first: use theirs

@@ -45,7 +45,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
         grad = grad.contiguous()
         dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
 def gather_rows(x: Tensor) -> Tensor:
@@ -126,11 +126,11 @@ class ACMLModel(nn.Module):
         self.modality_dims: dict[str, int] = {k: int(v) for k, v in modality_dims.items()}
         graph_dim = int(graph_encoder.out_dim)  # type: ignore[arg-type]
         self.graph_projections = nn.ModuleDict({name: projection(graph_dim) for name in modality_dims})
-        self.modality_projections = nn.ModuleDict(
-            {name: projection(dim) for name, dim in self.modality_dims.items()}
-        )
-        widths = {int(head.out_dim) for head in  # type: ignore[arg-type]
-                  [*self.graph_projections.values(), *self.modality_projections.values()]}
+        self.modality_projections = nn.ModuleDict({name: projection(dim) for name, dim in self.modality_dims.items()})
+        widths = {
+            int(head.out_dim)
+            for head in [*self.graph_projections.values(), *self.modality_projections.values()]  # type: ignore[arg-type]
+        }
         if len(widths) != 1:
             raise ValueError(f"projection heads must share one joint width, got {sorted(widths)}")
         self.losses = nn.ModuleDict({name: loss() for name in modality_dims})
@@ -180,8 +180,11 @@ class ACMLModel(nn.Module):
     def temperatures(self) -> dict[str, float]:
         """Current temperature per modality (for logging)."""
         # A user-supplied loss without a `temperature` is simply not listed.
-        return {name: float(loss.temperature().detach()) for name, loss in self.losses.items()  # type: ignore[operator]
-                if hasattr(loss, "temperature")}
+        return {
+            name: float(loss.temperature().detach())
+            for name, loss in self.losses.items()  # type: ignore[operator]
+            if hasattr(loss, "temperature")
+        }
 
     def _check_modality(self, modality: str) -> None:
         if modality not in self.modality_dims:
@@ -247,9 +250,7 @@ class ACMLModel(nn.Module):
         for name in names:
             x = modality_inputs[name]
             if x.size(0) != graph_emb.size(0):
-                raise ValueError(
-                    f"{name}: {x.size(0)} embeddings for {graph_emb.size(0)} graphs"
-                )
+                raise ValueError(f"{name}: {x.size(0)} embeddings for {graph_emb.size(0)} graphs")
             g = graph_emb
             mask = modality_inputs.get(name + MASK_SUFFIX)
             if gather:

@@ -75,9 +75,7 @@ class GINEBondConv(MessagePassing):
         edge_attr = edge_attr.reshape(-1, num_cols)
         loop_attr = torch.zeros(num_cols, dtype=edge_attr.dtype, device=edge_attr.device)
         loop_attr[0] = SELF_LOOP_BOND_TYPE
-        edge_index, edge_attr = add_self_loops(
-            edge_index, edge_attr, fill_value=loop_attr, num_nodes=x.size(0)
-        )
+        edge_index, edge_attr = add_self_loops(edge_index, edge_attr, fill_value=loop_attr, num_nodes=x.size(0))
         edge_emb = self.bond_encoder(edge_attr)
         return self.mlp(self.propagate(edge_index, x=x, edge_attr=edge_emb))
 
@@ -105,8 +103,15 @@ class GraphEncoder(nn.Module):
         out_dim: width of the output embedding (``out_dim`` or ``hidden_dim``).
     """
 
-    def __init__(self, hidden_dim: int = 64, num_layers: int = 5, dropout: float = 0.2,
-                 pooling: str = "sum", jk: str = "last", out_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        hidden_dim: int = 64,
+        num_layers: int = 5,
+        dropout: float = 0.2,
+        pooling: str = "sum",
+        jk: str = "last",
+        out_dim: int | None = None,
+    ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"GraphEncoder needs num_layers >= 1, got {num_layers}")
@@ -138,8 +143,14 @@ class GraphEncoder(nn.Module):
     def from_config(cls, config: GraphEncoderConfig | None = None) -> GraphEncoder:
         """Build from the YAML section ``graph_encoder`` (defaults: the reference GIN)."""
         config = config if config is not None else GraphEncoderConfig()
-        return cls(hidden_dim=config.hidden_dim, num_layers=config.num_layers, dropout=config.dropout,
-                   pooling=config.pooling, jk=config.jk, out_dim=config.out_dim)
+        return cls(
+            hidden_dim=config.hidden_dim,
+            num_layers=config.num_layers,
+            dropout=config.dropout,
+            pooling=config.pooling,
+            jk=config.jk,
+            out_dim=config.out_dim,
+        )
 
     def node_embeddings(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
         """Per-atom representations after message passing and jumping knowledge."""

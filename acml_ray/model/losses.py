@@ -28,9 +28,7 @@ def _soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return (-targets * F.log_softmax(logits, dim=-1)).sum(dim=-1)
 
 
-def clip_soft_target_loss(
-    c: Tensor, g: Tensor, temperature: float | Tensor, *, detach_targets: bool = False
-) -> Tensor:
+def clip_soft_target_loss(c: Tensor, g: Tensor, temperature: float | Tensor, *, detach_targets: bool = False) -> Tensor:
     """The reference ACML loss (soft CLIP targets from in-modality similarities).
 
     ``logits = c g^T / tau``; ``targets = softmax_row(tau * (c c^T + g g^T) / 2)``;
@@ -92,8 +90,7 @@ class ContrastiveLoss(nn.Module):
     ``forward(modality_emb, graph_emb)`` takes two ``[N, D]`` matrices and returns a scalar.
     """
 
-    def __init__(self, kind: str = "clip_soft", temperature: float = 1.0,
-                 learnable_temperature: bool = False) -> None:
+    def __init__(self, kind: str = "clip_soft", temperature: float = 1.0, learnable_temperature: bool = False) -> None:
         super().__init__()
         if kind not in ("clip_soft", "infonce"):
             raise ValueError(f"unknown loss kind {kind!r}")
@@ -104,8 +101,7 @@ class ContrastiveLoss(nn.Module):
     def from_config(cls, config: LossConfig | None = None) -> ContrastiveLoss:
         """Build from the YAML section ``loss``."""
         config = config if config is not None else LossConfig()
-        return cls(kind=config.kind, temperature=config.temperature,
-                   learnable_temperature=config.learnable_temperature)
+        return cls(kind=config.kind, temperature=config.temperature, learnable_temperature=config.learnable_temperature)
 
     def forward(self, modality_emb: Tensor, graph_emb: Tensor) -> Tensor:
         tau = self.temperature()

@@ -24,8 +24,7 @@ BEST_MARKER = "BEST.json"  # the pointer to a Train run's current best folder (s
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:")
 
 
-def save_model(model: ACMLModel, cfg: ACMLConfig, directory: str | Path,
-               extra: dict[str, Any] | None = None) -> Path:
+def save_model(model: ACMLModel, cfg: ACMLConfig, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``directory/model.pt``: trainable weights, config and modality dims.
 
     Frozen encoders are not saved: they are rebuilt from their modality definition, whose
@@ -35,14 +34,22 @@ def save_model(model: ACMLModel, cfg: ACMLConfig, directory: str | Path,
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("frozen_encoders.")}
     path = directory / MODEL_FILE
-    torch.save({"state_dict": state, "config": cfg.model_dump(mode="json"),
-                "modality_dims": model.modality_dims, "extra": extra or {},
-                "acml_ray_version": __version__}, path)
+    torch.save(
+        {
+            "state_dict": state,
+            "config": cfg.model_dump(mode="json"),
+            "modality_dims": model.modality_dims,
+            "extra": extra or {},
+            "acml_ray_version": __version__,
+        },
+        path,
+    )
     return path
 
 
-def load_model(directory: str | Path, map_location: str = "cpu",
-               model_factory: ModelFactory | None = None) -> tuple[ACMLModel, ACMLConfig, dict]:
+def load_model(
+    directory: str | Path, map_location: str = "cpu", model_factory: ModelFactory | None = None
+) -> tuple[ACMLModel, ACMLConfig, dict]:
     """Rebuild a saved model in eval mode -> (model, config, extra).
 
     `model_factory` is the one training used (`fit(model_factory=...)`); default
@@ -115,8 +122,7 @@ def is_best_folder(ref: str) -> bool:
     return marker.type == pafs.FileType.File and model.type == pafs.FileType.NotFound
 
 
-def resolve_model(ref: str, workdir: str | Path, tracking_uri: str | None = None
-                  ) -> tuple[Path, Path | None]:
+def resolve_model(ref: str, workdir: str | Path, tracking_uri: str | None = None) -> tuple[Path, Path | None]:
     """A run folder, a model folder, a Train run's ``best`` folder, an ``s3://`` location or an
     MLflow artifact URI (``runs:/ID/model``, ``models:/NAME@alias``) -> (local model dir, local
     run dir or None).

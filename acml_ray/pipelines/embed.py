@@ -45,8 +45,9 @@ from acml_ray.storage import check_access, join, storage_lost
 log = logging.getLogger(__name__)
 
 # Bookkeeping columns every row carries through the pipeline (never written for training).
-STATUS_SCHEMA = pa.schema([("mol_id", pa.string()), ("input", pa.string()), ("stage", pa.string()),
-                           ("reason", pa.string())])
+STATUS_SCHEMA = pa.schema(
+    [("mol_id", pa.string()), ("input", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
+)
 QUARANTINE_SCHEMA = STATUS_SCHEMA
 _COUNTERS = ("hits", "encoded", "fwd", "corrupt")
 
@@ -67,8 +68,7 @@ def _list_column(arrays: Sequence[np.ndarray | None], value_type: pa.DataType) -
     present = [a for a in arrays if a is not None]
     values = np.concatenate(present) if present else np.zeros(0)
     mask = pa.array([a is None for a in arrays], pa.bool_())
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(value_type.to_pandas_dtype())),
-                                    mask=mask)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(value_type.to_pandas_dtype())), mask=mask)
 
 
 def decode_text(values: Sequence[Any], column: str, bad: dict[int, str]) -> list[Any]:
@@ -85,8 +85,11 @@ def decode_text(values: Sequence[Any], column: str, bad: dict[int, str]) -> list
                 out[i] = bytes(value).decode("utf-8")
             except UnicodeDecodeError as exc:
                 out[i] = bytes(value).decode("utf-8", "backslashreplace")  # shown in the quarantine
-                bad.setdefault(i, f"invalid text encoding: column {column!r} is not UTF-8 "
-                                  f"(byte 0x{exc.object[exc.start]:02x} at position {exc.start})")
+                bad.setdefault(
+                    i,
+                    f"invalid text encoding: column {column!r} is not UTF-8 "
+                    f"(byte 0x{exc.object[exc.start]:02x} at position {exc.start})",
+                )
     return out
 
 
@@ -98,8 +101,12 @@ _SANDBOXES: dict[tuple, Sandbox] = {}
 def _sandbox(isolation: IsolationConfig) -> Sandbox:
     key = (isolation.retries, isolation.timeout_s, isolation.memory_mb)
     if key not in _SANDBOXES:
-        _SANDBOXES[key] = Sandbox(retries=isolation.retries, timeout_s=isolation.timeout_s,
-                                  memory_mb=isolation.memory_mb, preload=["acml_ray.chem.featurizer"])
+        _SANDBOXES[key] = Sandbox(
+            retries=isolation.retries,
+            timeout_s=isolation.timeout_s,
+            memory_mb=isolation.memory_mb,
+            preload=["acml_ray.chem.featurizer"],
+        )
     return _SANDBOXES[key]
 
 
@@ -107,9 +114,15 @@ def _crashed(item: object, reason: str) -> Rejected:
     return Rejected.of(0, item, reason)  # the index is set by the caller
 
 
-def featurise_table(table: pa.Table, featurizer: GraphFeaturizer, smiles_column: str = "smiles",
-                    id_column: str | None = None, passthrough: Sequence[str] = (),
-                    text_columns: Sequence[str] = (), isolation: IsolationConfig | None = None) -> pa.Table:
+def featurise_table(
+    table: pa.Table,
+    featurizer: GraphFeaturizer,
+    smiles_column: str = "smiles",
+    id_column: str | None = None,
+    passthrough: Sequence[str] = (),
+    text_columns: Sequence[str] = (),
+    isolation: IsolationConfig | None = None,
+) -> pa.Table:
     """Graph columns + status columns (+ `passthrough` input columns) for one batch.
 
     Never raises for bad molecules: they get ``stage="featurise"`` and the reason, and null
@@ -161,12 +174,12 @@ def featurise_table(table: pa.Table, featurizer: GraphFeaturizer, smiles_column:
         ids = [None if r is None else r["inchikey"] for r in rows]
     columns["mol_id"] = pa.array(ids, pa.string())
     # Rejected.input is a safe, truncated rendering (inputs can be arbitrary garbage).
-    columns["input"] = pa.array([r.input if isinstance(r, Rejected) else s for r, s in zip(results, smiles)],
-                                pa.string())
+    columns["input"] = pa.array(
+        [r.input if isinstance(r, Rejected) else s for r, s in zip(results, smiles)], pa.string()
+    )
     failed = [not isinstance(r, MolGraph) for r in results]
     columns["stage"] = pa.array(["featurise" if bad_row else None for bad_row in failed], pa.string())
-    columns["reason"] = pa.array([r.reason if bad_row else None for r, bad_row in zip(results, failed)],
-                                 pa.string())
+    columns["reason"] = pa.array([r.reason if bad_row else None for r, bad_row in zip(results, failed)], pa.string())
     for name in passthrough:
         if name in columns or name == smiles_column:
             continue
@@ -226,8 +239,9 @@ def embed_table(table: pa.Table, embedder: CachedEmbedder, input_column: str = "
         mask_column(name): pa.array(ok),
         reason_column(name): pa.array(reasons, pa.string()),
     }
-    for counter, total in zip(_COUNTERS, (report.cache_hits, report.encoded, report.forward_passes,
-                                          report.corrupt_shards)):
+    for counter, total in zip(
+        _COUNTERS, (report.cache_hits, report.encoded, report.forward_passes, report.corrupt_shards)
+    ):
         values = np.zeros(n, dtype=np.int64)
         if n:
             values[0] = total  # batch totals ride on the first row; summing the column adds them up
@@ -237,8 +251,14 @@ def embed_table(table: pa.Table, embedder: CachedEmbedder, input_column: str = "
     return table
 
 
-def training_rows(table: pa.Table, modalities: Sequence[str], keep_columns: Sequence[str] = (),
-                  split: str | None = None, val_fraction: float = 0.2, seed: int = 4) -> pa.Table:
+def training_rows(
+    table: pa.Table,
+    modalities: Sequence[str],
+    keep_columns: Sequence[str] = (),
+    split: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 4,
+) -> pa.Table:
     """Rows training can use (no upstream rejection, at least one modality) and their columns.
 
     With `split` ("train" or "val") only that side of the split (`validation_mask`) is returned.
@@ -303,22 +323,35 @@ def summarise(stats: pa.Table, modalities: Sequence[str], keep_columns: Sequence
     for m in modalities:
         rejected = stats.filter(pc.is_valid(stats.column(reason_column(m))))
         reasons = rejected.column(reason_column(m))
-        parts.append(pa.table({
-            "mol_id": rejected.column("mol_id"), "input": rejected.column("input"),
-            "stage": pa.array([f"embed:{m}"] * rejected.num_rows, pa.string()), "reason": reasons,
-            **{c: rejected.column(c) for c in keep}}))
+        parts.append(
+            pa.table(
+                {
+                    "mol_id": rejected.column("mol_id"),
+                    "input": rejected.column("input"),
+                    "stage": pa.array([f"embed:{m}"] * rejected.num_rows, pa.string()),
+                    "reason": reasons,
+                    **{c: rejected.column(c) for c in keep},
+                }
+            )
+        )
         total = {c: int(pc.sum(stats.column(counter_column(m, c))).as_py() or 0) for c in _COUNTERS}
         by_reason: dict[str, int] = {}
         for r in reasons.to_pylist():
             by_reason[r] = by_reason.get(r, 0) + 1
-        reports[m] = {"rows": int(pc.sum(live).as_py() or 0), "cache_hits": total["hits"],
-                      "encoded": total["encoded"], "forward_passes": total["fwd"],
-                      "cache_shards_corrupt": total["corrupt"],
-                      "rejected": rejected.num_rows, "reasons": by_reason,
-                      "embedded": int(pc.sum(stats.column(mask_column(m))).as_py() or 0)}
+        reports[m] = {
+            "rows": int(pc.sum(live).as_py() or 0),
+            "cache_hits": total["hits"],
+            "encoded": total["encoded"],
+            "forward_passes": total["fwd"],
+            "cache_shards_corrupt": total["corrupt"],
+            "rejected": rejected.num_rows,
+            "reasons": by_reason,
+            "embedded": int(pc.sum(stats.column(mask_column(m))).as_py() or 0),
+        }
         any_ok = pc.or_(any_ok, stats.column(mask_column(m)))
-    quarantine = pa.concat_tables([p.cast(pa.schema([*QUARANTINE_SCHEMA, *(upstream.schema.field(c) for c in keep)]))
-                                   for p in parts])
+    quarantine = pa.concat_tables(
+        [p.cast(pa.schema([*QUARANTINE_SCHEMA, *(upstream.schema.field(c) for c in keep)])) for p in parts]
+    )
     stages = stats.column("stage").to_pylist()
     counts = {
         "input": stats.num_rows,
@@ -339,8 +372,15 @@ def modality_input_columns(modalities: Sequence[Modality]) -> list[str]:
 class ModalityEmbedActor:
     """One encoder actor: builds the modality once, then embeds batches through the cache."""
 
-    def __init__(self, config: dict[str, Any], cache_path: str, cache_fs: pafs.FileSystem,
-                 encoder_batch_size: int, num_cpus: float, use_gpu: bool) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        cache_path: str,
+        cache_fs: pafs.FileSystem,
+        encoder_batch_size: int,
+        num_cpus: float,
+        use_gpu: bool,
+    ) -> None:
         import torch
 
         torch.set_num_threads(max(1, int(num_cpus)))  # share the node with the other actors
@@ -348,8 +388,7 @@ class ModalityEmbedActor:
         modality = build_modality(mcfg.name, mcfg.options)
         if use_gpu and torch.cuda.is_available():
             modality.to("cuda")
-        self.embedder = CachedEmbedder(modality, cache_path, batch_size=encoder_batch_size,
-                                       filesystem=cache_fs)
+        self.embedder = CachedEmbedder(modality, cache_path, batch_size=encoder_batch_size, filesystem=cache_fs)
         self.rows = 0
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -358,8 +397,11 @@ class ModalityEmbedActor:
         self.rows += table.num_rows
         hits = int(pc.sum(out.column(counter_column(name, "hits"))).as_py() or 0)
         encoded = int(pc.sum(out.column(counter_column(name, "encoded"))).as_py() or 0)
-        print(f"[acml embed] {name}: +{table.num_rows} rows ({hits} cache hits, {encoded} encoded); "
-              f"{self.rows} rows in this actor", flush=True)
+        print(
+            f"[acml embed] {name}: +{table.num_rows} rows ({hits} cache hits, {encoded} encoded); "
+            f"{self.rows} rows in this actor",
+            flush=True,
+        )
         return out
 
 
@@ -385,8 +427,11 @@ def _input_format(fs: pafs.FileSystem, path: str, declared: str) -> str:
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"embed input not found: {path}")
-    names = [path] if info.type == pafs.FileType.File else [
-        i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if i.is_file]
+    names = (
+        [path]
+        if info.type == pafs.FileType.File
+        else [i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if i.is_file]
+    )
     if any(n.lower().endswith((".csv", ".csv.gz")) for n in names):
         return "csv"
     return "parquet"
@@ -402,9 +447,12 @@ def csv_read_options(text_columns: Sequence[str] = (), include_columns: Sequence
     """
     import pyarrow.csv as pacsv
 
-    return {"parse_options": pacsv.ParseOptions(newlines_in_values=True),
-            "convert_options": pacsv.ConvertOptions(column_types={c: pa.binary() for c in text_columns},
-                                                    include_columns=list(include_columns))}
+    return {
+        "parse_options": pacsv.ParseOptions(newlines_in_values=True),
+        "convert_options": pacsv.ConvertOptions(
+            column_types={c: pa.binary() for c in text_columns}, include_columns=list(include_columns)
+        ),
+    }
 
 
 def check_input_columns(fs: pafs.FileSystem, path: str, fmt: str, location: str, wanted: Sequence[str]) -> None:
@@ -417,8 +465,11 @@ def check_input_columns(fs: pafs.FileSystem, path: str, fmt: str, location: str,
 
     source: str | list[str] = path
     if fmt == "csv" and fs.get_file_info(path).type == pafs.FileType.Directory:
-        source = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                        if i.is_file and i.path.lower().endswith((".csv", ".gz")))  # as read_csv
+        source = sorted(
+            i.path
+            for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            if i.is_file and i.path.lower().endswith((".csv", ".gz"))
+        )  # as read_csv
         if not source:
             raise ValueError(f"no csv data files in {location}")
     file_format: Any = fmt
@@ -432,9 +483,11 @@ def check_input_columns(fs: pafs.FileSystem, path: str, fmt: str, location: str,
         raise ValueError(f"no {fmt} data files in {location}")
     missing = [c for c in wanted if c not in schema.names]
     if missing:
-        raise ValueError(f"{location}: no column {', '.join(map(repr, missing))} "
-                         f"(columns: {schema.names}); set embed.smiles_column / embed.id_column / "
-                         "the modality input columns to match the file")
+        raise ValueError(
+            f"{location}: no column {', '.join(map(repr, missing))} "
+            f"(columns: {schema.names}); set embed.smiles_column / embed.id_column / "
+            "the modality input columns to match the file"
+        )
 
 
 def _say(message: str) -> None:
@@ -494,33 +547,61 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
     text_columns = [ec.smiles_column, *([ec.id_column] if ec.id_column else [])]
     try:
         if fmt == "csv":
-            ds = ray.data.read_csv(in_path, filesystem=in_fs, file_extensions=["csv", "gz"],
-                                   ray_remote_args=tasks, **csv_read_options(text_columns, wanted))
+            ds = ray.data.read_csv(
+                in_path,
+                filesystem=in_fs,
+                file_extensions=["csv", "gz"],
+                ray_remote_args=tasks,
+                **csv_read_options(text_columns, wanted),
+            )
             ds = ds.select_columns(wanted)
         else:
             ds = ray.data.read_parquet(in_path, filesystem=in_fs, columns=wanted, ray_remote_args=tasks)
     finally:
         context.execution_options.preserve_order = previous
     _say(f"reading {fmt} from {ec.input}; modalities {names}; cache {cfg.resolved_cache_dir()}")
-    ds = ds.map_batches(featurise_table, batch_format="pyarrow", batch_size=ec.featurize_batch_size,
-                        fn_kwargs={"featurizer": GraphFeaturizer(cfg.featurizer),
-                                   "smiles_column": ec.smiles_column, "id_column": ec.id_column,
-                                   "passthrough": passthrough,
-                                   "text_columns": passthrough if fmt == "csv" else (),
-                                   "isolation": ec.isolation}, **tasks)
+    ds = ds.map_batches(
+        featurise_table,
+        batch_format="pyarrow",
+        batch_size=ec.featurize_batch_size,
+        fn_kwargs={
+            "featurizer": GraphFeaturizer(cfg.featurizer),
+            "smiles_column": ec.smiles_column,
+            "id_column": ec.id_column,
+            "passthrough": passthrough,
+            "text_columns": passthrough if fmt == "csv" else (),
+            "isolation": ec.isolation,
+        },
+        **tasks,
+    )
     # One light actor (no CPU reserved) so that it never starves the encoder pools. Never
     # restarted: a fresh one would have forgotten the InChIKeys seen, and let duplicates through.
-    ds = ds.map_batches(InchikeyDeduper, batch_format="pyarrow", compute=ActorPoolStrategy(size=1),
-                        num_cpus=0, max_restarts=0, max_task_retries=0)
+    ds = ds.map_batches(
+        InchikeyDeduper,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=1),
+        num_cpus=0,
+        max_restarts=0,
+        max_task_retries=0,
+    )
     for mcfg in cfg.modalities:
         ds = ds.map_batches(
-            ModalityEmbedActor, batch_format="pyarrow", batch_size=ec.actor_batch_size,
-            compute=ActorPoolStrategy(size=ec.concurrency), num_cpus=ec.num_cpus_per_actor,
-            num_gpus=ec.num_gpus_per_actor, **actors,
-            fn_constructor_kwargs={"config": mcfg.model_dump(mode="json"), "cache_path": cache_path,
-                                   "cache_fs": cache_fs, "encoder_batch_size": ec.encoder_batch_size,
-                                   "num_cpus": ec.num_cpus_per_actor,
-                                   "use_gpu": ec.num_gpus_per_actor > 0})
+            ModalityEmbedActor,
+            batch_format="pyarrow",
+            batch_size=ec.actor_batch_size,
+            compute=ActorPoolStrategy(size=ec.concurrency),
+            num_cpus=ec.num_cpus_per_actor,
+            num_gpus=ec.num_gpus_per_actor,
+            **actors,
+            fn_constructor_kwargs={
+                "config": mcfg.model_dump(mode="json"),
+                "cache_path": cache_path,
+                "cache_fs": cache_fs,
+                "encoder_batch_size": ec.encoder_batch_size,
+                "num_cpus": ec.num_cpus_per_actor,
+                "use_gpu": ec.num_gpus_per_actor > 0,
+            },
+        )
 
     def uri(path: str) -> str:
         return f"s3://{path}" if isinstance(out_fs, pafs.S3FileSystem) else path
@@ -543,10 +624,18 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
         for split, path in paths.items():
             doing, writing = f"writing {uri(path)}", uri(path)
             out_fs.delete_dir_contents(path, missing_dir_ok=True)  # a re-run replaces, never appends
-            rows = ds.map_batches(training_rows, batch_format="pyarrow", **tasks,
-                                  fn_kwargs={"modalities": names, "keep_columns": ec.keep_columns,
-                                             "split": split, "val_fraction": cfg.data.val_fraction,
-                                             "seed": cfg.data.split_seed})
+            rows = ds.map_batches(
+                training_rows,
+                batch_format="pyarrow",
+                **tasks,
+                fn_kwargs={
+                    "modalities": names,
+                    "keep_columns": ec.keep_columns,
+                    "split": split,
+                    "val_fraction": cfg.data.val_fraction,
+                    "seed": cfg.data.split_seed,
+                },
+            )
             rows.write_parquet(path, filesystem=out_fs, ray_remote_args=tasks)
             written.append(writing)
             writing = None
@@ -566,11 +655,17 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
         timings["total_s"] = time.perf_counter() - started
 
         result = EmbedRunResult(
-            train_path=uri(paths["train"]), val_path=uri(paths["val"]), quarantine_path=uri(quarantine_path),
+            train_path=uri(paths["train"]),
+            val_path=uri(paths["val"]),
+            quarantine_path=uri(quarantine_path),
             report_path=uri(f"{out_path}/report.json"),
-            modality_dims={m.name: m.dim for m in modalities}, fingerprints={m.name: m.fingerprint for m in modalities},
-            counts=summary.counts, reports=summary.reports, quarantined_by_reason=summary.quarantined_by_reason,
-            timings=timings)
+            modality_dims={m.name: m.dim for m in modalities},
+            fingerprints={m.name: m.fingerprint for m in modalities},
+            counts=summary.counts,
+            reports=summary.reports,
+            quarantined_by_reason=summary.quarantined_by_reason,
+            timings=timings,
+        )
         doing, writing = f"writing {result.report_path}", result.report_path
         with out_fs.open_output_stream(f"{out_path}/report.json") as stream:
             stream.write(json.dumps(asdict(result), indent=2).encode())
@@ -580,21 +675,28 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
         else:
             partial = "no output was being written"
         partial += (f"; complete: {', '.join(written)}" if written else "; nothing else was written") + (
-            "; cache shards already stored are whole and a re-run reuses them")
+            "; cache shards already stored are whole and a re-run reuses them"
+        )
         lost = storage_lost(exc, doing, partial)
         if lost is None:
             raise
         raise lost from None
     c = summary.counts
-    _say(f"read {c['input']}, featurised {c['featurised']}, duplicates {c['duplicates']}, "
-         f"usable {c['usable']}, quarantined {c['quarantined']}")
+    _say(
+        f"read {c['input']}, featurised {c['featurised']}, duplicates {c['duplicates']}, "
+        f"usable {c['usable']}, quarantined {c['quarantined']}"
+    )
     for m, r in summary.reports.items():
-        _say(f"{m}: embedded {r['embedded']}, cache hits {r['cache_hits']}, encoded {r['encoded']}, "
-             f"forward passes {r['forward_passes']}, rejected {r['rejected']}, "
-             f"corrupt cache shards {r['cache_shards_corrupt']} (set aside, rows recomputed)")
+        _say(
+            f"{m}: embedded {r['embedded']}, cache hits {r['cache_hits']}, encoded {r['encoded']}, "
+            f"forward passes {r['forward_passes']}, rejected {r['rejected']}, "
+            f"corrupt cache shards {r['cache_shards_corrupt']} (set aside, rows recomputed)"
+        )
     _say(f"quarantined by reason: {summary.quarantined_by_reason}")
     _say(f"wrote {result.train_path}, {result.val_path}, {result.quarantine_path} in {timings['total_s']:.1f} s")
     if c["usable"] == 0:  # the report and quarantine above say why; no training table exists
-        raise ValueError(f"no usable molecules in {ec.input}: all {c['input']} rows quarantined "
-                         f"{summary.quarantined_by_reason}; see {result.quarantine_path}")
+        raise ValueError(
+            f"no usable molecules in {ec.input}: all {c['input']} rows quarantined "
+            f"{summary.quarantined_by_reason}; see {result.quarantine_path}"
+        )
     return result

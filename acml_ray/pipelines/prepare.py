@@ -60,9 +60,10 @@ def prepare(cfg: ACMLConfig, progress: bool = True) -> PreparedData:
     source = pa.Table.from_pandas(frame[columns], preserve_index=False)
 
     featurizer = GraphFeaturizer(cfg.featurizer)
-    chunks = [featurise_table(source.slice(start, 1024), featurizer, passthrough=columns)
-              for start in tqdm(range(0, source.num_rows, 1024), desc="featurise", unit="batch",
-                                disable=not progress)]
+    chunks = [
+        featurise_table(source.slice(start, 1024), featurizer, passthrough=columns)
+        for start in tqdm(range(0, source.num_rows, 1024), desc="featurise", unit="batch", disable=not progress)
+    ]
     table = InchikeyDeduper()(pa.concat_tables(chunks))
 
     prepared = PreparedData("", "", "", {})
@@ -79,12 +80,13 @@ def prepare(cfg: ACMLConfig, progress: bool = True) -> PreparedData:
 
     summary = summarise(table.select(stats_columns(names, keep)), names, keep)
     usable = training_rows(table, names, keep)
-    in_val = validation_mask(usable.column("inchikey").to_pylist(), cfg.data.val_fraction,
-                             cfg.data.split_seed)
+    in_val = validation_mask(usable.column("inchikey").to_pylist(), cfg.data.val_fraction, cfg.data.split_seed)
     train_idx, val_idx = np.flatnonzero(~in_val), np.flatnonzero(in_val)
     if not len(train_idx) or not len(val_idx):
-        raise ValueError(f"{usable.num_rows} usable molecules leave the {'validation' if not len(val_idx) else 'training'} "
-                         f"split empty at data.val_fraction={cfg.data.val_fraction}: add molecules")
+        raise ValueError(
+            f"{usable.num_rows} usable molecules leave the {'validation' if not len(val_idx) else 'training'} "
+            f"split empty at data.val_fraction={cfg.data.val_fraction}: add molecules"
+        )
     prepared.train_path = str(out / "train.parquet")
     prepared.val_path = str(out / "val.parquet")
     prepared.quarantine_path = str(out / "quarantine.parquet")

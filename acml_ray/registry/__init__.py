@@ -4,5 +4,4 @@
 from acml_ray.registry.pyfunc import ACMLEmbedder, embed_smiles, model_signature, output_columns
 from acml_ray.registry.register import RegisteredModel, register_run
 
-__all__ = ["ACMLEmbedder", "RegisteredModel", "embed_smiles", "model_signature", "output_columns",
-           "register_run"]
+__all__ = ["ACMLEmbedder", "RegisteredModel", "embed_smiles", "model_signature", "output_columns", "register_run"]

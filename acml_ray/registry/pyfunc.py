@@ -72,12 +72,13 @@ def embed_smiles(model: ACMLModel, cfg: ACMLConfig, smiles: Sequence[Any], batch
     model.eval()
     with torch.no_grad():
         for start in range(0, len(ok), batch_size):
-            rows = ok[start:start + batch_size]
+            rows = ok[start : start + batch_size]
             batch = Batch.from_data_list([results[i].to_pyg() for i in rows])
             # Encode once, project per modality (project_graph would re-run the GIN each time).
             raw = model.encode_graph(batch)
-            outputs = {GRAPH_COLUMN: raw} | {modality_column(m): model.graph_projections[m](raw)
-                                             for m in model.modalities}
+            outputs = {GRAPH_COLUMN: raw} | {
+                modality_column(m): model.graph_projections[m](raw) for m in model.modalities
+            }
             for column, tensor in outputs.items():
                 for i, vector in zip(rows, tensor.float().cpu().numpy()):
                     columns[column][i] = vector.tolist()
@@ -104,8 +105,12 @@ class ACMLEmbedder(mlflow.pyfunc.PythonModel):
 
         self.model, self.cfg, self.extra = load_model(context.artifacts[MODEL_ARTIFACT])
 
-    def predict(self, context: mlflow.pyfunc.PythonModelContext | None, model_input: pd.DataFrame,
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext | None,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
         if isinstance(model_input, pd.Series):
             model_input = model_input.to_frame(SMILES_COLUMN)
         if SMILES_COLUMN not in model_input.columns:

@@ -95,8 +95,9 @@ def registry_tracking_uri(run: str, tracking_uri: str | None) -> str:
         return uri
     if Path(run).is_dir():
         return f"sqlite:///{Path(run).resolve() / 'mlflow.db'}"
-    raise ValueError(f"{run!r} is not a run folder: give --tracking-uri or set MLFLOW_TRACKING_URI "
-                     "to register an MLflow run")
+    raise ValueError(
+        f"{run!r} is not a run folder: give --tracking-uri or set MLFLOW_TRACKING_URI to register an MLflow run"
+    )
 
 
 def _model_tags(cfg: Any, model: Any, extra: dict) -> dict[str, str]:
@@ -126,12 +127,17 @@ def check_names(name: str, alias: str) -> None:
         raise ValueError("--name: the registered model name is empty")
     # MLflow reserves "latest" and version-like "v<N>" aliases; they would fail after registration.
     if not alias or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
-        raise ValueError(f"--alias {alias!r} is reserved or empty in the MLflow registry "
-                         "(use e.g. champion, staging)")
+        raise ValueError(f"--alias {alias!r} is reserved or empty in the MLflow registry (use e.g. champion, staging)")
 
 
-def register_run(run: str, name: str, alias: str = "champion", tracking_uri: str | None = None,
-                 description: str | None = None, artifact_location: str | None = None) -> RegisteredModel:
+def register_run(
+    run: str,
+    name: str,
+    alias: str = "champion",
+    tracking_uri: str | None = None,
+    description: str | None = None,
+    artifact_location: str | None = None,
+) -> RegisteredModel:
     """Log RUN's model as an `ACMLEmbedder` pyfunc, register it as a new version of `name`, tag it, set `alias`.
 
     RUN is a run folder (``model/model.pt``, optionally ``summary.json`` and
@@ -170,19 +176,32 @@ def register_run(run: str, name: str, alias: str = "champion", tracking_uri: str
         # Ship the package code with the model so a consumer needs only the pinned requirements
         # (not the demo/evaluation data sets the package also carries: serving never reads them).
         code = Path(tmp) / "code" / "acml_ray"
-        shutil.copytree(Path(__file__).resolve().parents[1], code,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sets"))
+        shutil.copytree(
+            Path(__file__).resolve().parents[1], code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sets")
+        )
         description = description or (
             f"ACML graph encoder ({tags['acml.modalities']}) trained on {tags['acml.data_sources']}; "
-            "input: DataFrame with a `smiles` column; output: graph_embedding, <modality>_embedding, error")
+            "input: DataFrame with a `smiles` column; output: graph_embedding, <modality>_embedding, error"
+        )
         model_version, run_id = register_pyfunc(
-            uri, name, alias, artifact_name=PYFUNC_NAME, tags=tags, metrics=metrics, description=description,
-            source_run_id=source_run_id, experiment=REGISTRY_EXPERIMENT, artifact_location=artifact_location,
+            uri,
+            name,
+            alias,
+            artifact_name=PYFUNC_NAME,
+            tags=tags,
+            metrics=metrics,
+            description=description,
+            source_run_id=source_run_id,
+            experiment=REGISTRY_EXPERIMENT,
+            artifact_location=artifact_location,
             run_name=f"register-{name}",
             log_model_args=dict(
                 python_model=str(Path(__file__).with_name("serving_model.py")),
-                artifacts={MODEL_ARTIFACT: str(model_dir)}, code_paths=[str(code)],
-                signature=model_signature(model.modalities), input_example=INPUT_EXAMPLE,
-                pip_requirements=pinned_requirements()))
-    return RegisteredModel(name=name, version=model_version, alias=alias, tracking_uri=uri,
-                           run_id=run_id, tags=tags)
+                artifacts={MODEL_ARTIFACT: str(model_dir)},
+                code_paths=[str(code)],
+                signature=model_signature(model.modalities),
+                input_example=INPUT_EXAMPLE,
+                pip_requirements=pinned_requirements(),
+            ),
+        )
+    return RegisteredModel(name=name, version=model_version, alias=alias, tracking_uri=uri, run_id=run_id, tags=tags)

@@ -11,5 +11,16 @@ from acml_ray.search.inputs import Query, QueryError
 from acml_ray.search.layout import IndexNotFoundError, ModelMismatchError
 from acml_ray.search.query import SearchResult, StructureIndex, search
 
-__all__ = ["CandidateFilter", "IndexBuildResult", "IndexNotFoundError", "ModelMismatchError", "Query",
-           "QueryError", "SearchResult", "StructureIndex", "build_index", "normalise_formula", "search"]
+__all__ = [
+    "CandidateFilter",
+    "IndexBuildResult",
+    "IndexNotFoundError",
+    "ModelMismatchError",
+    "Query",
+    "QueryError",
+    "SearchResult",
+    "StructureIndex",
+    "build_index",
+    "normalise_formula",
+    "search",
+]

@@ -82,8 +82,11 @@ def formula_and_mass(smiles: str) -> tuple[str, float]:
 
 def key_hashes(inchikeys: list[str]) -> np.ndarray:
     """64-bit hashes of InChIKeys (for membership tests against millions of indexed keys)."""
-    return np.fromiter((int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little")
-                        for k in inchikeys), dtype=np.uint64, count=len(inchikeys))
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in inchikeys),
+        dtype=np.uint64,
+        count=len(inchikeys),
+    )
 
 
 def _list_column(arrays: list[np.ndarray | None], value_type: pa.DataType) -> pa.Array:
@@ -93,8 +96,7 @@ def _list_column(arrays: list[np.ndarray | None], value_type: pa.DataType) -> pa
     present = [a for a in arrays if a is not None]
     values = np.concatenate(present) if present else np.zeros(0)
     mask = pa.array([a is None for a in arrays], pa.bool_())
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(value_type.to_pandas_dtype())),
-                                    mask=mask)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(value_type.to_pandas_dtype())), mask=mask)
 
 
 def featurise_library(batch: pa.Table, featurizer_config: dict[str, Any], known: np.ndarray) -> pa.Table:
@@ -148,8 +150,9 @@ def featurise_library(batch: pa.Table, featurizer_config: dict[str, Any], known:
     for f in row_arrow_schema():
         if f.name in _GRAPH_COLUMNS:
             values = [None if r is None else r[f.name] for r in rows]
-            columns[f.name] = (_list_column(values, f.type.value_type) if pa.types.is_list(f.type)
-                               else pa.array(values, f.type))
+            columns[f.name] = (
+                _list_column(values, f.type.value_type) if pa.types.is_list(f.type) else pa.array(values, f.type)
+            )
     return pa.table(columns)
 
 
@@ -233,13 +236,17 @@ class Library:
             if self.fmt == "parquet":
                 source = pq.ParquetFile(self.fs.open_input_file(path))
                 cols = [self.smiles_column] + ([self.id_column] if self.id_column else [])
-                batches: Iterator[pa.Table] = (pa.Table.from_batches([b])
-                                               for b in source.iter_batches(batch_size=65536, columns=cols))
+                batches: Iterator[pa.Table] = (
+                    pa.Table.from_batches([b]) for b in source.iter_batches(batch_size=65536, columns=cols)
+                )
             else:
                 batches = iter([_read_delimited(self.fs, path, self.fmt)])
             for table in batches:
-                ids = (table.column(self.id_column).cast(pa.string()) if self.id_column
-                       else pa.nulls(table.num_rows, pa.string()))
+                ids = (
+                    table.column(self.id_column).cast(pa.string())
+                    if self.id_column
+                    else pa.nulls(table.num_rows, pa.string())
+                )
                 yield pa.table({"id": ids, "smiles": table.column(self.smiles_column).cast(pa.string())})
 
 
@@ -267,8 +274,14 @@ def _read_smi(fs: pafs.FileSystem, path: str) -> pa.Table:
 
 def _format_of(name: str) -> str | None:
     lower = name.lower().removesuffix(".gz")
-    for suffix, fmt in ((".parquet", "parquet"), (".csv", "csv"), (".tsv", "tsv"), (".smi", "smi"),
-                        (".smiles", "smi"), (".txt", "smi")):
+    for suffix, fmt in (
+        (".parquet", "parquet"),
+        (".csv", "csv"),
+        (".tsv", "tsv"),
+        (".smi", "smi"),
+        (".smiles", "smi"),
+        (".txt", "smi"),
+    ):
         if lower.endswith(suffix):
             return fmt
     return None
@@ -298,8 +311,14 @@ def open_library(location: str, cfg: IndexConfig) -> Library:
     if info.type == pafs.FileType.File:
         infos = [info]
     else:
-        infos = sorted((i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                        if i.is_file and _format_of(i.base_name)), key=lambda i: i.path)
+        infos = sorted(
+            (
+                i
+                for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                if i.is_file and _format_of(i.base_name)
+            ),
+            key=lambda i: i.path,
+        )
     found = {_format_of(i.base_name) for i in infos}
     if not infos:
         raise ValueError(f"no CSV/TSV/Parquet/SMI files in library {location}")
@@ -318,8 +337,10 @@ def open_library(location: str, cfg: IndexConfig) -> Library:
             raise ValueError(f"cannot read library {location} as {fmt}: {exc}") from None
         smiles_column = cfg.smiles_column or next((c for c in SMILES_CANDIDATES if c in names), None)
         if smiles_column is None or smiles_column not in names:
-            raise ValueError(f"library {location} has no SMILES column {cfg.smiles_column or SMILES_CANDIDATES} "
-                             f"(columns: {names}); set --smiles-column")
+            raise ValueError(
+                f"library {location} has no SMILES column {cfg.smiles_column or SMILES_CANDIDATES} "
+                f"(columns: {names}); set --smiles-column"
+            )
         id_column = cfg.id_column or next((c for c in ID_CANDIDATES if c in names), None)
         if id_column is not None and id_column not in names:
             raise ValueError(f"library {location} has no id column {id_column!r} (columns: {names})")
@@ -358,8 +379,11 @@ def _reason_kind(reason: str) -> str:
 def _known_hashes(store: IndexStore, manifest: Manifest) -> np.ndarray:
     keys: list[str] = []
     for shard in manifest.shards:
-        keys += pq.read_table(store.path(shard.name), columns=["inchikey"], filesystem=store.fs
-                              ).column("inchikey").to_pylist()
+        keys += (
+            pq.read_table(store.path(shard.name), columns=["inchikey"], filesystem=store.fs)
+            .column("inchikey")
+            .to_pylist()
+        )
     return np.sort(key_hashes(keys))
 
 
@@ -379,9 +403,15 @@ def _actors(cfg: IndexConfig) -> tuple[float, int]:
     return gpus, max(1, int(resources.get("CPU", 1) // max(cfg.num_cpus_per_actor, 1e-9)))
 
 
-def _embed_stream(chunks: list[tuple[int, pa.Table]], model_blob: bytes, featurizer: dict,
-                  known: np.ndarray, cfg: IndexConfig, concurrency: int, num_gpus: float
-                  ) -> Iterator[tuple[int, pa.Table]]:
+def _embed_stream(
+    chunks: list[tuple[int, pa.Table]],
+    model_blob: bytes,
+    featurizer: dict,
+    known: np.ndarray,
+    cfg: IndexConfig,
+    concurrency: int,
+    num_gpus: float,
+) -> Iterator[tuple[int, pa.Table]]:
     """Run chunks through one Ray Data pipeline (actors start once per group, not per chunk) and
     yield ``(chunk number, embedded rows)`` as soon as each chunk is complete, in order."""
     import ray
@@ -398,15 +428,28 @@ def _embed_stream(chunks: list[tuple[int, pa.Table]], model_blob: bytes, featuri
     context.execution_options.preserve_order = True  # first occurrence of a key wins, deterministically
     try:
         ds: Any = ray.data.from_arrow(blocks)  # Ray's annotations do not follow map_batches' pyarrow batches
-        ds = ds.map_batches(featurise_library, batch_format="pyarrow", batch_size=None, num_cpus=1,
-                            fn_kwargs={"featurizer_config": featurizer, "known": known})
+        ds = ds.map_batches(
+            featurise_library,
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=1,
+            fn_kwargs={"featurizer_config": featurizer, "known": known},
+        )
         # On CPU, Ray fuses the featuriser into the encoder actors (no graph columns cross
         # processes); GPU actors stay a separate stage fed by CPU featurising tasks.
-        ds = ds.map_batches(LibraryEncoder, batch_format="pyarrow", batch_size=cfg.encode_batch_size,
-                            compute=ActorPoolStrategy(size=concurrency), num_cpus=cfg.num_cpus_per_actor,
-                            num_gpus=num_gpus,
-                            fn_constructor_kwargs={"model_blob": model_blob, "use_gpu": num_gpus > 0,
-                                                   "num_cpus": cfg.num_cpus_per_actor})
+        ds = ds.map_batches(
+            LibraryEncoder,
+            batch_format="pyarrow",
+            batch_size=cfg.encode_batch_size,
+            compute=ActorPoolStrategy(size=concurrency),
+            num_cpus=cfg.num_cpus_per_actor,
+            num_gpus=num_gpus,
+            fn_constructor_kwargs={
+                "model_blob": model_blob,
+                "use_gpu": num_gpus > 0,
+                "num_cpus": cfg.num_cpus_per_actor,
+            },
+        )
         received: dict[int, list[pa.Table]] = {n: [] for n in expected}
         rows = dict.fromkeys(expected, 0)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -455,8 +498,9 @@ def _model_source_info(source: str, tracking_uri: str | None) -> dict[str, Any]:
     return {"name": name, "version": version}
 
 
-def prepare_index(store: IndexStore, model_dir: Path, source: str, tracking_uri: str | None = None
-                  ) -> tuple[Manifest, Any, ACMLConfig]:
+def prepare_index(
+    store: IndexStore, model_dir: Path, source: str, tracking_uri: str | None = None
+) -> tuple[Manifest, Any, ACMLConfig]:
     """Open (or create) the index at `store` for the model in `model_dir`.
 
     A new index gets a copy of the model and a manifest; an existing one must have been built by
@@ -472,18 +516,32 @@ def prepare_index(store: IndexStore, model_dir: Path, source: str, tracking_uri:
         manifest.check_model(fingerprint, source)
         return manifest, model, cfg
     manifest = Manifest(
-        model={"fingerprint": fingerprint, "source": source, "modalities": model.modalities,
-               "embed_dim": model.embed_dim, "acml_ray_version": __version__,
-               "registered": _model_source_info(source, tracking_uri)},
-        featurizer=cfg.featurizer.model_dump(mode="json"))
+        model={
+            "fingerprint": fingerprint,
+            "source": source,
+            "modalities": model.modalities,
+            "embed_dim": model.embed_dim,
+            "acml_ray_version": __version__,
+            "registered": _model_source_info(source, tracking_uri),
+        },
+        featurizer=cfg.featurizer.model_dump(mode="json"),
+    )
     store.write_bytes(f"model/{MODEL_FILE}", (Path(model_dir) / MODEL_FILE).read_bytes())
     store.write_manifest(manifest)
     return manifest, model, cfg
 
 
-def _commit_chunk(store: IndexStore, manifest: Manifest, entry: dict, library_key: str, number: int,
-                  out: pa.Table, indexed_now: set[str], by_reason: dict[str, int], seconds: float = 0.0
-                  ) -> dict[str, int]:
+def _commit_chunk(
+    store: IndexStore,
+    manifest: Manifest,
+    entry: dict,
+    library_key: str,
+    number: int,
+    out: pa.Table,
+    indexed_now: set[str],
+    by_reason: dict[str, int],
+    seconds: float = 0.0,
+) -> dict[str, int]:
     """Write one embedded chunk as its shard (+ quarantine file), then the manifest (the commit)."""
     status = out.column("status").to_pylist()
     reasons = out.column("reason").to_pylist()
@@ -502,14 +560,19 @@ def _commit_chunk(store: IndexStore, manifest: Manifest, entry: dict, library_ke
     bad = np.array([s == "bad" for s in status], dtype=bool)
     n_known = sum(s == "known" for s in status)
     good = out.filter(pa.array(keep))
-    good = good.set_column(good.schema.get_field_index("id"), "id",
-                           pc.coalesce(good.column("id"), good.column("inchikey")))  # no id: the InChIKey
+    good = good.set_column(
+        good.schema.get_field_index("id"), "id", pc.coalesce(good.column("id"), good.column("inchikey"))
+    )  # no id: the InChIKey
     good = good.select([*METADATA_COLUMNS, *(emb_column(m) for m in manifest.modalities)])
     quarantine_name = None
     if bad.any():
-        quarantine = pa.table({"id": out.column("id").filter(pa.array(bad)),
-                               "input": out.column("input").filter(pa.array(bad)),
-                               "reason": pa.array([r for r, b in zip(reasons, bad) if b], pa.string())})
+        quarantine = pa.table(
+            {
+                "id": out.column("id").filter(pa.array(bad)),
+                "input": out.column("input").filter(pa.array(bad)),
+                "reason": pa.array([r for r, b in zip(reasons, bad) if b], pa.string()),
+            }
+        )
         quarantine_name = f"quarantine/{library_key}-{number:05d}.parquet"
         store.write_bytes(quarantine_name, _parquet_bytes(quarantine))
         for r in quarantine.column("reason").to_pylist():
@@ -518,17 +581,32 @@ def _commit_chunk(store: IndexStore, manifest: Manifest, entry: dict, library_ke
     if good.num_rows:
         name = f"shards/{library_key}-{number:05d}.parquet"
         store.write_bytes(name, _parquet_bytes(good))
-        manifest.shards.append(ShardEntry(name=name, library=library_key, chunk=number, rows=good.num_rows,
-                                          input_rows=out.num_rows, quarantined=int(bad.sum()),
-                                          already_indexed=n_known, quarantine=quarantine_name,
-                                          seconds=seconds))
+        manifest.shards.append(
+            ShardEntry(
+                name=name,
+                library=library_key,
+                chunk=number,
+                rows=good.num_rows,
+                input_rows=out.num_rows,
+                quarantined=int(bad.sum()),
+                already_indexed=n_known,
+                quarantine=quarantine_name,
+                seconds=seconds,
+            )
+        )
     entry["chunks_done"] = sorted({*entry["chunks_done"], number})
     store.write_manifest(manifest)  # the commit point of this chunk
     return {"added": good.num_rows, "known": n_known, "duplicates": duplicates, "quarantined": int(bad.sum())}
 
 
-def build_index(model_dir: str | Path, output: str, library: str | None, cfg: IndexConfig,
-                source: str | None = None, tracking_uri: str | None = None) -> IndexBuildResult:
+def build_index(
+    model_dir: str | Path,
+    output: str,
+    library: str | None,
+    cfg: IndexConfig,
+    source: str | None = None,
+    tracking_uri: str | None = None,
+) -> IndexBuildResult:
     """Add `library` to the index at `output` (created when absent), then update the FAISS
     indexes; with ``library=None`` only the FAISS step runs (e.g. after an interrupted build).
 
@@ -544,18 +622,23 @@ def build_index(model_dir: str | Path, output: str, library: str | None, cfg: In
     by_reason: dict[str, int] = {}
     if library is not None:
         lib = open_library(library, cfg)
-        entry = manifest.libraries.setdefault(lib.key, {"location": library, "chunk_rows": cfg.chunk_rows,
-                                                        "chunks_done": [], "complete": False})
+        entry = manifest.libraries.setdefault(
+            lib.key, {"location": library, "chunk_rows": cfg.chunk_rows, "chunks_done": [], "complete": False}
+        )
         if entry["chunk_rows"] != cfg.chunk_rows:
-            raise ValueError(f"library {library} was started with index.chunk_rows={entry['chunk_rows']}; "
-                             f"resume it with the same value (got {cfg.chunk_rows})")
+            raise ValueError(
+                f"library {library} was started with index.chunk_rows={entry['chunk_rows']}; "
+                f"resume it with the same value (got {cfg.chunk_rows})"
+            )
         done = set(entry["chunks_done"])
         known = _known_hashes(store, manifest)
         model_blob = Path(model_dir, "model.pt").read_bytes()  # shipped: workers need no access to the file
         num_gpus, concurrency = _actors(cfg)
-        _say(f"library {library} ({lib.fmt}, SMILES column {lib.smiles_column!r}, id column "
-             f"{lib.id_column!r}); {manifest.rows} rows indexed; {len(done)} chunks of it done before; "
-             f"encoder actors: {concurrency} x ({cfg.num_cpus_per_actor} CPU, {num_gpus} GPU)")
+        _say(
+            f"library {library} ({lib.fmt}, SMILES column {lib.smiles_column!r}, id column "
+            f"{lib.id_column!r}); {manifest.rows} rows indexed; {len(done)} chunks of it done before; "
+            f"encoder actors: {concurrency} x ({cfg.num_cpus_per_actor} CPU, {num_gpus} GPU)"
+        )
         t_embed = time.perf_counter()
         pending = ((n, c) for n, c in enumerate(lib.chunks(cfg.chunk_rows)) if n not in done)
         indexed_now: set[str] = set()  # keys added by this call (the tasks only know `known`)
@@ -563,20 +646,24 @@ def build_index(model_dir: str | Path, output: str, library: str | None, cfg: In
             t = time.perf_counter()
             group_rows = sum(c.num_rows for _, c in group)
             last = t
-            for number, out in _embed_stream(group, model_blob, manifest.featurizer, known, cfg,
-                                             concurrency, num_gpus):
+            for number, out in _embed_stream(group, model_blob, manifest.featurizer, known, cfg, concurrency, num_gpus):
                 now = time.perf_counter()
-                stats = _commit_chunk(store, manifest, entry, lib.key, number, out, indexed_now, by_reason,
-                                      seconds=now - last)
+                stats = _commit_chunk(
+                    store, manifest, entry, lib.key, number, out, indexed_now, by_reason, seconds=now - last
+                )
                 last = now
                 for key, value in stats.items():
                     counts[key] += value
                 counts["done"] += 1
-                _say(f"chunk {number}: {out.num_rows} rows -> {stats['added']} indexed, {stats['quarantined']} "
-                     f"quarantined ({stats['duplicates']} duplicates), {stats['known']} already indexed; "
-                     f"{manifest.rows} rows in the index")
-            _say(f"{group_rows} rows in {time.perf_counter() - t:.0f} s "
-                 f"({group_rows / (time.perf_counter() - t):.0f} rows/s)")
+                _say(
+                    f"chunk {number}: {out.num_rows} rows -> {stats['added']} indexed, {stats['quarantined']} "
+                    f"quarantined ({stats['duplicates']} duplicates), {stats['known']} already indexed; "
+                    f"{manifest.rows} rows in the index"
+                )
+            _say(
+                f"{group_rows} rows in {time.perf_counter() - t:.0f} s "
+                f"({group_rows / (time.perf_counter() - t):.0f} rows/s)"
+            )
         counts["skipped"] = len(done)
         timings["embed_s"] = time.perf_counter() - t_embed
         entry["complete"] = True
@@ -586,11 +673,18 @@ def build_index(model_dir: str | Path, output: str, library: str | None, cfg: In
     timings["ann_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     result = IndexBuildResult(
-        location=output, rows=manifest.rows, added=counts["added"], already_indexed=counts["known"],
-        duplicates=counts["duplicates"], quarantined=counts["quarantined"],
+        location=output,
+        rows=manifest.rows,
+        added=counts["added"],
+        already_indexed=counts["known"],
+        duplicates=counts["duplicates"],
+        quarantined=counts["quarantined"],
         quarantined_by_reason=dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
-        chunks_done=counts["done"], chunks_skipped=counts["skipped"],
-        ann={m: {"kind": a.kind, "rows": a.rows, "nlist": a.nlist} for m, a in ann.items()}, timings=timings)
+        chunks_done=counts["done"],
+        chunks_skipped=counts["skipped"],
+        ann={m: {"kind": a.kind, "rows": a.rows, "nlist": a.nlist} for m, a in ann.items()},
+        timings=timings,
+    )
     store.write_bytes("build-report.json", json.dumps(result.__dict__, indent=2, default=str).encode())
     return result
 
@@ -612,8 +706,9 @@ def default_nlist(rows: int) -> int:
     return nlist
 
 
-def _training_sample(store: IndexStore, shards: list[ShardEntry], modality: str, size: int,
-                     seed: int = 0) -> np.ndarray:
+def _training_sample(
+    store: IndexStore, shards: list[ShardEntry], modality: str, size: int, seed: int = 0
+) -> np.ndarray:
     """`size` rows drawn evenly over all shards (k-means needs the whole library's spread)."""
     rng = np.random.default_rng(seed)
     total = sum(s.rows for s in shards)
@@ -667,27 +762,47 @@ def update_ann(store: IndexStore, manifest: Manifest, cfg: IndexConfig) -> dict[
                 store.upload(local, name)
         del index
         old = current.file if current is not None else None
-        manifest.ann[modality] = AnnEntry(file=name, kind=kind, rows=rows, shards=len(manifest.shards), nlist=nlist,
-                                          nprobe=cfg.nprobe if nlist else None)
+        manifest.ann[modality] = AnnEntry(
+            file=name,
+            kind=kind,
+            rows=rows,
+            shards=len(manifest.shards),
+            nlist=nlist,
+            nprobe=cfg.nprobe if nlist else None,
+        )
         store.write_manifest(manifest)
         if old and old != name:
             try:  # readers of the previous manifest keep an open (or cached) copy
                 store.fs.delete_file(store.path(old))
             except OSError:
                 log.warning("could not delete the replaced FAISS index %s", old)
-        _say(f"{modality}: {kind} index over {rows} rows ({'added to' if reuse else 'built'}"
-             f"{f', nlist {nlist}' if nlist else ''}) in {time.perf_counter() - t:.1f} s")
+        _say(
+            f"{modality}: {kind} index over {rows} rows ({'added to' if reuse else 'built'}"
+            f"{f', nlist {nlist}' if nlist else ''}) in {time.perf_counter() - t:.1f} s"
+        )
     return manifest.ann
 
 
 def read_shard_metadata(store: IndexStore, manifest: Manifest) -> pa.Table:
     """The metadata columns of every row, in row (FAISS id) order."""
-    parts = [pq.read_table(store.path(s.name), columns=list(METADATA_COLUMNS), filesystem=store.fs)
-             for s in manifest.shards]
+    parts = [
+        pq.read_table(store.path(s.name), columns=list(METADATA_COLUMNS), filesystem=store.fs) for s in manifest.shards
+    ]
     return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in METADATA_COLUMNS})
 
 
-__all__ = ["IndexBuildResult", "Library", "LibraryEncoder", "build_index", "default_nlist", "emb_column",
-           "featurise_library", "formula_and_mass", "key_hashes", "open_library", "prepare_index",
-           "read_shard_metadata", "update_ann"]
-
+__all__ = [
+    "IndexBuildResult",
+    "Library",
+    "LibraryEncoder",
+    "build_index",
+    "default_nlist",
+    "emb_column",
+    "featurise_library",
+    "formula_and_mass",
+    "key_hashes",
+    "open_library",
+    "prepare_index",
+    "read_shard_metadata",
+    "update_ann",
+]

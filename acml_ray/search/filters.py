@@ -32,7 +32,7 @@ def normalise_formula(text: str) -> str:
     match = _CHARGE.search(body)
     if match:
         charge = match.group(1) + (match.group(2) if match.group(2) not in ("", "1") else "")
-        body = body[:match.start()]
+        body = body[: match.start()]
     counts: dict[str, int] = {}
     position = 0
     for m in _ELEMENT.finditer(body):
@@ -82,14 +82,19 @@ class LibraryFilter:
     """Sorted formula and mass columns of an index, answering `CandidateFilter`s with ids."""
 
     def __init__(self, formula: pa.ChunkedArray | pa.Array, mass: pa.ChunkedArray | pa.Array) -> None:
-        encoded = pc.dictionary_encode(formula).combine_chunks() if isinstance(formula, pa.ChunkedArray) \
+        encoded = (
+            pc.dictionary_encode(formula).combine_chunks()
+            if isinstance(formula, pa.ChunkedArray)
             else pc.dictionary_encode(formula)
+        )
         self._codes_of = {v: i for i, v in enumerate(encoded.dictionary.to_pylist())}
         codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         self._by_formula = np.argsort(codes, kind="stable")
         self._codes_sorted = codes[self._by_formula]
-        masses = np.asarray(mass.to_numpy() if isinstance(mass, pa.Array) else
-                            mass.combine_chunks().to_numpy(zero_copy_only=False), dtype=np.float64)
+        masses = np.asarray(
+            mass.to_numpy() if isinstance(mass, pa.Array) else mass.combine_chunks().to_numpy(zero_copy_only=False),
+            dtype=np.float64,
+        )
         self._by_mass = np.argsort(masses, kind="stable")
         self._mass_sorted = masses[self._by_mass]
 

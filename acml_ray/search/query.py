@@ -55,8 +55,14 @@ class SearchResult:
         out = []
         for qid, group in self.candidates.groupby("query_id", sort=False):
             rows = group.drop(columns=["query_id"]).to_dict("records")
-            out.append({"query_id": qid, "modality": self.modality, "filter": self.filters.get(qid, "none"),
-                        "candidates": rows})
+            out.append(
+                {
+                    "query_id": qid,
+                    "modality": self.modality,
+                    "filter": self.filters.get(qid, "none"),
+                    "candidates": rows,
+                }
+            )
         seen = {r["query_id"] for r in out}
         for qid, text in self.filters.items():  # queries that ran but had no candidate
             if qid not in seen:
@@ -88,8 +94,13 @@ class StructureIndex:
         tracking_uri: MLflow tracking URI used to resolve a ``models:/`` reference.
     """
 
-    def __init__(self, location: str, model: str | None = None, cache_dir: str | Path | None = None,
-                 tracking_uri: str | None = None) -> None:
+    def __init__(
+        self,
+        location: str,
+        model: str | None = None,
+        cache_dir: str | Path | None = None,
+        tracking_uri: str | None = None,
+    ) -> None:
         from acml_ray.model.serialization import load_model
 
         self.store = IndexStore(location)
@@ -127,8 +138,10 @@ class StructureIndex:
         if modality not in self.modalities:
             raise ValueError(f"the index's model has no modality {modality!r} (it has {', '.join(self.modalities)})")
         if modality not in self.manifest.ann:
-            raise ValueError(f"the index has no FAISS index for {modality!r} yet: run acml index --out "
-                             f"{self.store.location} to finish it")
+            raise ValueError(
+                f"the index has no FAISS index for {modality!r} yet: run acml index --out "
+                f"{self.store.location} to finish it"
+            )
 
     def metadata(self) -> pd.DataFrame:
         """id, smiles, inchikey, formula, mass of every row, in FAISS id order."""
@@ -172,8 +185,9 @@ class StructureIndex:
 
     # -- searching -----------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, modality: str, queries: Sequence[Query], batch_size: int = 32
-               ) -> tuple[np.ndarray, list[int], list[QueryError]]:
+    def encode(
+        self, modality: str, queries: Sequence[Query], batch_size: int = 32
+    ) -> tuple[np.ndarray, list[int], list[QueryError]]:
         """Joint-space, L2-normalised vectors of the queries that preprocess -> (vectors, their
         positions in `queries`, errors of the others)."""
         encoder = self.encoder(modality)
@@ -191,14 +205,20 @@ class StructureIndex:
         self.model.eval()
         out = []
         for start in range(0, len(tensors), batch_size):
-            raw = encoder.encode_tensors(torch.stack(tensors[start:start + batch_size])).float()
+            raw = encoder.encode_tensors(torch.stack(tensors[start : start + batch_size])).float()
             projected = self.model.project_modality(raw, modality)
             out.append(torch.nn.functional.normalize(projected, dim=-1).cpu().numpy())
         return np.concatenate(out).astype(np.float32), kept, errors
 
-    def search_vectors(self, modality: str, vectors: np.ndarray, k: int = 10,
-                       filters: Sequence[CandidateFilter | None] | None = None, exact: bool = False,
-                       nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search_vectors(
+        self,
+        modality: str,
+        vectors: np.ndarray,
+        k: int = 10,
+        filters: Sequence[CandidateFilter | None] | None = None,
+        exact: bool = False,
+        nprobe: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each ``[len(vectors), k]`` (id -1 / score -inf where fewer than k pass).
 
         Unfiltered queries run as one batch; filtered ones each with their own ``IDSelector``
@@ -232,16 +252,27 @@ class StructureIndex:
             if allowed is None or len(allowed) == 0:
                 continue
             selector = faiss.IDSelectorBatch(allowed)
-            filtered: Any = (faiss.SearchParametersIVF(sel=selector, nprobe=lists) if is_ivf  # type: ignore[call-arg]
-                             else faiss.SearchParameters(sel=selector))  # type: ignore[call-arg]
-            d, i = index.search(vectors[row:row + 1], k, params=filtered)
+            filtered: Any = (
+                faiss.SearchParametersIVF(sel=selector, nprobe=lists)
+                if is_ivf  # type: ignore[call-arg]
+                else faiss.SearchParameters(sel=selector)
+            )  # type: ignore[call-arg]
+            d, i = index.search(vectors[row : row + 1], k, params=filtered)
             scores[row], ids[row] = d[0], i[0]
         scores[ids < 0] = -np.inf
         return scores, ids
 
-    def search(self, modality: str, queries: Sequence[Any] | Any, top_k: int = 10,
-               formula: str | None = None, mass: float | None = None, tol: float = 0.01,
-               exact: bool = False, nprobe: int | None = None) -> SearchResult:
+    def search(
+        self,
+        modality: str,
+        queries: Sequence[Any] | Any,
+        top_k: int = 10,
+        formula: str | None = None,
+        mass: float | None = None,
+        tol: float = 0.01,
+        exact: bool = False,
+        nprobe: int | None = None,
+    ) -> SearchResult:
         """Rank the library against `queries` (see `search` for what they may be)."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -268,15 +299,24 @@ class StructureIndex:
             hits.insert(0, "rank", np.arange(1, int(valid.sum()) + 1))
             hits.insert(0, "query_id", query.query_id)
             frames.append(hits)
-        candidates = (pd.concat(frames, ignore_index=True) if frames
-                      else pd.DataFrame(columns=CANDIDATE_COLUMNS))
-        return SearchResult(modality, candidates[CANDIDATE_COLUMNS], errors,
-                            {q.query_id: q.filter.describe() for q in ran})
+        candidates = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CANDIDATE_COLUMNS)
+        return SearchResult(
+            modality, candidates[CANDIDATE_COLUMNS], errors, {q.query_id: q.filter.describe() for q in ran}
+        )
 
 
-def search(index: str | StructureIndex, modality: str, queries: Sequence[Any] | Any, top_k: int = 10,
-           formula: str | None = None, mass: float | None = None, tol: float = 0.01,
-           model: str | None = None, exact: bool = False, nprobe: int | None = None) -> SearchResult:
+def search(
+    index: str | StructureIndex,
+    modality: str,
+    queries: Sequence[Any] | Any,
+    top_k: int = 10,
+    formula: str | None = None,
+    mass: float | None = None,
+    tol: float = 0.01,
+    model: str | None = None,
+    exact: bool = False,
+    nprobe: int | None = None,
+) -> SearchResult:
     """Search a structure index by spectrum, picture or SMILES.
 
     Args:
@@ -297,8 +337,9 @@ def search(index: str | StructureIndex, modality: str, queries: Sequence[Any] | 
     opened = index if isinstance(index, StructureIndex) else StructureIndex(index, model=model)
     if isinstance(index, StructureIndex) and model is not None:
         raise ValueError("pass model= when opening the StructureIndex, not to search() on an opened one")
-    return opened.search(modality, queries, top_k=top_k, formula=formula, mass=mass, tol=tol, exact=exact,
-                         nprobe=nprobe)
+    return opened.search(
+        modality, queries, top_k=top_k, formula=formula, mass=mass, tol=tol, exact=exact, nprobe=nprobe
+    )
 
 
 __all__ = ["CANDIDATE_COLUMNS", "ModelMismatchError", "SearchResult", "StructureIndex", "search"]

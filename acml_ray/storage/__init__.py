@@ -11,5 +11,13 @@ from acml_ray.storage.filesystem import (
 )
 from acml_ray.storage.packages import package_dir
 
-__all__ = ["StorageError", "check_access", "download", "join", "package_dir", "resolve_filesystem",
-           "s3_endpoint", "storage_lost"]
+__all__ = [
+    "StorageError",
+    "check_access",
+    "download",
+    "join",
+    "package_dir",
+    "resolve_filesystem",
+    "s3_endpoint",
+    "storage_lost",
+]

@@ -45,8 +45,7 @@ def _s3_filesystem() -> pafs.S3FileSystem:
     # node for itself.
     if creds is not None and not isinstance(creds, RefreshableCredentials):
         frozen = creds.get_frozen_credentials()
-        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key,
-                      session_token=frozen.token)
+        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         parsed = urlparse(endpoint)
@@ -62,21 +61,23 @@ def _s3_filesystem() -> pafs.S3FileSystem:
 def resolve_filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     """Return ``(filesystem, path)`` for a local path or an ``s3://bucket/key`` URI."""
     if location.startswith("s3://"):
-        return _s3_filesystem(), location[len("s3://"):].rstrip("/")
+        return _s3_filesystem(), location[len("s3://") :].rstrip("/")
     if "://" in location and not location.startswith("file://"):
         raise StorageError(f"unsupported storage scheme in {location!r} (use a path or s3://)")
-    path = location[len("file://"):] if location.startswith("file://") else location
+    path = location[len("file://") :] if location.startswith("file://") else location
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
 def _s3_reason(exc: OSError) -> str:
     """Short cause of a pyarrow S3 error (its messages name the operation, not the secret)."""
     text = str(exc)
-    for marker, reason in (("ACCESS_DENIED", "access denied"), ("SIGNATURE_DOES_NOT_MATCH",
-                           "access denied (signature mismatch: wrong secret key?)"),
-                           ("INVALID_ACCESS_KEY_ID", "unknown access key id"),
-                           ("NO_SUCH_BUCKET", "no such bucket"),
-                           ("NETWORK_CONNECTION", "cannot connect to the endpoint")):
+    for marker, reason in (
+        ("ACCESS_DENIED", "access denied"),
+        ("SIGNATURE_DOES_NOT_MATCH", "access denied (signature mismatch: wrong secret key?)"),
+        ("INVALID_ACCESS_KEY_ID", "unknown access key id"),
+        ("NO_SUCH_BUCKET", "no such bucket"),
+        ("NETWORK_CONNECTION", "cannot connect to the endpoint"),
+    ):
         if marker in text:
             return reason
     return text.split("\n")[0][:200]
@@ -101,10 +102,13 @@ def check_access(location: str, write: bool = False) -> tuple[pafs.FileSystem, s
                 out.write(b"ok")
             fs.delete_file(probe)
     except OSError as exc:
-        raise StorageError(_scrub(
-            f"cannot {'write to' if write else 'read from'} bucket {bucket!r} ({location}) at endpoint "
-            f"{s3_endpoint()}: {_s3_reason(exc)}; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-            f"(or the AWS profile) and AWS_ENDPOINT_URL_S3")) from None
+        raise StorageError(
+            _scrub(
+                f"cannot {'write to' if write else 'read from'} bucket {bucket!r} ({location}) at endpoint "
+                f"{s3_endpoint()}: {_s3_reason(exc)}; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                f"(or the AWS profile) and AWS_ENDPOINT_URL_S3"
+            )
+        ) from None
     return fs, path
 
 
@@ -117,8 +121,16 @@ def _scrub(message: str) -> str:
 
 # pyarrow names the object in its S3 errors: "When reading information for key 'k' in bucket 'b'".
 _S3_OBJECT = re.compile(r"key '([^']*)' in bucket '([^']*)'")
-_S3_LOST = ("NETWORK_CONNECTION", "curlCode", "Couldn't connect", "Connection refused", "timed out",
-            "Timeout was reached", "Connection reset", "connection was closed")
+_S3_LOST = (
+    "NETWORK_CONNECTION",
+    "curlCode",
+    "Couldn't connect",
+    "Connection refused",
+    "timed out",
+    "Timeout was reached",
+    "Connection reset",
+    "connection was closed",
+)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -147,8 +159,12 @@ def storage_lost(exc: BaseException, doing: str, partial: str) -> StorageError |
             continue
         match = _S3_OBJECT.search(text)
         where = f"bucket {match.group(2)!r}, key {match.group(1)!r}" if match else "an object"
-        return StorageError(_scrub(f"storage lost while {doing}: endpoint {s3_endpoint()} stopped answering "
-                                   f"({where}: {_s3_reason(error)}); {partial}"))
+        return StorageError(
+            _scrub(
+                f"storage lost while {doing}: endpoint {s3_endpoint()} stopped answering "
+                f"({where}: {_s3_reason(error)}); {partial}"
+            )
+        )
     return None
 
 

@@ -16,7 +16,6 @@ def package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
-            f"package {package!r} is not installed; it ships data this source needs "
-            f"(see requirements/data-nodeps.txt)"
+            f"package {package!r} is not installed; it ships data this source needs (see requirements/data-nodeps.txt)"
         )
     return Path(list(spec.submodule_search_locations)[0])

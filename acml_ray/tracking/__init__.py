@@ -12,5 +12,13 @@ from acml_ray.tracking.mlflow_run import (
     start_run,
 )
 
-__all__ = ["TrackingRun", "child_runs", "client", "experiment_id", "git_commit", "metric_key",
-           "resolve_tracking_uri", "start_run"]
+__all__ = [
+    "TrackingRun",
+    "child_runs",
+    "client",
+    "experiment_id",
+    "git_commit",
+    "metric_key",
+    "resolve_tracking_uri",
+    "start_run",
+]

@@ -34,10 +34,15 @@ def resolve_tracking_uri(cfg: ACMLConfig) -> str:
 def git_commit(path: str | Path = ".") -> str | None:
     """HEAD commit of the repository holding `path` (with ``-dirty`` when it has local changes)."""
     try:
-        commit = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")
@@ -57,8 +62,9 @@ def metric_key(name: str) -> str:
     return _BAD_KEY_CHARS.sub("_", name.replace("->", "_to_"))
 
 
-def experiment_id(client: Any, name: str, uri: str, artifact_location: str | None = None,
-                  artifacts_beside: str | Path | None = None) -> str:
+def experiment_id(
+    client: Any, name: str, uri: str, artifact_location: str | None = None, artifacts_beside: str | Path | None = None
+) -> str:
     """Id of experiment `name`, created when missing.
 
     `artifact_location` applies on creation only; without it a sqlite store keeps artifacts in
@@ -70,8 +76,11 @@ def experiment_id(client: Any, name: str, uri: str, artifact_location: str | Non
         return experiment.experiment_id
     location = artifact_location
     if location is None and uri.startswith("sqlite:///"):
-        base = Path(artifacts_beside) if artifacts_beside is not None else \
-            Path(uri.removeprefix("sqlite:///")).resolve().parent
+        base = (
+            Path(artifacts_beside)
+            if artifacts_beside is not None
+            else Path(uri.removeprefix("sqlite:///")).resolve().parent
+        )
         location = (base.resolve() / "mlartifacts").as_uri()
     return client.create_experiment(name, artifact_location=location)
 
@@ -101,11 +110,15 @@ class TrackingRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(metric_key(k), float(v), now, int(step)) for step, values in rows
-                   for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+        metrics = [
+            Metric(metric_key(k), float(v), now, int(step))
+            for step, values in rows
+            for k, v in values.items()
+            if isinstance(v, (int, float)) and math.isfinite(v)
+        ]
         client = self._client()
         for start in range(0, len(metrics), 1000):  # MLflow's batch limit
-            client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+            client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self._client().log_artifacts(self.run_id, str(local_dir), artifact_path)
@@ -129,9 +142,10 @@ def child_runs(parent: TrackingRun) -> dict[str, tuple[TrackingRun, str]]:
     mlflow_client = parent._client()
     runs = mlflow_client.search_runs(
         [mlflow_client.get_run(parent.run_id).info.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{parent.run_id}'", max_results=10000)
-    return {r.data.tags.get(RUN_NAME_TAG): (TrackingRun(parent.uri, r.info.run_id), r.info.status)
-            for r in runs}
+        f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+        max_results=10000,
+    )
+    return {r.data.tags.get(RUN_NAME_TAG): (TrackingRun(parent.uri, r.info.run_id), r.info.status) for r in runs}
 
 
 _URI_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
@@ -156,11 +170,16 @@ def start_run(cfg: ACMLConfig, run_name: str, resume: bool = False) -> TrackingR
 
     uri = resolve_tracking_uri(cfg)
     mlflow_client = client(uri)
-    experiment = experiment_id(mlflow_client, cfg.tracking.experiment, uri, cfg.tracking.artifact_location,
-                               artifacts_beside=cfg.output_dir)
+    experiment = experiment_id(
+        mlflow_client, cfg.tracking.experiment, uri, cfg.tracking.artifact_location, artifacts_beside=cfg.output_dir
+    )
     if resume:
-        found = mlflow_client.search_runs([experiment], f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-                                   max_results=1, order_by=["attributes.start_time DESC"])
+        found = mlflow_client.search_runs(
+            [experiment],
+            f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
         if found:
             mlflow_client.update_run(found[0].info.run_id, status="RUNNING")
             return TrackingRun(uri, found[0].info.run_id)
@@ -172,7 +191,7 @@ def start_run(cfg: ACMLConfig, run_name: str, resume: bool = False) -> TrackingR
     dumped = redact_credentials(cfg.model_dump(mode="json"))
     params = [Param(k, v) for k, v in _flatten(dumped).items()]
     for start in range(0, len(params), 100):  # MLflow's batch limit
-        mlflow_client.log_batch(run.info.run_id, params=params[start:start + 100])
+        mlflow_client.log_batch(run.info.run_id, params=params[start : start + 100])
     commit = git_commit(Path(__file__).resolve().parent)
     if commit:
         mlflow_client.set_tag(run.info.run_id, "mlflow.source.git.commit", commit)

@@ -14,10 +14,21 @@ def run_metrics(uri: str, run_id: str) -> dict[str, float]:
     return dict(client(uri).get_run(run_id).data.metrics)
 
 
-def register_pyfunc(uri: str, name: str, alias: str, *, artifact_name: str, log_model_args: dict[str, Any],
-                    tags: dict[str, str], metrics: dict[str, float], description: str,
-                    source_run_id: str | None = None, experiment: str = "acml-registry",
-                    artifact_location: str | None = None, run_name: str | None = None) -> tuple[str, str]:
+def register_pyfunc(
+    uri: str,
+    name: str,
+    alias: str,
+    *,
+    artifact_name: str,
+    log_model_args: dict[str, Any],
+    tags: dict[str, str],
+    metrics: dict[str, float],
+    description: str,
+    source_run_id: str | None = None,
+    experiment: str = "acml-registry",
+    artifact_location: str | None = None,
+    run_name: str | None = None,
+) -> tuple[str, str]:
     """Log a pyfunc (``mlflow.pyfunc.log_model(**log_model_args)``) into `source_run_id` or a new
     run of `experiment`, register it as a new version of `name` with `tags` on run and version,
     set its description and point `alias` at it. Returns (version, run id).
@@ -35,8 +46,9 @@ def register_pyfunc(uri: str, name: str, alias: str, *, artifact_name: str, log_
         if source_run_id:
             active = mlflow.start_run(run_id=source_run_id)
         else:
-            active = mlflow.start_run(experiment_id=experiment_id(mlflow_client, experiment, uri, artifact_location),
-                                      run_name=run_name)
+            active = mlflow.start_run(
+                experiment_id=experiment_id(mlflow_client, experiment, uri, artifact_location), run_name=run_name
+            )
         with active:
             mlflow.set_tags(tags)
             if metrics:
@@ -57,5 +69,6 @@ def download_artifacts(artifact_uri: str, dst: str | Path, tracking_uri: str | N
     """Copy ``runs:/``, ``models:/`` or ``mlflow-artifacts:`` artifacts into `dst`."""
     import mlflow
 
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst),
-                                                     tracking_uri=tracking_uri))
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=tracking_uri)
+    )

@@ -31,8 +31,9 @@ __all__ = ["BEST_MARKER", "download_best", "save_best"]
 _PREFIX = "epoch-"
 
 
-def save_best(model: ACMLModel, cfg: ACMLConfig, best_uri: str, marker: dict[str, Any],
-              history: list[dict[str, float]]) -> None:
+def save_best(
+    model: ACMLModel, cfg: ACMLConfig, best_uri: str, marker: dict[str, Any], history: list[dict[str, float]]
+) -> None:
     """Write the model of epoch ``marker["epoch"]`` as the run's best (rank 0 only).
 
     Args:
@@ -54,6 +55,9 @@ def save_best(model: ACMLModel, cfg: ACMLConfig, best_uri: str, marker: dict[str
         stream.write(json.dumps(pointer, indent=1).encode())
     fs.move(staged, f"{path}/{BEST_MARKER}")
     for info in fs.get_file_info(pafs.FileSelector(path)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith(_PREFIX) \
-                and info.base_name not in (folder, previous):
+        if (
+            info.type == pafs.FileType.Directory
+            and info.base_name.startswith(_PREFIX)
+            and info.base_name not in (folder, previous)
+        ):
             fs.delete_dir(info.path)

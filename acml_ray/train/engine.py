@@ -41,8 +41,9 @@ def skip_shm_comm_build() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: ACMLConfig,
-                 total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ACMLConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
     """Linear warm-up then cosine decay to zero over `total_steps` (``lr_schedule: cosine``)."""
     t = cfg.train
     if t.lr_schedule == "none" and t.warmup_steps == 0:
@@ -71,11 +72,11 @@ def build_engine(model: torch.nn.Module, cfg: ACMLConfig, trainable, total_steps
     skip_shm_comm_build()
     import deepspeed
 
-    optimizer = torch.optim.AdamW(
-        list(trainable), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay
-    )
+    optimizer = torch.optim.AdamW(list(trainable), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=lr_scheduler(optimizer, cfg, total_steps),
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler(optimizer, cfg, total_steps),
         config=deepspeed_config(cfg),
     )
     return engine

@@ -117,21 +117,35 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def stream_batches(shard, names: list[str], batch_size: int, *, drop_last: bool, prefetch: int,
-                   shuffle_rows: int = 0, seed: int | None = None, with_ids: bool = False,
-                   pin_memory: bool = False) -> Iterable[CollatedBatch]:
+def stream_batches(
+    shard,
+    names: list[str],
+    batch_size: int,
+    *,
+    drop_last: bool,
+    prefetch: int,
+    shuffle_rows: int = 0,
+    seed: int | None = None,
+    with_ids: bool = False,
+    pin_memory: bool = False,
+) -> Iterable[CollatedBatch]:
     """Collated batches of a Ray Data shard (a `DataIterator`), prepared `prefetch` ahead in Ray's
     background threads; locally shuffled through `shuffle_rows` rows when > 0."""
     return shard.iter_torch_batches(
-        batch_size=batch_size, drop_last=drop_last, prefetch_batches=prefetch, device="cpu",
+        batch_size=batch_size,
+        drop_last=drop_last,
+        prefetch_batches=prefetch,
+        device="cpu",
         collate_fn=ArrowCollateFn(names, with_ids=with_ids, pin_memory=pin_memory),
         local_shuffle_buffer_size=max(shuffle_rows, batch_size) if shuffle_rows else None,
-        local_shuffle_seed=seed if shuffle_rows else None)
+        local_shuffle_seed=seed if shuffle_rows else None,
+    )
 
 
 @torch.no_grad()
-def validate(model: ACMLModel, batches: Iterable[CollatedBatch], cfg: ACMLConfig,
-             device: torch.device) -> dict[str, float]:
+def validate(
+    model: ACMLModel, batches: Iterable[CollatedBatch], cfg: ACMLConfig, device: torch.device
+) -> dict[str, float]:
     """Validation loss and modality->graph retrieval at the configured pool size over streamed
     batches (local, no collectives: run it on one rank). Only the joint-space embeddings of the
     validation rows are kept (two float vectors per row and modality), never the rows."""
@@ -156,8 +170,9 @@ def validate(model: ACMLModel, batches: Iterable[CollatedBatch], cfg: ACMLConfig
     for modality, (mods, graphs) in projected.items():
         if sum(len(m) for m in mods) < 2:
             continue
-        ranks = pooled_ranks(torch.cat(mods).numpy(), torch.cat(graphs).numpy(), cfg.eval.pool_size,
-                             repeats=3, seed=cfg.eval.seed)
+        ranks = pooled_ranks(
+            torch.cat(mods).numpy(), torch.cat(graphs).numpy(), cfg.eval.pool_size, repeats=3, seed=cfg.eval.seed
+        )
         for key, value in topk_from_ranks(ranks, cfg.eval.top_k).items():
             metrics[f"val/{modality}->graph/pool_{cfg.eval.pool_size}/{key}"] = value
         scores.append(metrics[f"val/{modality}->graph/pool_{cfg.eval.pool_size}/top{max(cfg.eval.top_k)}"])
@@ -175,8 +190,12 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int, drop_last: bool) -
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
@@ -241,9 +260,11 @@ def _save_checkpoint(engine, state: TrainState, metrics: dict[str, float], rank:
         if rank == 0:
             Path(tmp, STATE_FILE).write_text(json.dumps(asdict(state)))
         pg = ray.util.get_current_placement_group()
-        ray.train.report({**metrics, PLACEMENT_GROUP_KEY: pg.id.hex() if pg else None},
-                         checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"checkpoint_{state.global_step:09d}")
+        ray.train.report(
+            {**metrics, PLACEMENT_GROUP_KEY: pg.id.hex() if pg else None},
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"checkpoint_{state.global_step:09d}",
+        )
 
 
 def _restore(engine, rank: int) -> TrainState:
@@ -278,13 +299,22 @@ def _quiet_report_log() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def _epoch(shard, t: TrainConfig, names: list[str], epoch: int, rank: int, with_ids: bool,
-           skip: int) -> Iterator[CollatedBatch]:
+def _epoch(
+    shard, t: TrainConfig, names: list[str], epoch: int, rank: int, with_ids: bool, skip: int
+) -> Iterator[CollatedBatch]:
     """This rank's batches of `epoch`, the first `skip` (consumed before a restart) left out.
     Skipped batches are still read: the split hands every worker its rows in one pass."""
-    batches = stream_batches(shard, names, t.batch_size, drop_last=t.drop_last, prefetch=t.prefetch_batches,
-                             shuffle_rows=t.shuffle_buffer_rows, seed=epoch_seed(t.seed, epoch, rank),
-                             with_ids=with_ids, pin_memory=t.use_gpu)
+    batches = stream_batches(
+        shard,
+        names,
+        t.batch_size,
+        drop_last=t.drop_last,
+        prefetch=t.prefetch_batches,
+        shuffle_rows=t.shuffle_buffer_rows,
+        seed=epoch_seed(t.seed, epoch, rank),
+        with_ids=with_ids,
+        pin_memory=t.use_gpu,
+    )
     for i, batch in enumerate(batches):
         if i >= skip:
             yield batch
@@ -314,8 +344,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     n_rows = int(loop_config["train_rows"])
     n_steps = steps_per_epoch(n_rows, t.batch_size, world, t.drop_last)
     if n_steps == 0:
-        raise ValueError(f"{n_rows} training rows give no full global batch of "
-                         f"{t.batch_size} x {world} workers")
+        raise ValueError(f"{n_rows} training rows give no full global batch of {t.batch_size} x {world} workers")
     model = (loop_config.get("model_factory") or ACMLModel.from_config)(cfg, modality_dims)
     if t.sync_batchnorm:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -353,26 +382,39 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if state.step_in_epoch % 16 == 1:
                 peak_anon = max(peak_anon, _memory_mib().get("anon", 0.0))
             if callbacks:
-                info = BatchInfo(epoch=epoch, step=state.global_step, step_in_epoch=state.step_in_epoch,
-                                 rank=rank, world_size=world, loss=loss,
-                                 ids=[str(v) for v in collated.ids.to_pylist()]
-                                 if with_ids and collated.ids is not None else None)
+                info = BatchInfo(
+                    epoch=epoch,
+                    step=state.global_step,
+                    step_in_epoch=state.step_in_epoch,
+                    rank=rank,
+                    world_size=world,
+                    loss=loss,
+                    ids=[str(v) for v in collated.ids.to_pylist()] if with_ids and collated.ids is not None else None,
+                )
                 for callback in callbacks:
                     callback.on_batch(info)
             if rank == 0 and state.global_step % t.log_every_steps == 0:
-                step_log.append((state.global_step, {"train/step_loss": loss,
-                                                     "train/lr": engine.get_lr()[0]}))
-            if (t.checkpoint_every_steps and state.global_step % t.checkpoint_every_steps == 0
-                    and state.step_in_epoch < n_steps):  # the epoch-end checkpoint follows anyway
+                step_log.append((state.global_step, {"train/step_loss": loss, "train/lr": engine.get_lr()[0]}))
+            if (
+                t.checkpoint_every_steps
+                and state.global_step % t.checkpoint_every_steps == 0
+                and state.step_in_epoch < n_steps
+            ):  # the epoch-end checkpoint follows anyway
                 elapsed += time.perf_counter() - started
                 flush_step_log()
-                _save_checkpoint(engine, state, {"epoch": epoch, "step": state.global_step,
-                                                 "train/loss": float(np.mean(epoch_losses))}, rank)
+                _save_checkpoint(
+                    engine,
+                    state,
+                    {"epoch": epoch, "step": state.global_step, "train/loss": float(np.mean(epoch_losses))},
+                    rank,
+                )
                 started = time.perf_counter()
         elapsed += time.perf_counter() - started  # training steps only: no checkpoints/validation
         if state.step_in_epoch != n_steps:  # every rank got n_rows // world rows: cannot happen
-            raise RuntimeError(f"rank {rank}: epoch {epoch} had {state.step_in_epoch} steps, planned {n_steps} "
-                               f"({steps_done} before a restart)")
+            raise RuntimeError(
+                f"rank {rank}: epoch {epoch} had {state.step_in_epoch} steps, planned {n_steps} "
+                f"({steps_done} before a restart)"
+            )
 
         state.epoch, state.step_in_epoch = epoch + 1, 0
         peak_anon = max(peak_anon, _memory_mib().get("anon", 0.0))
@@ -380,7 +422,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         memory = _gather_floats([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, peak_anon], device)
         rss = [m[0] for m in memory]
         metrics: dict[str, float] = {
-            "epoch": epoch + 1, "step": state.global_step,
+            "epoch": epoch + 1,
+            "step": state.global_step,
             "train/loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
             "train/graphs_per_s": graphs_seen / max(elapsed, 1e-9),
             "train/lr": engine.get_lr()[0],
@@ -394,24 +437,38 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics.update({f"temperature/{k}": v for k, v in engine.module.temperatures().items()})
         stop = False
         if rank == 0:
-            val_batches = stream_batches(val_shard, names, t.batch_size, drop_last=False,
-                                         prefetch=t.prefetch_batches, pin_memory=t.use_gpu)
+            val_batches = stream_batches(
+                val_shard, names, t.batch_size, drop_last=False, prefetch=t.prefetch_batches, pin_memory=t.use_gpu
+            )
             metrics.update(validate(engine.module, val_batches, cfg, device))
             score = metrics.get(t.early_stopping_metric, float("nan"))
             state.history.append(metrics)
             if _improved(score, state.best_score, cfg):
                 state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
-                save_best(engine.module, cfg, loop_config["best_uri"],
-                          {"epoch": epoch + 1, "step": state.global_step, "metric": t.early_stopping_metric,
-                           "score": score, "metrics": metrics}, state.history)
+                save_best(
+                    engine.module,
+                    cfg,
+                    loop_config["best_uri"],
+                    {
+                        "epoch": epoch + 1,
+                        "step": state.global_step,
+                        "metric": t.early_stopping_metric,
+                        "score": score,
+                        "metrics": metrics,
+                    },
+                    state.history,
+                )
             else:
                 state.bad_epochs += 1
             stop = t.patience is not None and state.bad_epochs >= t.patience
             metrics["best/epoch"] = float(state.best_epoch or 0)
-            print(f"[acml] epoch {epoch + 1}/{t.epochs} step {state.global_step} "
-                  f"train_loss {metrics['train/loss']:.4f} val_loss {metrics['val/loss']:.4f} "
-                  f"val_score {metrics[SCORE_METRIC]:.3f} ({metrics['train/graphs_per_s']:.0f} graphs/s, "
-                  f"peak RSS {max(rss):.0f} MiB)" + (" early stop" if stop else ""), flush=True)
+            print(
+                f"[acml] epoch {epoch + 1}/{t.epochs} step {state.global_step} "
+                f"train_loss {metrics['train/loss']:.4f} val_loss {metrics['val/loss']:.4f} "
+                f"val_score {metrics[SCORE_METRIC]:.3f} ({metrics['train/graphs_per_s']:.0f} graphs/s, "
+                f"peak RSS {max(rss):.0f} MiB)" + (" early stop" if stop else ""),
+                flush=True,
+            )
             step_log.append((state.global_step, metrics))
             flush_step_log()
         state.stopped_early = _broadcast_flag(stop, device)

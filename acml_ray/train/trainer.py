@@ -27,9 +27,9 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from acml_ray.config import ACMLConfig
-from acml_ray.model.acml import ModelFactory
 from acml_ray.data.columnar import input_columns
 from acml_ray.data.paired import emb_column
+from acml_ray.model.acml import ModelFactory
 from acml_ray.storage.filesystem import join, resolve_filesystem
 from acml_ray.tracking import TrackingRun, start_run
 from acml_ray.train.best import download_best
@@ -68,16 +68,16 @@ def _dataset(location: str) -> pads.Dataset:
     """A training table (file or folder of Parquet shards); missing or unreadable is a clear error."""
     fs, path = resolve_filesystem(location)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"table not found: {location} (see --train/--val or train.train_table/"
-                                "train.val_table)")
+        raise FileNotFoundError(f"table not found: {location} (see --train/--val or train.train_table/train.val_table)")
     try:
         return pads.dataset(path, filesystem=fs, format="parquet")
     except pa.ArrowInvalid as exc:
         raise ValueError(f"cannot read {location} as Parquet: {exc}") from None
 
 
-def modality_dims_from_table(location: str, modalities: list[str],
-                             dataset: pads.Dataset | None = None) -> dict[str, int]:
+def modality_dims_from_table(
+    location: str, modalities: list[str], dataset: pads.Dataset | None = None
+) -> dict[str, int]:
     """Cached vector width per configured modality, read from the table's schema (pass the
     already opened `dataset` of `location` to skip opening it again)."""
     schema = (dataset or _dataset(location)).schema
@@ -85,8 +85,10 @@ def modality_dims_from_table(location: str, modalities: list[str],
     for name in modalities:
         column = emb_column(name)
         if column not in schema.names:
-            raise ValueError(f"{location}: no column {column!r} for modality {name!r} "
-                             f"(has {[n for n in schema.names if n.startswith('emb__')]})")
+            raise ValueError(
+                f"{location}: no column {column!r} for modality {name!r} "
+                f"(has {[n for n in schema.names if n.startswith('emb__')]})"
+            )
         dims[name] = schema.field(column).type.list_size
     return dims
 
@@ -97,8 +99,9 @@ def run_location(cfg: ACMLConfig, run_name: str) -> str:
     return join(storage, run_name)
 
 
-def _read_parquet(location: str, dataset: pads.Dataset, columns: list[str], in_store_mib: float,
-                  seed: int | None = None) -> ray.data.Dataset:
+def _read_parquet(
+    location: str, dataset: pads.Dataset, columns: list[str], in_store_mib: float, seed: int | None = None
+) -> ray.data.Dataset:
     """A Ray Data read of `columns`; with `seed`, the files come in a seeded order that is the
     same in every epoch and after every restart (see acml_ray.train.loop, "Data order").
 
@@ -136,18 +139,24 @@ def _log_split(tracking: TrackingRun, tables: dict[str, pads.Dataset]) -> None:
                 writer = writer or pacsv.CSVWriter(Path(tmp, f"{name}_ids.csv"), batch.schema)
                 writer.write_batch(batch)
             if writer is None:
-                pacsv.write_csv(pa.table({c: pa.array([], pa.string()) for c in columns}),
-                                Path(tmp, f"{name}_ids.csv"))
+                pacsv.write_csv(pa.table({c: pa.array([], pa.string()) for c in columns}), Path(tmp, f"{name}_ids.csv"))
             else:
                 writer.close()
         tracking.log_artifacts(tmp, "split")
 
 
-def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = None,
-        modality_dims: dict[str, int] | None = None, run_name: str | None = None,
-        resume: bool | None = False, batch_callbacks: list[BatchCallback] | None = None,
-        callbacks: list[UserCallback] | None = None, mark_failed: bool = True,
-        model_factory: ModelFactory | None = None) -> TrainResult:
+def fit(
+    cfg: ACMLConfig,
+    train_data: str | None = None,
+    val_data: str | None = None,
+    modality_dims: dict[str, int] | None = None,
+    run_name: str | None = None,
+    resume: bool | None = False,
+    batch_callbacks: list[BatchCallback] | None = None,
+    callbacks: list[UserCallback] | None = None,
+    mark_failed: bool = True,
+    model_factory: ModelFactory | None = None,
+) -> TrainResult:
     """Train with Ray Train + DeepSpeed on Parquet training tables (paths, dirs or s3:// URIs).
 
     Args:
@@ -184,9 +193,11 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
     global_batch = cfg.train.batch_size * cfg.train.num_workers
     rows = tables["train"].count_rows()
     if cfg.train.drop_last and rows < global_batch:  # fail here, not inside every worker
-        raise ValueError(f"{rows} training rows in {train} give no full global batch of "
-                         f"{cfg.train.batch_size} x {cfg.train.num_workers} workers: lower "
-                         "train.batch_size or add data")
+        raise ValueError(
+            f"{rows} training rows in {train} give no full global batch of "
+            f"{cfg.train.batch_size} x {cfg.train.num_workers} workers: lower "
+            "train.batch_size or add data"
+        )
     run_name = run_name or time.strftime("train-%Y%m%d-%H%M%S")
     run_uri = run_location(cfg, run_name)
     fs, run_path = resolve_filesystem(run_uri)
@@ -211,15 +222,24 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
         storage_fs, storage_path = resolve_filesystem(run_uri.rsplit("/", 1)[0])
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"acml": cfg.model_dump(mode="json"), "modality_dims": modality_dims,
-                               "train_rows": rows, "best_uri": join(run_uri, "best"), "tracking": tracking,
-                               "batch_callbacks": list(batch_callbacks or []), "model_factory": model_factory},
+            train_loop_config={
+                "acml": cfg.model_dump(mode="json"),
+                "modality_dims": modality_dims,
+                "train_rows": rows,
+                "best_uri": join(run_uri, "best"),
+                "tracking": tracking,
+                "batch_callbacks": list(batch_callbacks or []),
+                "model_factory": model_factory,
+            },
             scaling_config=ScalingConfig(
-                num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                num_workers=cfg.train.num_workers,
+                use_gpu=cfg.train.use_gpu,
                 resources_per_worker={"CPU": cfg.train.cpus_per_worker, **cfg.train.resources_per_worker},
             ),
             run_config=RunConfig(
-                name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+                name=run_name,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
                 # The latest checkpoint is always kept for resume; the best model lives in <run>/best.
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),
@@ -227,9 +247,12 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
                 # Ray Train logs every report and checkpoint at INFO; our epoch line is enough.
                 logging_config=LoggingConfig(log_level="WARNING"),
             ),
-            datasets={"train": _read_parquet(train, tables["train"], columns, cfg.train.object_store_table_mib,
-                                             seed=cfg.train.seed),
-                      "val": _read_parquet(val, tables["val"], columns, cfg.train.object_store_table_mib)},
+            datasets={
+                "train": _read_parquet(
+                    train, tables["train"], columns, cfg.train.object_store_table_mib, seed=cfg.train.seed
+                ),
+                "val": _read_parquet(val, tables["val"], columns, cfg.train.object_store_table_mib),
+            },
             dataset_config=_data_config(),
         )
         result = trainer.fit()
@@ -242,19 +265,32 @@ def fit(cfg: ACMLConfig, train_data: str | None = None, val_data: str | None = N
             state = json.loads(Path(directory, STATE_FILE).read_text())
         history = state["history"]
         if marker is None:
-            raise RuntimeError(f"no epoch produced a finite {cfg.train.early_stopping_metric!r}: check "
-                               "train.early_stopping_metric against the metrics the run reports")
+            raise RuntimeError(
+                f"no epoch produced a finite {cfg.train.early_stopping_metric!r}: check "
+                "train.early_stopping_metric against the metrics the run reports"
+            )
         if tracking is not None:
             tracking.log_artifacts(target, "model")
-            tracking.set_tags({"best_epoch": marker["epoch"], "best_score": marker["score"],
-                               "best_metric": marker["metric"], "stopped_early": state["stopped_early"],
-                               "run_uri": run_uri})
+            tracking.set_tags(
+                {
+                    "best_epoch": marker["epoch"],
+                    "best_score": marker["score"],
+                    "best_metric": marker["metric"],
+                    "stopped_early": state["stopped_early"],
+                    "run_uri": run_uri,
+                }
+            )
             tracking.finish()
     except BaseException:
         if tracking is not None and mark_failed:
             tracking.finish("FAILED")
         raise
-    return TrainResult(best_model_dir=target, history=history, best_metrics=marker["metrics"],
-                       final_metrics=history[-1] if history else {}, run_uri=run_uri,
-                       mlflow_run_id=tracking.run_id if tracking else None,
-                       stopped_early=state["stopped_early"])
+    return TrainResult(
+        best_model_dir=target,
+        history=history,
+        best_metrics=marker["metrics"],
+        final_metrics=history[-1] if history else {},
+        run_uri=run_uri,
+        mlflow_run_id=tracking.run_id if tracking else None,
+        stopped_early=state["stopped_early"],
+    )

@@ -66,18 +66,21 @@ def field_annotation(path: str) -> Any:
         fields = model.model_fields
         where = ".".join(parts[:depth]) or "the config"
         if part not in fields:
-            raise ValueError(f"unknown parameter {path!r}: not a config path ({where} has: "
-                             f"{', '.join(fields)})")
+            raise ValueError(f"unknown parameter {path!r}: not a config path ({where} has: {', '.join(fields)})")
         annotation = _strip_optional(fields[part].annotation)
         last = depth == len(parts) - 1
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             if last:
-                raise ValueError(f"unknown parameter {path!r}: {path} is a config section, name one "
-                                 f"of its fields ({', '.join(annotation.model_fields)})")
+                raise ValueError(
+                    f"unknown parameter {path!r}: {path} is a config section, name one "
+                    f"of its fields ({', '.join(annotation.model_fields)})"
+                )
             model = annotation
         elif not last:
-            raise ValueError(f"unknown parameter {path!r}: {'.'.join(parts[:depth + 1])} is not a "
-                             "section (lists such as modalities cannot be tuned)")
+            raise ValueError(
+                f"unknown parameter {path!r}: {'.'.join(parts[: depth + 1])} is not a "
+                "section (lists such as modalities cannot be tuned)"
+            )
     return annotation
 
 
@@ -112,10 +115,12 @@ class Parameter:
             return hp.choice(self.path, [_label(o) for o in self.options])
         if self.kind in ("loguniform", "qloguniform"):
             bounds = (math.log(self.low), math.log(self.high))
-            return (hp.loguniform(self.path, *bounds) if self.q is None
-                    else hp.qloguniform(self.path, *bounds, self.q))
-        return (hp.uniform(self.path, self.low, self.high) if self.q is None
-                else hp.quniform(self.path, self.low, self.high, self.q))
+            return hp.loguniform(self.path, *bounds) if self.q is None else hp.qloguniform(self.path, *bounds, self.q)
+        return (
+            hp.uniform(self.path, self.low, self.high)
+            if self.q is None
+            else hp.quniform(self.path, self.low, self.high, self.q)
+        )
 
     def decode(self, sampled: Any) -> Any:
         """A value HyperOpt drew -> the config value."""
@@ -190,8 +195,7 @@ class SearchSpace:
 
 def _number(path: str, kind: str, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"parameter {path!r}: {kind} {name} must be a number, got {value!r} "
-                         f"({type(value).__name__})")
+        raise ValueError(f"parameter {path!r}: {kind} {name} must be a number, got {value!r} ({type(value).__name__})")
     if not math.isfinite(value):
         raise ValueError(f"parameter {path!r}: {kind} {name} must be finite, got {value!r}")
     return float(value)
@@ -204,10 +208,12 @@ def _parameter(path: str, spec: Any) -> Parameter:
         raise ValueError(f"parameter {path!r} cannot be tuned ({reason})")
     annotation = field_annotation(path)
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise ValueError(f"parameter {path!r}: expected one of {{choice: [...]}}, {{uniform: [low, high]}}, "
-                         f"{{loguniform: [low, high]}}, {{quniform: [low, high, q]}}, "
-                         f"{{qloguniform: [low, high, q]}}; got {spec!r}")
-    (kind, args), = spec.items()
+        raise ValueError(
+            f"parameter {path!r}: expected one of {{choice: [...]}}, {{uniform: [low, high]}}, "
+            f"{{loguniform: [low, high]}}, {{quniform: [low, high, q]}}, "
+            f"{{qloguniform: [low, high, q]}}; got {spec!r}"
+        )
+    ((kind, args),) = spec.items()
     if kind == "choice":
         if not isinstance(args, list):
             raise ValueError(f"parameter {path!r}: choice needs a list of options, got {args!r}")
@@ -218,12 +224,12 @@ def _parameter(path: str, spec: Any) -> Parameter:
             raise ValueError(f"parameter {path!r}: choice lists an option twice: {args}")
         return Parameter(path, "choice", options=tuple(args))
     if kind not in _RANGE_ARITY:
-        raise ValueError(f"parameter {path!r}: unknown distribution {kind!r} (use choice, "
-                         f"{', '.join(_RANGE_ARITY)})")
+        raise ValueError(f"parameter {path!r}: unknown distribution {kind!r} (use choice, {', '.join(_RANGE_ARITY)})")
     arity = _RANGE_ARITY[kind]
     if not isinstance(args, list) or len(args) != arity:
-        raise ValueError(f"parameter {path!r}: {kind} takes [{'low, high, q' if arity == 3 else 'low, high'}], "
-                         f"got {args!r}")
+        raise ValueError(
+            f"parameter {path!r}: {kind} takes [{'low, high, q' if arity == 3 else 'low, high'}], got {args!r}"
+        )
     low, high = _number(path, kind, "low", args[0]), _number(path, kind, "high", args[1])
     q = _number(path, kind, "q", args[2]) if arity == 3 else None
     if low >= high:
@@ -234,11 +240,15 @@ def _parameter(path: str, spec: Any) -> Parameter:
         raise ValueError(f"parameter {path!r}: {kind} needs q > 0, got {args[2]}")
     if annotation is int:
         if q is None or q != int(q):
-            raise ValueError(f"parameter {path!r} is an integer field: use quniform/qloguniform with an "
-                             f"integer q, or choice (got {kind} {args})")
+            raise ValueError(
+                f"parameter {path!r} is an integer field: use quniform/qloguniform with an "
+                f"integer q, or choice (got {kind} {args})"
+            )
     elif annotation is not float:
-        raise ValueError(f"parameter {path!r}: a numeric range needs a number field, but {path} is "
-                         f"{getattr(annotation, '__name__', annotation)}; use choice")
+        raise ValueError(
+            f"parameter {path!r}: a numeric range needs a number field, but {path} is "
+            f"{getattr(annotation, '__name__', annotation)}; use choice"
+        )
     return Parameter(path, kind, low=low, high=high, q=q, integer=annotation is int)
 
 
@@ -247,8 +257,9 @@ def parse_space(data: Any, base: ACMLConfig | None = None, source: str = "<space
     checked against `base` (default: the default config) so the config would accept it."""
     base = base or ACMLConfig()
     if not isinstance(data, dict) or not isinstance(data.get("parameters"), dict):
-        raise ValueError(f"{source}: expected a mapping with a 'parameters' mapping "
-                         "(dotted config path -> distribution)")
+        raise ValueError(
+            f"{source}: expected a mapping with a 'parameters' mapping (dotted config path -> distribution)"
+        )
     unknown = set(data) - {"parameters", "description"}
     if unknown:
         raise ValueError(f"{source}: unknown top-level keys {sorted(unknown)} (allowed: parameters, description)")
@@ -263,8 +274,9 @@ def parse_space(data: Any, base: ACMLConfig | None = None, source: str = "<space
                     with_overrides(base, {parameter.path: value})
                 except ValidationError as exc:
                     first = exc.errors()[0]
-                    raise ValueError(f"parameter {path!r}: value {value!r} is rejected by the config: "
-                                     f"{first['msg']}") from None
+                    raise ValueError(
+                        f"parameter {path!r}: value {value!r} is rejected by the config: {first['msg']}"
+                    ) from None
         except ValueError as exc:
             raise ValueError(f"{source}: {exc}") from None
         parameters[parameter.path] = parameter

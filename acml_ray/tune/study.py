@@ -108,8 +108,16 @@ def _run_trial(params: dict[str, Any], base: dict[str, Any], space: SearchSpace,
     cfg = plan.trial_config(ACMLConfig.model_validate(base), space.overrides(params), trial_id)
     # resume=None: a trial restarted by Tuner.restore continues its Train run from the latest checkpoint.
     # mark_failed=False: the study owns the run's final status (`_close_trial_runs`).
-    fit(cfg, plan.train_table, plan.val_table, plan.modality_dims, run_name=plan.run_name(trial_id),
-        resume=None, callbacks=[TuneReportCallback()], mark_failed=False)
+    fit(
+        cfg,
+        plan.train_table,
+        plan.val_table,
+        plan.modality_dims,
+        run_name=plan.run_name(trial_id),
+        resume=None,
+        callbacks=[TuneReportCallback()],
+        mark_failed=False,
+    )
 
 
 def _remove_placement_group(pg_hex: str, table: dict | None = None) -> None:
@@ -230,14 +238,17 @@ def _summaries(results: Any, space: SearchSpace, plan: StudyPlan) -> list[TrialS
         if frame is not None and plan.metric in frame:
             scores = [float(s) for s in frame[plan.metric] if s is not None and math.isfinite(float(s))]
         epochs = int(metrics.get("epoch", 0) or 0)
-        summaries.append(TrialSummary(
-            trial_id=trial_id,
-            params=space.overrides(result.config) if result.config else {},
-            epochs=epochs,
-            score=(_best(scores, lambda s: s, plan.mode) if scores else None),
-            last_score=metrics.get(plan.metric),
-            stopped_early=result.error is None and epochs < plan.max_t,
-            error=None if result.error is None else str(result.error).splitlines()[0][:500]))
+        summaries.append(
+            TrialSummary(
+                trial_id=trial_id,
+                params=space.overrides(result.config) if result.config else {},
+                epochs=epochs,
+                score=(_best(scores, lambda s: s, plan.mode) if scores else None),
+                last_score=metrics.get(plan.metric),
+                stopped_early=result.error is None and epochs < plan.max_t,
+                error=None if result.error is None else str(result.error).splitlines()[0][:500],
+            )
+        )
     return sorted(summaries, key=lambda s: s.trial_id)
 
 
@@ -246,12 +257,21 @@ def _open_parent_run(cfg: ACMLConfig, space: SearchSpace, resume: bool):
     from acml_ray.tracking import start_run
 
     parent = start_run(cfg, cfg.tune.name, resume=resume)
-    parent.set_tags({"acml.tune.study": cfg.tune.name, "acml.tune.space": space.source,
-                     "acml.tune.metric": cfg.tune.metric, "acml.tune.mode": cfg.tune.mode})
+    parent.set_tags(
+        {
+            "acml.tune.study": cfg.tune.name,
+            "acml.tune.space": space.source,
+            "acml.tune.metric": cfg.tune.metric,
+            "acml.tune.mode": cfg.tune.mode,
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         parameters = space.as_dict()
-        Path(tmp, "space.yaml").write_text(yaml.safe_dump(
-            {"source": space.source, "description": space.description, "parameters": parameters}, sort_keys=False))
+        Path(tmp, "space.yaml").write_text(
+            yaml.safe_dump(
+                {"source": space.source, "description": space.description, "parameters": parameters}, sort_keys=False
+            )
+        )
         parent.log_artifacts(tmp)
     return parent
 
@@ -281,8 +301,13 @@ def _close_trial_runs(plan: StudyPlan, trials: list[TrialSummary] | None, comple
         if found is None:
             continue
         run, current = found
-        run.set_tags({"acml.tune.trial_id": trial.trial_id, "acml.tune.epochs": trial.epochs,
-                      "acml.tune.stopped_early": trial.stopped_early})
+        run.set_tags(
+            {
+                "acml.tune.trial_id": trial.trial_id,
+                "acml.tune.epochs": trial.epochs,
+                "acml.tune.stopped_early": trial.stopped_early,
+            }
+        )
         if trial.error is not None:
             status = "FAILED"
         elif complete:
@@ -303,16 +328,23 @@ def _export_best(best: TrialSummary, cfg: ACMLConfig, plan: StudyPlan, parent: A
         raise RuntimeError(f"trial {best.trial_id} scored {best.score} but its run {run} has no best model")
     best_cfg = plan.best_config(cfg, best.params)
     (target / "config.yaml").write_text(yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
-    (target / "trial.json").write_text(json.dumps(
-        {"study": plan.name, "study_uri": plan.study_uri, "train_run": run,
-         **asdict(best)}, indent=1, default=str))
+    (target / "trial.json").write_text(
+        json.dumps(
+            {"study": plan.name, "study_uri": plan.study_uri, "train_run": run, **asdict(best)}, indent=1, default=str
+        )
+    )
     if parent is not None:
         parent.log_artifacts(target, "best")
     return target, best_cfg
 
 
-def run_study(cfg: ACMLConfig, space: SearchSpace, train_data: str | None = None,
-              val_data: str | None = None, callbacks: list | None = None) -> StudyResult:
+def run_study(
+    cfg: ACMLConfig,
+    space: SearchSpace,
+    train_data: str | None = None,
+    val_data: str | None = None,
+    callbacks: list | None = None,
+) -> StudyResult:
     """Run (or resume) the Tune study ``cfg.tune.name``; export the best trial when it completes.
 
     Args:
@@ -345,25 +377,36 @@ def run_study(cfg: ACMLConfig, space: SearchSpace, train_data: str | None = None
     if resume:
         previous = _read_text(spec_uri)
         if previous is not None and previous != spec:
-            raise ValueError(f"study {t.name!r} at {study_uri} was started with another base config or "
-                             f"search space; resume it unchanged or pick another tune.name")
+            raise ValueError(
+                f"study {t.name!r} at {study_uri} was started with another base config or "
+                f"search space; resume it unchanged or pick another tune.name"
+            )
     else:
         _write_text(spec_uri, spec)
 
     train_table, val_table = table_locations(cfg, train_data, val_data)
     modality_dims = modality_dims_from_table(train_table, [m.name for m in cfg.modalities])
     parent = _open_parent_run(cfg, space, resume) if cfg.tracking.enabled else None
-    plan = StudyPlan(name=t.name, study_uri=study_uri, output_dir=str(output_dir), train_table=train_table,
-                     val_table=val_table, modality_dims=modality_dims, max_t=t.max_t or cfg.train.epochs,
-                     metric=t.metric, mode=t.mode,
-                     tracking_uri=resolve_tracking_uri(cfg) if parent is not None else None,
-                     parent_run_id=parent.run_id if parent is not None else None)
+    plan = StudyPlan(
+        name=t.name,
+        study_uri=study_uri,
+        output_dir=str(output_dir),
+        train_table=train_table,
+        val_table=val_table,
+        modality_dims=modality_dims,
+        max_t=t.max_t or cfg.train.epochs,
+        metric=t.metric,
+        mode=t.mode,
+        tracking_uri=resolve_tracking_uri(cfg) if parent is not None else None,
+        parent_run_id=parent.run_id if parent is not None else None,
+    )
     # The trial actor only drives its Train run (the workers reserve their own CPUs/GPUs). Tune
     # rejects an all-zero request, so with driver_cpus 0 it reserves 1 MiB of Ray's memory
     # resource instead of a CPU that the trial's workers would then lack.
     driver: dict[str, float] = {"CPU": t.driver_cpus} if t.driver_cpus > 0 else {"memory": 2**20}
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(_run_trial, base=cfg.model_dump(mode="json"), space=space, plan=plan), driver)
+        ray.tune.with_parameters(_run_trial, base=cfg.model_dump(mode="json"), space=space, plan=plan), driver
+    )
 
     moved: list[str] = []
     if resume:
@@ -372,25 +415,45 @@ def run_study(cfg: ACMLConfig, space: SearchSpace, train_data: str | None = None
     else:
         start, moved = space.start_point(cfg) if t.start_from_base else ({}, [])
         if moved:
-            logger.warning("base config values outside the search space, moved in for the first trial: %s",
-                           "; ".join(moved))
-        searcher = HyperOptSearch(space.hyperopt_space(), metric=t.metric, mode=t.mode,
-                                  points_to_evaluate=[start] if start else None,
-                                  n_initial_points=t.n_initial_points, random_state_seed=t.seed)
+            logger.warning(
+                "base config values outside the search space, moved in for the first trial: %s", "; ".join(moved)
+            )
+        searcher = HyperOptSearch(
+            space.hyperopt_space(),
+            metric=t.metric,
+            mode=t.mode,
+            points_to_evaluate=[start] if start else None,
+            n_initial_points=t.n_initial_points,
+            random_state_seed=t.seed,
+        )
         tuner = ray.tune.Tuner(
             trainable,
             tune_config=ray.tune.TuneConfig(
-                metric=t.metric, mode=t.mode, num_samples=t.num_samples,
+                metric=t.metric,
+                mode=t.mode,
+                num_samples=t.num_samples,
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=t.max_concurrent_trials),
                 # "epoch" (not Tune's report count) so that a resumed trial keeps its place in the
                 # rungs; a trial at max_t ends by itself (stop_last_trials=False), so that its
                 # training run closes normally (final MLflow logging, model copy).
-                scheduler=ASHAScheduler(time_attr="epoch", max_t=plan.max_t, grace_period=t.grace_period,
-                                        reduction_factor=t.reduction_factor, stop_last_trials=False),
-                trial_dirname_creator=_trial_dirname, reuse_actors=False),
-            run_config=ray.tune.RunConfig(name=t.name, storage_path=study_path.rsplit("/", 1)[0], storage_filesystem=fs,
-                                          callbacks=[ReleaseTrialPlacementGroups(), *(callbacks or [])],
-                                          verbose=1))
+                scheduler=ASHAScheduler(
+                    time_attr="epoch",
+                    max_t=plan.max_t,
+                    grace_period=t.grace_period,
+                    reduction_factor=t.reduction_factor,
+                    stop_last_trials=False,
+                ),
+                trial_dirname_creator=_trial_dirname,
+                reuse_actors=False,
+            ),
+            run_config=ray.tune.RunConfig(
+                name=t.name,
+                storage_path=study_path.rsplit("/", 1)[0],
+                storage_filesystem=fs,
+                callbacks=[ReleaseTrialPlacementGroups(), *(callbacks or [])],
+                verbose=1,
+            ),
+        )
     try:
         results = tuner.fit()
     except BaseException:
@@ -407,13 +470,20 @@ def run_study(cfg: ACMLConfig, space: SearchSpace, train_data: str | None = None
     trials = _summaries(results, space, plan)
     finished = results.num_terminated + results.num_errors
     complete = finished >= t.num_samples and len(results) >= t.num_samples
-    study = StudyResult(study_uri=study_uri, complete=complete, trials=trials, resumed=resume,
-                        parent_run_id=plan.parent_run_id, moved_start=moved)
+    study = StudyResult(
+        study_uri=study_uri,
+        complete=complete,
+        trials=trials,
+        resumed=resume,
+        parent_run_id=plan.parent_run_id,
+        moved_start=moved,
+    )
     if parent is not None:
         _close_trial_runs(plan, trials, complete)
     if not complete:
-        logger.warning("study %s interrupted after %d of %d trials; run it again to resume",
-                       t.name, finished, t.num_samples)
+        logger.warning(
+            "study %s interrupted after %d of %d trials; run it again to resume", t.name, finished, t.num_samples
+        )
         if parent is not None:
             parent.finish("KILLED")
         return study
@@ -423,12 +493,16 @@ def run_study(cfg: ACMLConfig, space: SearchSpace, train_data: str | None = None
         study.best = _best(ranked, lambda s: s.score, t.mode)
         study.best_dir, study.best_config = _export_best(study.best, cfg, plan, parent)
     if parent is not None:
-        summary: dict[str, float] = {"tune/trials": len(trials), "tune/stopped_early": sum(s.stopped_early for s in trials),
-                   "tune/errors": sum(s.error is not None for s in trials)}
+        summary: dict[str, float] = {
+            "tune/trials": len(trials),
+            "tune/stopped_early": sum(s.stopped_early for s in trials),
+            "tune/errors": sum(s.error is not None for s in trials),
+        }
         if study.best is not None:
             summary["best/" + t.metric.replace("/", "_")] = study.best.score
-            parent.set_tags({"acml.tune.best_trial": study.best.trial_id,
-                             "acml.tune.best_run": plan.run_name(study.best.trial_id)})
+            parent.set_tags(
+                {"acml.tune.best_trial": study.best.trial_id, "acml.tune.best_run": plan.run_name(study.best.trial_id)}
+            )
         parent.log_metrics([(0, summary)])
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, "trials.json").write_text(json.dumps([asdict(s) for s in trials], indent=1, default=str))
