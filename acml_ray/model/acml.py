@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -124,12 +125,12 @@ class ACMLModel(nn.Module):
 
         self.graph_encoder = graph_encoder
         self.modality_dims: dict[str, int] = {k: int(v) for k, v in modality_dims.items()}
-        graph_dim = int(graph_encoder.out_dim)  # type: ignore[arg-type]
+        graph_dim = int(cast(Any, graph_encoder).out_dim)  # any module with an `out_dim`
         self.graph_projections = nn.ModuleDict({name: projection(graph_dim) for name in modality_dims})
         self.modality_projections = nn.ModuleDict({name: projection(dim) for name, dim in self.modality_dims.items()})
         widths = {
-            int(head.out_dim)
-            for head in [*self.graph_projections.values(), *self.modality_projections.values()]  # type: ignore[arg-type]
+            int(cast(Any, head).out_dim)
+            for head in [*self.graph_projections.values(), *self.modality_projections.values()]
         }
         if len(widths) != 1:
             raise ValueError(f"projection heads must share one joint width, got {sorted(widths)}")
@@ -181,8 +182,8 @@ class ACMLModel(nn.Module):
         """Current temperature per modality (for logging)."""
         # A user-supplied loss without a `temperature` is simply not listed.
         return {
-            name: float(loss.temperature().detach())
-            for name, loss in self.losses.items()  # type: ignore[operator]
+            name: float(cast(Any, loss).temperature().detach())
+            for name, loss in self.losses.items()
             if hasattr(loss, "temperature")
         }
 

@@ -9,6 +9,7 @@ with a 2-layer MLP (h -> 2h -> h), as GIN/MolCLR/GraphCL/GraphMVP do.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ class _CategoricalEncoder(nn.Module):
         super().__init__()
         self.embeddings = nn.ModuleList(nn.Embedding(int(d), emb_dim) for d in dims)
         for emb in self.embeddings:
-            nn.init.xavier_uniform_(emb.weight)  # type: ignore[union-attr]  # nn.ModuleList items are Modules
+            nn.init.xavier_uniform_(cast(nn.Embedding, emb).weight)
 
     @property
     def num_columns(self) -> int:

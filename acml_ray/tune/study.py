@@ -499,7 +499,8 @@ def run_study(
             "tune/errors": sum(s.error is not None for s in trials),
         }
         if study.best is not None:
-            summary["best/" + t.metric.replace("/", "_")] = study.best.score
+            if study.best.score is not None:
+                summary["best/" + t.metric.replace("/", "_")] = study.best.score
             parent.set_tags(
                 {"acml.tune.best_trial": study.best.trial_id, "acml.tune.best_run": plan.run_name(study.best.trial_id)}
             )
