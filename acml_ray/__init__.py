@@ -9,10 +9,10 @@ makes (the CLI only assembles configuration)::
     data = acml.prepare(cfg)                                 # featurise + frozen embeddings (cached)
     acml.init_ray()
     run = acml.fit(cfg, data.train_path, data.val_path)      # Ray Train + DeepSpeed
-    report = acml.evaluate(str(run.best_model_dir), cfg.eval, out_dir="evaluation")
+    report = acml.evaluate_run(str(run.best_model_dir), cfg.eval, out_dir="evaluation")
     acml.register(str(run.best_model_dir), "my-encoder", alias="champion")
     acml.build_index(str(run.best_model_dir), "library-index", "library.csv", cfg.index)  # needs Ray
-    hits = acml.search("library-index", "nmr13c", ["spectrum.jdx"], top_k=10, formula="C9H8O4")
+    hits = acml.search_index("library-index", "nmr13c", ["spectrum.jdx"], top_k=10, formula="C9H8O4")
 
 Names are imported on first use, so ``import acml_ray`` stays cheap (no Ray, torch or MLflow).
 """
@@ -42,12 +42,14 @@ _API: dict[str, tuple[str, str]] = {
     "prepare": ("acml_ray.pipelines.prepare", "prepare"),
     "embed": ("acml_ray.pipelines.embed", "run_embed_pipeline"),
     "fit": ("acml_ray.train.trainer", "fit"),
-    "evaluate": ("acml_ray.evaluate.suite", "evaluate_run"),
+    # Not "evaluate"/"search": importing acml_ray.evaluate or acml_ray.search (a subpackage)
+    # rebinds that attribute of the package to the subpackage.
+    "evaluate_run": ("acml_ray.evaluate.suite", "evaluate_run"),
     "register": ("acml_ray.registry.register", "register_run"),
     "run_pipeline": ("acml_ray.pipelines.pipeline", "run_pipeline"),
     "run_demo": ("acml_ray.pipelines.demo", "run_demo"),
     "build_index": ("acml_ray.search.build", "build_index"),
-    "search": ("acml_ray.search.query", "search"),
+    "search_index": ("acml_ray.search.query", "search"),
     "StructureIndex": ("acml_ray.search.query", "StructureIndex"),
     # building blocks
     "GraphFeaturizer": ("acml_ray.chem", "GraphFeaturizer"),
@@ -67,7 +69,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from acml_ray.chem import GraphFeaturizer
     from acml_ray.config import ACMLConfig, load_config
     from acml_ray.environment import init_ray
-    from acml_ray.evaluate.suite import evaluate_run as evaluate
+    from acml_ray.evaluate.suite import evaluate_run
     from acml_ray.modalities import build_modality
     from acml_ray.model.acml import ACMLModel
     from acml_ray.model.gin import GraphEncoder
@@ -80,7 +82,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from acml_ray.pipelines.prepare import prepare
     from acml_ray.registry.register import register_run as register
     from acml_ray.search.build import build_index
-    from acml_ray.search.query import StructureIndex, search
+    from acml_ray.search.query import StructureIndex
+    from acml_ray.search.query import search as search_index
     from acml_ray.train.trainer import fit
 
 

@@ -67,7 +67,10 @@ def test_public_api_names_resolve_lazily_and_are_documented(tmp_path):
     code = (
         "import sys, acml_ray as a\n"
         "assert 'ray' not in sys.modules and 'torch' not in sys.modules, 'import acml_ray stays cheap'\n"
+        "import acml_ray.evaluate.suite, acml_ray.search.query  # subpackages must not shadow API names\n"
         "missing = [n for n in a.__all__ if n != '__version__' and not (getattr(a, n).__doc__ or '').strip()]\n"
+        "modules = [n for n in a.__all__ if type(getattr(a, n)).__name__ == 'module']\n"
+        "assert not modules, modules\n"
         "assert not missing, missing\n"
         "print(len(a.__all__))\n"
     )
