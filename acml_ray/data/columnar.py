@@ -273,3 +273,14 @@ def collate(
         return graphs, inputs
     ids = next((_column(batch, c) for c in ID_COLUMNS if c in batch.column_names), None)
     return CollatedBatch(graphs, inputs, ids)
+
+
+def list_column(arrays: Sequence[np.ndarray | None], value_type: pa.DataType) -> pa.Array:
+    """A list array from per-row numpy arrays (None -> null) without per-element Python work."""
+    lengths = np.fromiter((0 if a is None else len(a) for a in arrays), dtype=np.int32, count=len(arrays))
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    present = [a for a in arrays if a is not None]
+    values = np.concatenate(present) if present else np.zeros(0)
+    mask = pa.array([a is None for a in arrays], pa.bool_())
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(value_type.to_pandas_dtype())), mask=mask)

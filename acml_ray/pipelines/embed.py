@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from acml_ray.cache import CachedEmbedder, EmbeddingCache
 from acml_ray.chem import GraphFeaturizer, MolGraph, Rejected, row_arrow_schema
 from acml_ray.config import ACMLConfig, IsolationConfig, ModalityConfig
+from acml_ray.data.columnar import list_column
 from acml_ray.data.paired import emb_column, mask_column, validation_mask
 from acml_ray.modalities import Modality, build_modality
 from acml_ray.sandbox import Sandbox
@@ -58,17 +59,6 @@ def reason_column(modality: str) -> str:
 
 def counter_column(modality: str, counter: str) -> str:
     return f"_{counter}__{modality}"
-
-
-def _list_column(arrays: Sequence[np.ndarray | None], value_type: pa.DataType) -> pa.Array:
-    """A list array from per-row numpy arrays (None -> null) without per-element Python work."""
-    lengths = np.fromiter((0 if a is None else len(a) for a in arrays), dtype=np.int32, count=len(arrays))
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    present = [a for a in arrays if a is not None]
-    values = np.concatenate(present) if present else np.zeros(0)
-    mask = pa.array([a is None for a in arrays], pa.bool_())
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(value_type.to_pandas_dtype())), mask=mask)
 
 
 def decode_text(values: Sequence[Any], column: str, bad: dict[int, str]) -> list[Any]:
@@ -167,7 +157,7 @@ def featurise_table(
     columns: dict[str, pa.Array] = {}
     for f in row_arrow_schema():
         if pa.types.is_list(f.type):
-            columns[f.name] = _list_column([None if r is None else r[f.name] for r in rows], f.type.value_type)
+            columns[f.name] = list_column([None if r is None else r[f.name] for r in rows], f.type.value_type)
         else:
             columns[f.name] = pa.array([None if r is None else r[f.name] for r in rows], f.type)
     if ids is None:

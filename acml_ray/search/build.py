@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from acml_ray.chem import GraphFeaturizer, Rejected, row_arrow_schema
 from acml_ray.config import ACMLConfig, FeaturizerConfig, IndexConfig
+from acml_ray.data.columnar import list_column
 from acml_ray.search.layout import (
     METADATA_COLUMNS,
     AnnEntry,
@@ -87,16 +88,6 @@ def key_hashes(inchikeys: list[str]) -> np.ndarray:
         dtype=np.uint64,
         count=len(inchikeys),
     )
-
-
-def _list_column(arrays: list[np.ndarray | None], value_type: pa.DataType) -> pa.Array:
-    lengths = np.fromiter((0 if a is None else len(a) for a in arrays), dtype=np.int32, count=len(arrays))
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    present = [a for a in arrays if a is not None]
-    values = np.concatenate(present) if present else np.zeros(0)
-    mask = pa.array([a is None for a in arrays], pa.bool_())
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(value_type.to_pandas_dtype())), mask=mask)
 
 
 def featurise_library(batch: pa.Table, featurizer_config: dict[str, Any], known: np.ndarray) -> pa.Table:
@@ -151,7 +142,7 @@ def featurise_library(batch: pa.Table, featurizer_config: dict[str, Any], known:
         if f.name in _GRAPH_COLUMNS:
             values = [None if r is None else r[f.name] for r in rows]
             columns[f.name] = (
-                _list_column(values, f.type.value_type) if pa.types.is_list(f.type) else pa.array(values, f.type)
+                list_column(values, f.type.value_type) if pa.types.is_list(f.type) else pa.array(values, f.type)
             )
     return pa.table(columns)
 
