@@ -300,11 +300,19 @@ def test_interrupted_build_resumes_and_growth_embeds_only_new_molecules(
     assert (again.chunks_skipped, again.added) == (2, 0)  # a finished library is not read twice
 
 
-@pytest.mark.xfail(
-    reason="known bug, issue 15 open: an index on s3:// reports a model fingerprint other than its "
-    "build model's (ModelMismatchError on the first search)",
-    strict=False,
-)
+def test_cached_copy_of_an_object_follows_a_rewrite(s3_env, tmp_path):
+    """An index rebuilt at the same s3:// location must not be searched with the old model's cached
+    copy: the cache key includes the object's size and modification time, not only its URI."""
+    store = IndexStore(f"s3://{s3_env['bucket']}/indexes/rewritten")
+    store.write_bytes("model/model.pt", b"first model")
+    assert store.local_copy("model/model.pt", tmp_path).read_bytes() == b"first model"
+    time.sleep(1.1)  # S3 modification times have one-second resolution
+    store.write_bytes("model/model.pt", b"the second, rebuilt model")
+    assert store.local_copy("model/model.pt", tmp_path).read_bytes() == b"the second, rebuilt model"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        store.local_copy("model/missing.pt", tmp_path)
+
+
 def test_index_and_search_on_object_storage(ray_local, s3_env, models, libraries, tmp_path):
     from acml_ray.cli.main import main
 

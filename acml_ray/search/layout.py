@@ -185,11 +185,20 @@ class IndexStore:
             )
 
     def local_copy(self, rel: str, cache_dir: str | Path) -> Path:
-        """The file as a local path: itself on a local disk, else a cached download (files are
-        immutable and named uniquely, so a cached copy never goes stale)."""
+        """The file as a local path: itself on a local disk, else a cached download.
+
+        The cache key is the object's URI *and* its size and modification time: an index rebuilt
+        at the same location (or a bucket reused by another deployment) rewrites ``model/model.pt``
+        under the same name, and a key of the URI alone served the old model's copy (the
+        ``ModelMismatchError`` of an index on s3://). One metadata request per file opened.
+        """
         if self.is_local:
             return Path(self.path(rel))
-        digest = hashlib.sha256(self.uri(rel).encode()).hexdigest()[:16]
+        info = self.fs.get_file_info(self.path(rel))
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"{self.uri(rel)} does not exist")
+        identity = f"{self.uri(rel)}|{info.size}|{info.mtime_ns}"
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
         target = Path(cache_dir) / digest / Path(rel).name
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
