@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ log = logging.getLogger(__name__)
 __all__ = ["Sandbox", "crash_reason"]
 
 _START_TIMEOUT_S = 300.0
+
+# What travels on the pipe: the parent sends (fn, items); the child answers (status, value), where
+# status is "ready", "ok" (value: fn's results) or "error" (value: the exception to re-raise).
+_Request = tuple[Callable[[list[Any]], list[Any]], list[Any]]
+_Reply = tuple[str, Any]
 
 
 def crash_reason(exitcode: int | None) -> str:
@@ -65,7 +71,7 @@ def _limit_child(memory_mb: int | None) -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _child_main(conn, memory_mb: int | None) -> None:
+def _child_main(conn: Connection[_Reply, _Request], memory_mb: int | None) -> None:
     """Serve (fn, items) requests on `conn` until it closes; exceptions travel back as values."""
     _limit_child(memory_mb)
     conn.send(("ready", None))  # the parent's batch timeout starts only now
@@ -75,7 +81,7 @@ def _child_main(conn, memory_mb: int | None) -> None:
         except (EOFError, OSError):
             return
         try:
-            reply = ("ok", fn(items))
+            reply: _Reply = ("ok", fn(items))
         except BaseException as exc:  # noqa: BLE001 - the parent re-raises it
             reply = ("error", exc)
         try:
@@ -111,7 +117,7 @@ class Sandbox:
         self.preload = list(preload)
         self.crashes = 0  # child deaths seen by this sandbox (each costs a fresh child)
         self._process: multiprocessing.process.BaseProcess | None = None
-        self._conn = None
+        self._conn: Connection[_Request, _Reply] | None = None
         self._lock = threading.Lock()
 
     # -- the child ------------------------------------------------------------------------

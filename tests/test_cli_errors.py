@@ -161,3 +161,16 @@ def test_storage_lost_is_one_line_naming_endpoint_bucket_key() -> None:
     assert "bucket 'data', key 'mols/in.csv'" in message and message.endswith("nothing was written")
     assert "\n" not in message and user_error(lost) == message
     assert storage_lost(ValueError("no column 'smiles'"), "reading", "") is None
+
+
+def test_storage_lost_ignores_a_cause_attribute_that_is_no_exception() -> None:
+    """Only Ray's exception-valued `cause` is followed; a library's string `cause` must not turn the
+    error handler itself into an AttributeError that hides the original error."""
+    from acml_ray.storage import storage_lost
+
+    odd = RuntimeError("a client error")
+    odd.cause = "throttled"  # a library's own attribute
+    assert storage_lost(odd, "reading", "") is None
+    lost = RuntimeError("wrapped")
+    lost.cause = OSError("AWS Error NETWORK_CONNECTION: curlCode: 7")  # as RayTaskError sets it
+    assert storage_lost(lost, "reading", "") is not None

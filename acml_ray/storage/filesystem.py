@@ -68,7 +68,7 @@ def resolve_filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
-def _s3_reason(exc: OSError) -> str:
+def _s3_reason(exc: BaseException) -> str:
     """Short cause of a pyarrow S3 error (its messages name the operation, not the secret)."""
     text = str(exc)
     for marker, reason in (
@@ -136,14 +136,16 @@ _S3_LOST = (
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """The exception, its causes/contexts and (Ray) `cause` attributes, each once."""
     seen: set[int] = set()
-    todo = [exc]
+    todo: list[BaseException | None] = [exc]
     while todo:
         current = todo.pop()
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
         yield current
-        todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
+        # Ray's RayTaskError keeps the worker's exception in `cause`; anything else there is no link.
+        cause = getattr(current, "cause", None)
+        todo += [cause if isinstance(cause, BaseException) else None, current.__cause__, current.__context__]
 
 
 def storage_lost(exc: BaseException, doing: str, partial: str) -> StorageError | None:
