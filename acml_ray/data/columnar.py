@@ -149,7 +149,7 @@ def _flat(batch, name: str, expected: np.ndarray, what: str) -> np.ndarray:
 
 # PyG's `Batch(...)` builds its `DataBatch` class and inspects `Data.__init__` on every call
 # (~0.4 ms); the class is made once here and instances are initialised directly.
-_DATA_BATCH = type(Batch(_base_cls=Data))
+_DATA_BATCH: type[Batch] = type(Batch(_base_cls=Data))
 
 
 def _graphs(batch: pa.Table | pa.RecordBatch, check: bool) -> Batch:
@@ -203,7 +203,7 @@ def _batch(
 ) -> Batch:
     """A PyG `Batch` of already concatenated, offset tensors."""
     n = ptr.numel() - 1
-    out = _DATA_BATCH.__new__(_DATA_BATCH)
+    out = object.__new__(_DATA_BATCH)  # what `_DATA_BATCH.__new__` is: no class in its MRO defines one
     Data.__init__(out, x=x, edge_index=edge_index, edge_attr=edge_attr, batch=graph, ptr=ptr)
     # What `Batch.from_data_list` records, so that `to_data_list` / `get_example` work too.
     zeros = torch.zeros(n, dtype=torch.long)

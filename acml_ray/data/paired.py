@@ -51,8 +51,8 @@ def build_table(
             pa.array(vectors.reshape(-1)), vectors.shape[1]
         )
         columns[mask_column(modality)] = pa.array(np.asarray(ok, dtype=bool))
-    for name, values in (extra or {}).items():
-        columns[name] = pa.array(list(values))
+    for name, extra_values in (extra or {}).items():
+        columns[name] = pa.array(list(extra_values))
     return pa.table(columns)
 
 
