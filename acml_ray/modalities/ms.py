@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from acml_ray.modalities.spectrum import (
+    IntensityScale,
     Peaks,
     SpectrumModality,
     parse_peak_input,
@@ -35,7 +36,7 @@ class MassSpecModality(SpectrumModality):
         lo: float = 0.0,
         hi: float = 1000.0,
         bin_width: float = 1.0,
-        intensity_scale: str = "sqrt",
+        intensity_scale: IntensityScale = "sqrt",
         line_width: float = 0.0,
         **options: Any,
     ) -> None:

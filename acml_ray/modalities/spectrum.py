@@ -44,7 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from acml_ray.modalities.base import Modality, ModalityInputError
+from acml_ray.chem.errors import InvalidInputError
+from acml_ray.modalities.base import Modality
 
 LineShape = Literal["lorentzian", "gaussian"]
 IntensityScale = Literal["none", "sqrt", "log1p"]
@@ -90,31 +91,31 @@ class Peaks:
 def peaks_from_arrays(positions: Any, intensities: Any | None, continuous: bool = False) -> Peaks:
     """Validate arrays into `Peaks` (intensity 1 per peak when none are given).
 
-    Raises `ModalityInputError` for empty, ragged, non-finite or negative input.
+    Raises `InvalidInputError` for empty, ragged, non-finite or negative input.
     """
     try:
         pos = np.asarray(positions, dtype=np.float64)
         inten = np.ones_like(pos) if intensities is None else np.asarray(intensities, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ModalityInputError(f"peaks are not numeric: {exc}") from None
+        raise InvalidInputError(f"peaks are not numeric: {exc}") from None
     if pos.ndim != 1 or inten.shape != pos.shape:
-        raise ModalityInputError(f"wrong shape: positions {pos.shape} and intensities {inten.shape} must be equal 1-D")
+        raise InvalidInputError(f"wrong shape: positions {pos.shape} and intensities {inten.shape} must be equal 1-D")
     if pos.size == 0:
-        raise ModalityInputError("empty spectrum")
+        raise InvalidInputError("empty spectrum")
     if intensities is not None and not continuous and np.isnan(inten).any() and not np.isnan(inten).all():
-        raise ModalityInputError(
+        raise InvalidInputError(
             f"{int(np.isnan(inten).sum())} of {inten.size} peak intensities missing: give all or none"
         )
     if intensities is not None and np.isnan(inten).all():
         inten = np.ones_like(pos)  # a table column of intensities that are all missing = none given
     if not (np.isfinite(pos).all() and np.isfinite(inten).all()):
-        raise ModalityInputError("non-finite peak position or intensity")
+        raise InvalidInputError("non-finite peak position or intensity")
     if continuous:
         inten = np.clip(inten, 0.0, None)  # baseline noise in measured profiles dips below 0
     elif (inten < 0).any():
-        raise ModalityInputError("negative peak intensity")
+        raise InvalidInputError("negative peak intensity")
     if not (inten > 0).any():
-        raise ModalityInputError("empty spectrum")
+        raise InvalidInputError("empty spectrum")
     return Peaks(pos, inten, continuous)
 
 
@@ -131,25 +132,25 @@ def parse_peak_input(raw: Any) -> Peaks:
     if isinstance(raw, str):
         text = raw.strip()
         if not text.startswith(("[", "{")):
-            raise ModalityInputError("expected a peak list or a JSON string of one")
+            raise InvalidInputError("expected a peak list or a JSON string of one")
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ModalityInputError(f"unparsable JSON peak list: {exc.msg}") from None
+            raise InvalidInputError(f"unparsable JSON peak list: {exc.msg}") from None
     if raw is None or (isinstance(raw, float) and math.isnan(raw)):
-        raise ModalityInputError("missing spectrum")
+        raise InvalidInputError("missing spectrum")
     if isinstance(raw, dict):
         pos_key = next((k for k in ("shifts", "positions", "ppm", "mz") if k in raw), None)
         if pos_key is None:
-            raise ModalityInputError(f"spectrum mapping has no positions; keys: {sorted(raw)}")
+            raise InvalidInputError(f"spectrum mapping has no positions; keys: {sorted(raw)}")
         inten_key = next((k for k in ("intensities", "intensity") if k in raw), None)
         return peaks_from_arrays(raw[pos_key], raw[inten_key] if inten_key else None)
     if isinstance(raw, tuple) and len(raw) == 2 and all(isinstance(v, (list, tuple, np.ndarray)) for v in raw):
         return peaks_from_arrays(raw[0], raw[1])
     if not isinstance(raw, (list, tuple, np.ndarray)):
-        raise ModalityInputError(f"unsupported spectrum input: {type(raw).__name__}")
+        raise InvalidInputError(f"unsupported spectrum input: {type(raw).__name__}")
     if len(raw) == 0:
-        raise ModalityInputError("empty spectrum")
+        raise InvalidInputError("empty spectrum")
     items = list(raw)
     if isinstance(raw, np.ndarray) and raw.dtype != object:
         arr = raw
@@ -157,17 +158,17 @@ def parse_peak_input(raw: Any) -> Peaks:
         try:
             arr = np.array([np.asarray(v, dtype=np.float64) for v in items])
         except ValueError:
-            raise ModalityInputError("wrong shape: peaks must all be (position, intensity)") from None
+            raise InvalidInputError("wrong shape: peaks must all be (position, intensity)") from None
     else:
         try:
             arr = np.asarray(items)
         except ValueError:  # ragged: numbers mixed with pairs
-            raise ModalityInputError("wrong shape: mixed positions and pairs") from None
+            raise InvalidInputError("wrong shape: mixed positions and pairs") from None
     if arr.ndim == 1:
         return peaks_from_arrays(arr, None)
     if arr.ndim == 2 and arr.shape[1] == 2:
         return peaks_from_arrays(arr[:, 0], arr[:, 1])
-    raise ModalityInputError(
+    raise InvalidInputError(
         f"wrong shape: expected positions [n] or (position, intensity) pairs [n, 2], got {arr.shape}"
     )
 
@@ -185,20 +186,20 @@ def read_jcamp(path: str | os.PathLike) -> Peaks:
 
     path = Path(path)
     if not path.is_file():
-        raise ModalityInputError(f"missing file: {path}")
+        raise InvalidInputError(f"missing file: {path}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # nmrglue warns for every optional key it lacks
             dic, data = ng.jcampdx.read(str(path))
     except Exception as exc:  # nmrglue raises bare Exceptions on malformed files
-        raise ModalityInputError(f"unreadable JCAMP-DX file: {type(exc).__name__}: {exc}") from None
+        raise InvalidInputError(f"unreadable JCAMP-DX file: {type(exc).__name__}: {exc}") from None
     if data is None:
         for key, sections in dic.items():
             for section in sections if key.startswith("_datatype_") else []:
                 if "PEAKTABLE" in section:
                     pairs = _PAIR.findall(section["PEAKTABLE"][0].split("\n", 1)[-1])
                     if not pairs:
-                        raise ModalityInputError("empty spectrum")
+                        raise InvalidInputError("empty spectrum")
                     xy = np.array(pairs, dtype=np.float64)
                     scale_x = float(section.get("XFACTOR", ["1"])[0])
                     scale_y = float(section.get("YFACTOR", ["1"])[0])
@@ -206,13 +207,13 @@ def read_jcamp(path: str | os.PathLike) -> Peaks:
                     freq = section.get(".OBSERVEFREQUENCY", [None])[0]
                     positions = _to_ppm(xy[:, 0] * scale_x, units, freq)
                     return peaks_from_arrays(positions, xy[:, 1] * scale_y)
-        raise ModalityInputError("JCAMP-DX file has no XYDATA or PEAK TABLE")
+        raise InvalidInputError("JCAMP-DX file has no XYDATA or PEAK TABLE")
     if isinstance(data, list):  # [real, imaginary]
         data = data[0]
     try:
         first, last = float(dic["FIRSTX"][0]), float(dic["LASTX"][0])
     except (KeyError, ValueError):
-        raise ModalityInputError("JCAMP-DX XYDATA without FIRSTX/LASTX") from None
+        raise InvalidInputError("JCAMP-DX XYDATA without FIRSTX/LASTX") from None
     units = dic.get("XUNITS", ["PPM"])[0].upper()
     freq = dic.get(".OBSERVEFREQUENCY", [None])[0]
     axis = _to_ppm(np.linspace(first, last, len(data)), units, freq)
@@ -236,7 +237,7 @@ def read_nmr_folder(path: str | os.PathLike, line_broadening_hz: float = 1.0) ->
 
     path = Path(path)
     if not path.is_dir():
-        raise ModalityInputError(f"missing folder: {path}")
+        raise InvalidInputError(f"missing folder: {path}")
     if (path / "1r").is_file() and (path / "procs").is_file():
         return _bruker_processed(path)
     if (path / "acqus").is_file() and (path / "pdata" / "1" / "1r").is_file():
@@ -255,18 +256,18 @@ def read_nmr_folder(path: str | os.PathLike, line_broadening_hz: float = 1.0) ->
                 par = dic["procpar"]
                 sw, sfrq = float(par["sw"]["values"][0]), float(par["sfrq"]["values"][0])
                 if "reffrq" not in par:
-                    raise ModalityInputError("Varian procpar has no reffrq: the ppm axis is unknown")
+                    raise InvalidInputError("Varian procpar has no reffrq: the ppm axis is unknown")
                 zero_mhz = float(par["reffrq"]["values"][0])
                 carrier_hz = (sfrq - zero_mhz) * 1e6
             else:
-                raise ModalityInputError(f"{path} is no Bruker (acqus) or Varian (procpar) data folder")
-        except ModalityInputError:
+                raise InvalidInputError(f"{path} is no Bruker (acqus) or Varian (procpar) data folder")
+        except InvalidInputError:
             raise
         except (KeyError, ValueError, OSError, IndexError) as exc:
-            raise ModalityInputError(f"unreadable NMR data in {path}: {type(exc).__name__}: {exc}") from None
+            raise InvalidInputError(f"unreadable NMR data in {path}: {type(exc).__name__}: {exc}") from None
         fid = np.asarray(fid)
         if fid.ndim != 1 or fid.size < 8:
-            raise ModalityInputError(f"expected a 1-D FID, got shape {fid.shape}")
+            raise InvalidInputError(f"expected a 1-D FID, got shape {fid.shape}")
         fid = ng.proc_base.em(fid, lb=line_broadening_hz / sw)
         fid = ng.proc_base.zf_size(fid, 2 ** int(math.ceil(math.log2(fid.size)) + 1))
         spectrum = ng.proc_autophase.autops(ng.proc_base.fft(fid), "acme", disp=False)
@@ -284,10 +285,10 @@ def _bruker_processed(pdata: Path) -> Peaks:
             procs = dic["procs"]
             offset, sw_p, sf = float(procs["OFFSET"]), float(procs["SW_p"]), float(procs["SF"])
         except (KeyError, ValueError, OSError) as exc:
-            raise ModalityInputError(f"unreadable Bruker pdata in {pdata}: {type(exc).__name__}: {exc}") from None
+            raise InvalidInputError(f"unreadable Bruker pdata in {pdata}: {type(exc).__name__}: {exc}") from None
     data = np.asarray(data, dtype=np.float64)
     if data.ndim != 1:
-        raise ModalityInputError(f"expected a 1-D processed spectrum, got shape {data.shape}")
+        raise InvalidInputError(f"expected a 1-D processed spectrum, got shape {data.shape}")
     # Bruker's convention: OFFSET is the ppm of the first (leftmost, highest) point.
     axis = offset - np.arange(data.size) * (sw_p / sf) / data.size
     return peaks_from_arrays(axis, data, continuous=True)
@@ -298,7 +299,7 @@ def _to_ppm(x: np.ndarray, units: str, freq_mhz: str | None) -> np.ndarray:
         return x
     if units == "HZ" and freq_mhz:
         return x / float(freq_mhz)
-    raise ModalityInputError(f"JCAMP-DX x units {units!r} cannot be converted to ppm")
+    raise InvalidInputError(f"JCAMP-DX x units {units!r} cannot be converted to ppm")
 
 
 def bin_peaks(
@@ -379,7 +380,8 @@ class SpectrumCNN(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Conv1d, nn.Linear)):
                 nn.init.kaiming_uniform_(module.weight, nonlinearity="relu", generator=generator)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:  # always here: every layer above is built with a bias
+                    nn.init.zeros_(module.bias)
 
     def forward(self, spectra: torch.Tensor) -> torch.Tensor:
         x = self.features(spectra.unsqueeze(1))
@@ -521,7 +523,7 @@ class SpectrumModality(Modality):
         return self.n_bins if self.encoder_kind == "binned" else self._dim
 
     def preprocess_config(self) -> dict[str, Any]:
-        config = {
+        config: dict[str, Any] = {
             "lo": self.lo,
             "hi": self.hi,
             "bin_width": self.bin_width,
@@ -550,6 +552,7 @@ class SpectrumModality(Modality):
         """Re-reference and drop solvent lines (the documented normalisation of real spectra)."""
         positions, intensities = peaks.positions + self.reference_offset, peaks.intensities
         if self.solvent:
+            assert self.nucleus is not None  # __init__ refuses a solvent for a modality without a nucleus
             lines = np.asarray(SOLVENT_LINES[self.solvent][self.nucleus], dtype=np.float64)
             near = (
                 (np.abs(positions[:, None] - lines[None, :]) <= self.solvent_window).any(axis=1)
@@ -562,7 +565,7 @@ class SpectrumModality(Modality):
                 positions, intensities = positions[~near], intensities[~near]
             self.solvent_peaks_removed += int(near.sum()) if not peaks.continuous else int(near.any())
             if positions.size == 0 or not (intensities > 0).any():
-                raise ModalityInputError(f"only {self.solvent} solvent lines in the spectrum")
+                raise InvalidInputError(f"only {self.solvent} solvent lines in the spectrum")
         return Peaks(positions, scale_intensities(intensities, self.intensity_scale), peaks.continuous)
 
     def binned(self, raw: Any) -> np.ndarray:
@@ -575,7 +578,7 @@ class SpectrumModality(Modality):
         self.peaks_out_of_range += dropped
         top = vector.max()
         if not top > 0:
-            raise ModalityInputError(f"no peaks within {self.lo:g}..{self.hi:g} {self.unit}".strip())
+            raise InvalidInputError(f"no peaks within {self.lo:g}..{self.hi:g} {self.unit}".strip())
         if self.normalise:
             vector = vector / top
         return vector.astype(np.float32)

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from acml_ray.modalities.base import ModalityInputError, hash_module_weights
+from acml_ray.chem.errors import InvalidInputError
+from acml_ray.modalities.base import hash_module_weights
 from acml_ray.modalities.spectrum import Peaks, SpectrumCNN, SpectrumModality, bin_peaks
 
 
@@ -150,7 +151,7 @@ def pretrain_spectrum_encoder(
         try:
             peaks = modality.clean(modality.parse(raw))
             modality.vector(peaks)  # the same checks as embedding: range, emptiness
-        except ModalityInputError as exc:
+        except InvalidInputError as exc:
             rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
             continue
         inside = (peaks.positions >= modality.lo) & (peaks.positions < modality.hi)
@@ -221,7 +222,7 @@ def save_encoder(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone().contiguous() for k, v in result.encoder.state_dict().items()}
-    card = {
+    card: dict[str, Any] = {
         "modality": modality.name,
         "encoder": modality.architecture(),
         "preprocess": modality.preprocess_config(),
