@@ -117,8 +117,8 @@ def time_each(rows: list[tuple[str, bytes]]) -> list[tuple[float, float, str, st
     """(CPU seconds, wall seconds, id, outcome) per input, alone, through decode + guard +
     featuriser + ECFP. CPU time is the figure to judge on a shared machine (wall time also
     counts other jobs' turns); both are reported."""
-    from acml_ray.chem import GraphFeaturizer, MolGraph
-    from acml_ray.modalities import ModalityInputError, build_modality
+    from acml_ray.chem import GraphFeaturizer, InvalidInputError, MolGraph
+    from acml_ray.modalities import build_modality
 
     featurizer, ecfp = GraphFeaturizer(), build_modality("ecfp")
     featurizer.featurize_batch(["CCO"])  # warm up
@@ -135,7 +135,7 @@ def time_each(rows: list[tuple[str, bytes]]) -> list[tuple[float, float, str, st
         if isinstance(result, MolGraph):
             try:
                 ecfp.preprocess_one(result.smiles)
-            except ModalityInputError as exc:
+            except InvalidInputError as exc:
                 outcome = f"ecfp: {exc.reason}"
         out.append((time.thread_time() - cpu, time.perf_counter() - start, mol_id, outcome))
     return out

@@ -40,7 +40,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere without installing the repo
 
-from acml_ray.chem import FeaturizationError, canonical_identity  # noqa: E402
+from acml_ray.chem import InvalidInputError, canonical_identity  # noqa: E402
 from acml_ray.data.sources import package_dir  # noqa: E402
 
 SETS = ("moses", "qm9", "nmr")
@@ -59,7 +59,7 @@ def _canonicalise(frame: pd.DataFrame, smiles_column: str) -> tuple[pd.DataFrame
     for raw in frame[smiles_column]:
         try:
             s, k = canonical_identity(raw)
-        except FeaturizationError as exc:
+        except InvalidInputError as exc:
             reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
             s, k = None, None
         smiles.append(s)

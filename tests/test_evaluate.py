@@ -16,7 +16,7 @@ from rdkit.Chem import rdFingerprintGenerator
 from torch import nn
 
 from acml_ray.cache import CachedEmbedder
-from acml_ray.chem import GraphFeaturizer, MolGraph
+from acml_ray.chem import GraphFeaturizer, InvalidInputError, MolGraph
 from acml_ray.cli.main import main
 from acml_ray.config import ACMLConfig, EvalConfig, TaskConfig
 from acml_ray.data.paired import PairedExamples, build_table
@@ -38,7 +38,7 @@ from acml_ray.evaluate.retrieval import (
     retrieval_report,
 )
 from acml_ray.evaluate.suite import log_to_mlflow, numeric_leaves, resolve_model
-from acml_ray.modalities import Modality, ModalityInputError, register_modality
+from acml_ray.modalities import Modality, register_modality
 from acml_ray.model.acml import ACMLModel
 from acml_ray.model.serialization import load_model, save_model
 
@@ -235,7 +235,7 @@ class _FingerprintModality(Modality):
     def preprocess_one(self, raw) -> torch.Tensor:
         mol = Chem.MolFromSmiles(raw) if isinstance(raw, str) else None
         if mol is None:
-            raise ModalityInputError("unparsable SMILES")
+            raise InvalidInputError("unparsable SMILES")
         gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=128, includeChirality=True)
         return torch.tensor(gen.GetCountFingerprintAsNumPy(mol), dtype=torch.float32)
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rdkit import Chem
 
-from acml_ray.chem import FeaturizationError, GraphFeaturizer, MolGraph, Rejected, canonical_identity
+from acml_ray.chem import GraphFeaturizer, InvalidInputError, MolGraph, Rejected, canonical_identity
 from acml_ray.chem.features import (
     ATOM_VOCABS,
     BOND_STEREOS,
@@ -64,7 +64,7 @@ def test_canonical_identity(featurizer: GraphFeaturizer) -> None:
     assert canonical_identity("OCC") == ("CCO", "LFQSCWFLJHTTHZ-UHFFFAOYSA-N")
     # Kekulé and aromatic benzene are the same molecule.
     assert featurizer.featurize("C1=CC=CC=C1").smiles == featurizer.featurize("c1ccccc1").smiles
-    with pytest.raises(FeaturizationError):
+    with pytest.raises(InvalidInputError):
         canonical_identity("not a smiles")
 
 
@@ -75,7 +75,7 @@ def test_reference_filter(featurizer: GraphFeaturizer) -> None:
     assert isinstance(results[2], Rejected) and results[2].reason.startswith("too few atoms: 1")
     assert isinstance(results[3], Rejected) and results[3].reason == "too few atoms: 2 <= 2"
     assert isinstance(results[4], MolGraph)
-    with pytest.raises(FeaturizationError, match="too many heavy atoms") as err:
+    with pytest.raises(InvalidInputError, match="too many heavy atoms") as err:
         featurizer.featurize(C51)
     assert err.value.reason == "too many heavy atoms: 51 > 50"
     assert isinstance(err.value, ValueError)

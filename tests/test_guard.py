@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
-from acml_ray.chem import FeaturizationError, GraphFeaturizer, MolGraph, Rejected, canonical_identity
+from acml_ray.chem import GraphFeaturizer, InvalidInputError, MolGraph, Rejected, canonical_identity
 from acml_ray.chem.featurizer import _graph_arrays
 from acml_ray.chem.guard import SmilesLimits, parse_smiles
 from acml_ray.config import FeaturizerConfig
-from acml_ray.modalities import ModalityInputError, build_modality
+from acml_ray.modalities import build_modality
 
 
 def grid_smiles(rows: int, cols: int) -> str:
@@ -69,7 +69,7 @@ def test_atom_bound_is_the_heavy_atom_filter() -> None:
     # Explicit hydrogens do not count (sanitisation removes them); heavy and dummy atoms do.
     limits = SmilesLimits(max_chars=2000, max_atoms=3)
     assert parse_smiles("[H]C([H])([H])C([H])([H])O[H]", limits)[1].GetNumAtoms() == 3
-    with pytest.raises(FeaturizationError, match=r"too many heavy atoms: 4 > 3 \(1 dummy atoms"):
+    with pytest.raises(InvalidInputError, match=r"too many heavy atoms: 4 > 3 \(1 dummy atoms"):
         parse_smiles("*CCO", limits)
     assert GraphFeaturizer().featurize_batch(["C" * 51])[0].reason == "too many heavy atoms: 51 > 50"
     # A dummy atom under the bound still never becomes a graph: InChI has no dummy atoms.
@@ -98,7 +98,7 @@ def test_guarded_parse_is_exactly_rdkits_parse(chembl_drugs) -> None:
         expected = Chem.MolFromSmiles(s)
         try:
             got = parse_smiles(s, SmilesLimits(max_chars=10**4, max_atoms=10**4))[1]
-        except FeaturizationError:
+        except InvalidInputError:
             assert expected is None, s
             continue
         assert expected is not None, s
@@ -140,7 +140,7 @@ def test_length_cap_is_configurable() -> None:
         "too long: 6 characters > 5"
     )
     assert canonical_identity("OCC") == ("CCO", "LFQSCWFLJHTTHZ-UHFFFAOYSA-N")
-    with pytest.raises(FeaturizationError, match="too long"):
+    with pytest.raises(InvalidInputError, match="too long"):
         canonical_identity("C" * 3000)
 
 
@@ -149,17 +149,17 @@ def test_modalities_parse_through_the_guard(name: str) -> None:
     modality = build_modality(name)
     for smiles in HOSTILE.values():
         start = time.thread_time()
-        with pytest.raises(ModalityInputError, match="too long"):
+        with pytest.raises(InvalidInputError, match="too long"):
             modality.preprocess_one(smiles)
         assert time.thread_time() - start < 0.05
-    with pytest.raises(ModalityInputError, match="invalid text encoding"):
+    with pytest.raises(InvalidInputError, match="invalid text encoding"):
         modality.preprocess_one("C\x00C")
 
 
 def test_image_modality_parses_through_the_guard() -> None:
     modality = build_modality("image", {"image_size": 32})
-    with pytest.raises(ModalityInputError, match="too long"):
+    with pytest.raises(InvalidInputError, match="too long"):
         modality.render(HOSTILE["100k-atom ring"])
-    with pytest.raises(ModalityInputError, match="too many heavy atoms: 600 > 500"):
+    with pytest.raises(InvalidInputError, match="too many heavy atoms: 600 > 500"):
         modality.render("C" * 600)
     assert modality.render("CCO").shape == (32, 32, 3)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from acml_ray.chem import InvalidInputError
 from acml_ray.data.spectra import read_spectra, spectra_frame
-from acml_ray.modalities import ModalityInputError, available_modalities, build_modality
+from acml_ray.modalities import available_modalities, build_modality
 from acml_ray.modalities.spectrum import SpectrumCNN, bin_peaks, parse_peak_input, read_jcamp
 
 MATCHMS_DATA = Path(__file__).parent / "data" / "matchms"
@@ -281,7 +282,7 @@ def test_missing_weights_are_reported():
 )
 def test_bad_inputs_are_rejected_with_a_reason(name, raw, reason, tiny_bert):
     modality = build_modality(name, {"model": str(tiny_bert)} if name == "smiles" else None)
-    with pytest.raises(ModalityInputError, match=reason) as info:
+    with pytest.raises(InvalidInputError, match=reason) as info:
         modality.preprocess_one(raw)
     assert info.value.reason
 

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from acml_ray.modalities import ModalityInputError, build_modality
+from acml_ray.chem import InvalidInputError
+from acml_ray.modalities import build_modality
 from acml_ray.modalities.spectrum import PRETRAINED_DIR, SpectrumCNN, read_nmr_folder
 
 ng = pytest.importorskip("nmrglue")
@@ -114,13 +115,13 @@ def test_bruker_and_varian_folders_give_the_lines_at_their_ppm(write, tmp_path):
 def test_unreadable_nmr_folders_are_rejected_with_a_reason(tmp_path):
     modality = build_modality("nmr13c")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModalityInputError, match="no Bruker .* or Varian"):
+    with pytest.raises(InvalidInputError, match="no Bruker .* or Varian"):
         modality.binned(str(tmp_path / "empty"))
-    with pytest.raises(ModalityInputError, match="no reffrq"):
+    with pytest.raises(InvalidInputError, match="no reffrq"):
         modality.binned(str(_write_varian_fid(tmp_path / "varian", reffrq=False)))
     broken = _write_bruker_fid(tmp_path / "bruker")
     (broken / "acqus").write_text("##TITLE= no parameters\n##END=\n")
-    with pytest.raises(ModalityInputError, match="unreadable NMR data"):
+    with pytest.raises(InvalidInputError, match="unreadable NMR data"):
         modality.binned(str(broken))
 
 
@@ -139,7 +140,7 @@ def test_solvent_lines_are_removed_and_counted():
     proton = build_modality("nmr1h", {"solvent": "dmso-d6"})
     proton.binned([1.1, 2.50, 3.33, 7.9])  # DMSO-d6 residual line and its water line
     assert proton.solvent_peaks_removed == 2
-    with pytest.raises(ModalityInputError, match="only cdcl3 solvent lines"):
+    with pytest.raises(InvalidInputError, match="only cdcl3 solvent lines"):
         cleaned.binned([77.16])
     with pytest.raises(ValueError, match="unknown solvent"):
         build_modality("nmr13c", {"solvent": "chloroform-dx"})
@@ -156,7 +157,7 @@ def test_reference_offset_moves_every_line():
 
 def test_missing_intensities():
     modality = build_modality("nmr13c", {"encoder": "binned"})
-    with pytest.raises(ModalityInputError, match="1 of 3 peak intensities missing"):
+    with pytest.raises(InvalidInputError, match="1 of 3 peak intensities missing"):
         modality.binned({"shifts": [20.0, 77.0, 128.0], "intensities": [1.0, None, 2.0]})
     # all missing = none given: one count per peak, like a bare shift list
     all_missing = modality.binned({"shifts": [20.0, 128.0], "intensities": [None, None]})

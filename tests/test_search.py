@@ -433,7 +433,7 @@ def test_picture_queries_are_prepared_like_depictions(tmp_path, depiction_modali
     from rdkit import Chem
     from rdkit.Chem import Draw
 
-    from acml_ray.modalities import ModalityInputError
+    from acml_ray.chem import InvalidInputError
     from acml_ray.search.inputs import picture_tensor
 
     smiles = "CC(=O)Oc1ccccc1C(=O)O"
@@ -446,7 +446,7 @@ def test_picture_queries_are_prepared_like_depictions(tmp_path, depiction_modali
     wide.save(tmp_path / "wide.png")
     assert picture_tensor(depiction_modality, tmp_path / "wide.png").shape == (3, 224, 224)
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ModalityInputError, match="unreadable image"):
+    with pytest.raises(InvalidInputError, match="unreadable image"):
         picture_tensor(depiction_modality, tmp_path / "broken.png")
 
 

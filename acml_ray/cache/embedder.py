@@ -17,7 +17,8 @@ import pyarrow.fs as pafs
 import torch
 
 from acml_ray.cache.store import EmbeddingCache
-from acml_ray.modalities.base import Modality, ModalityInputError
+from acml_ray.chem.errors import InvalidInputError
+from acml_ray.modalities.base import Modality
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class CachedEmbedder:
         for i, raw in enumerate(raws):
             try:
                 keys[i] = self.modality.content_key(raw)
-            except ModalityInputError as exc:
+            except InvalidInputError as exc:
                 reasons[i] = exc.reason
         valid = {i: key for i, key in enumerate(keys) if key is not None}
         vectors = np.zeros((n, self.modality.dim), dtype=np.float32)
@@ -137,7 +138,7 @@ class CachedEmbedder:
             try:
                 batch_tensors.append(self.modality.preprocess_one(raws[row]))
                 batch_keys.append(key)
-            except ModalityInputError as exc:
+            except InvalidInputError as exc:
                 reasons[row] = exc.reason
             except Exception as exc:  # a preprocessing crash on odd input quarantines the row
                 reasons[row] = f"preprocessing failed: {type(exc).__name__}: {exc}"

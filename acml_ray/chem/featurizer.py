@@ -17,13 +17,14 @@ import numpy as np
 from rdkit import Chem
 from rdkit.rdBase import BlockLogs
 
+from acml_ray.chem.errors import InvalidInputError
 from acml_ray.chem.features import (
     ATOM_VOCABS,
     BOND_VOCABS,
     NUM_ATOM_FEATURES,
     NUM_BOND_FEATURES,
 )
-from acml_ray.chem.guard import DEFAULT_LIMITS, FeaturizationError, SmilesLimits, parse_smiles
+from acml_ray.chem.guard import DEFAULT_LIMITS, SmilesLimits, parse_smiles
 from acml_ray.config import FeaturizerConfig
 
 if TYPE_CHECKING:  # torch_geometric is only needed by `to_pyg`; keep imports of this module light.
@@ -31,7 +32,6 @@ if TYPE_CHECKING:  # torch_geometric is only needed by `to_pyg`; keep imports of
     from torch_geometric.data import Data
 
 __all__ = [
-    "FeaturizationError",
     "GraphFeaturizer",
     "MolGraph",
     "Rejected",
@@ -253,12 +253,12 @@ def _identity(mol: Chem.Mol) -> tuple[str, str]:
     """Canonical isomeric SMILES and InChIKey of an already parsed molecule."""
     inchikey = Chem.MolToInchiKey(mol)
     if not inchikey:  # e.g. dummy atoms (*) or elements InChI does not cover
-        raise FeaturizationError("InChI generation failed")
+        raise InvalidInputError("InChI generation failed")
     return Chem.MolToSmiles(mol), inchikey
 
 
 def canonical_identity(smiles: str, limits: SmilesLimits | None = None) -> tuple[str, str]:
-    """(canonical isomeric SMILES, InChIKey) of one SMILES; raises FeaturizationError.
+    """(canonical isomeric SMILES, InChIKey) of one SMILES; raises InvalidInputError.
 
     Parsed by `parse_smiles` within `limits` (default: the guard's `DEFAULT_LIMITS`).
     """
@@ -340,7 +340,7 @@ class GraphFeaturizer:
         self.limits = SmilesLimits(self.config.max_smiles_chars, self.config.max_heavy_atoms)
 
     def featurize(self, smiles: str) -> MolGraph:
-        """Featurise one SMILES; raises FeaturizationError (a ValueError) with the reason."""
+        """Featurise one SMILES; raises InvalidInputError (a ValueError) with the reason."""
         with BlockLogs():
             text, mol = parse_smiles(smiles, self.limits)
             self._check(mol, text)
@@ -392,13 +392,13 @@ class GraphFeaturizer:
         num_atoms = mol.GetNumAtoms()
         if num_atoms < self.config.min_atoms:
             # Phrased like the reference filter, which drops molecules with <= 2 atoms.
-            raise FeaturizationError(f"too few atoms: {num_atoms} <= {self.config.min_atoms - 1}")
+            raise InvalidInputError(f"too few atoms: {num_atoms} <= {self.config.min_atoms - 1}")
         # Only bracket atoms ("[C]", "[0C]": no hydrogens unless written) and CXSMILES radical
         # marks can leave unpaired electrons; organic-subset atoms are filled up with hydrogens.
         if not self.config.allow_radicals and ("[" in text or "|" in text):
             for atom in mol.GetAtoms():
                 if atom.GetNumRadicalElectrons():
-                    raise FeaturizationError(
+                    raise InvalidInputError(
                         f"radical: {atom.GetNumRadicalElectrons()} unpaired electron(s) on "
                         f"{atom.GetSymbol()} (atom {atom.GetIdx()})"
                     )
@@ -406,7 +406,7 @@ class GraphFeaturizer:
 
 def _rejected(index: int, item: object, err: Exception) -> Rejected:
     """A Rejected record; errors other than ours (RDKit, boost) keep their type in the reason."""
-    if isinstance(err, FeaturizationError):
+    if isinstance(err, InvalidInputError):
         reason = err.reason
     else:
         try:

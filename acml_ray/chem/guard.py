@@ -15,7 +15,7 @@ checks, cheapest first, before any sanitisation, ring perception, InChI or 3D wo
 4. only then sanitisation, exactly as `Chem.MolFromSmiles` does it (explicit hydrogens merged,
    stereochemistry assigned; `tests/test_guard.py` checks the graphs are identical).
 
-Every rejection raises `FeaturizationError` with a short reason that starts with a fixed phrase
+Every rejection raises `InvalidInputError` with a short reason that starts with a fixed phrase
 (``too long``, ``too many heavy atoms``, ``invalid text encoding``, ...), so rows
 can be counted by kind. Parsing 2,000 characters without sanitisation takes about a millisecond.
 """
@@ -28,7 +28,9 @@ from dataclasses import dataclass
 
 from rdkit import Chem
 
-__all__ = ["DEFAULT_LIMITS", "FeaturizationError", "SmilesLimits", "parse_smiles"]
+from acml_ray.chem.errors import InvalidInputError
+
+__all__ = ["DEFAULT_LIMITS", "SmilesLimits", "parse_smiles"]
 
 # Invisible characters that editors, spreadsheets and web pages leave at the ends of a field.
 # (Every character `str.isspace` accepts, then the byte-order mark and the zero-width ones.)
@@ -36,14 +38,6 @@ _STRIP = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff\u200b\u200c\u200d\u2060"
 )
-
-
-class FeaturizationError(ValueError):
-    """A molecule could not be turned into a graph; `reason` says why in plain words."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -70,36 +64,36 @@ def _describe(char: str) -> str:
 
 
 def _check_text(text: str) -> None:
-    """Control characters anywhere, non-ASCII ones in the SMILES token -> FeaturizationError."""
+    """Control characters anywhere, non-ASCII ones in the SMILES token -> InvalidInputError."""
     if text.isascii() and text.isprintable():  # the fast path: one C-level scan each
         return
     token_end = next((i for i, c in enumerate(text) if c.isspace()), len(text))
     for i, char in enumerate(text):
         if unicodedata.category(char) == "Cc" and char not in "\t":
-            raise FeaturizationError(f"invalid text encoding: control character {_describe(char)} at position {i}")
+            raise InvalidInputError(f"invalid text encoding: control character {_describe(char)} at position {i}")
         if i < token_end and not char.isascii():
-            raise FeaturizationError(f"not SMILES: non-ASCII character {_describe(char)} at position {i}")
+            raise InvalidInputError(f"not SMILES: non-ASCII character {_describe(char)} at position {i}")
 
 
 def parse_smiles(smiles: object, limits: SmilesLimits = DEFAULT_LIMITS) -> tuple[str, Chem.Mol]:
-    """(stripped text, sanitised molecule) of one untrusted input, or FeaturizationError.
+    """(stripped text, sanitised molecule) of one untrusted input, or InvalidInputError.
 
     Runs the checks of the module docstring in order; the caller should hold an RDKit
     `BlockLogs` (a rejected input is a reason, not log spam).
     """
     if not isinstance(smiles, str):
         if isinstance(smiles, float) and math.isnan(smiles):
-            raise FeaturizationError("not a string: float (NaN, a missing value)")
-        raise FeaturizationError(f"not a string: {type(smiles).__name__}")
+            raise InvalidInputError("not a string: float (NaN, a missing value)")
+        raise InvalidInputError(f"not a string: {type(smiles).__name__}")
     if len(smiles) > limits.max_chars:
-        raise FeaturizationError(f"too long: {len(smiles)} characters > {limits.max_chars}")
+        raise InvalidInputError(f"too long: {len(smiles)} characters > {limits.max_chars}")
     text = smiles.strip(_STRIP)  # RDKit reads a space as "name follows": leading blanks would fail
     if not text:
-        raise FeaturizationError("empty input")
+        raise InvalidInputError("empty input")
     _check_text(text)
     mol = Chem.MolFromSmiles(text, sanitize=False)
     if mol is None:
-        raise FeaturizationError("unparsable SMILES")
+        raise InvalidInputError("unparsable SMILES")
     atoms = mol.GetNumAtoms()
     if atoms > limits.max_atoms:  # all atoms fit: nothing to count (the usual case)
         # Counted in C++ (a Python loop over 100k atoms takes half a second). "Heavy" as in
@@ -110,13 +104,13 @@ def parse_smiles(smiles: object, limits: SmilesLimits = DEFAULT_LIMITS) -> tuple
         dummies = min(text.count("*"), atoms - heavy)
         if heavy + dummies > limits.max_atoms:
             extra = f" ({dummies} dummy atoms * included)" if dummies else ""
-            raise FeaturizationError(f"too many heavy atoms: {heavy + dummies} > {limits.max_atoms}{extra}")
+            raise InvalidInputError(f"too many heavy atoms: {heavy + dummies} > {limits.max_atoms}{extra}")
     if "|" in text:
         # CXSMILES extensions (e.g. "|c:1|" double-bond stereo) are applied by the sanitising
         # parse only: parse again the standard way (the size is known to be bounded by now).
         mol = Chem.MolFromSmiles(text)
         if mol is None:
-            raise FeaturizationError("unparsable SMILES")
+            raise InvalidInputError("unparsable SMILES")
         return text, mol
     # What MolFromSmiles(text) does after parsing, in the same order and with the same flags
     # (explicit hydrogens merged and sanitised, then RDKit's default legacy stereo perception);
@@ -124,6 +118,6 @@ def parse_smiles(smiles: object, limits: SmilesLimits = DEFAULT_LIMITS) -> tuple
     try:
         mol = Chem.RemoveHs(mol, implicitOnly=False, updateExplicitCount=True, sanitize=True)
     except Exception:  # noqa: BLE001 - valence, kekulisation, ...: RDKit's MolFromSmiles gives None
-        raise FeaturizationError("unparsable SMILES") from None
+        raise InvalidInputError("unparsable SMILES") from None
     Chem.AssignStereochemistry(mol, cleanIt=True, force=True, flagPossibleStereoCenters=True)
     return text, mol

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from acml_ray.chem import FeaturizationError, canonical_identity
+from acml_ray.chem import InvalidInputError, canonical_identity
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def read_spectra(path: str | Path) -> SpectraRead:
             continue
         try:
             smiles, _ = canonical_identity(smiles)
-        except FeaturizationError as exc:
+        except InvalidInputError as exc:
             dropped[f"structure: {exc.reason}"] += 1
             continue
         if len(spectrum.peaks.mz) == 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from acml_ray.modalities.base import Modality, ModalityInputError, hash_module_weights
+from acml_ray.modalities.base import Modality, hash_module_weights
 
 # Constructors by modality name; each takes the `options` mapping of a ModalityConfig.
 _FACTORIES: dict[str, Callable[..., Modality]] = {}
@@ -47,7 +47,6 @@ _register_builtins()
 
 __all__ = [
     "Modality",
-    "ModalityInputError",
     "hash_module_weights",
     "register_modality",
     "build_modality",

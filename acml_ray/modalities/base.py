@@ -21,15 +21,8 @@ from rdkit import Chem
 from rdkit.rdBase import BlockLogs
 from torch import nn
 
-from acml_ray.chem.guard import FeaturizationError, parse_smiles
-
-
-class ModalityInputError(ValueError):
-    """A raw input this modality cannot preprocess (the row is quarantined with `reason`)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+from acml_ray.chem.errors import InvalidInputError
+from acml_ray.chem.guard import parse_smiles
 
 
 def molecule_from_smiles(smiles: Any) -> Chem.Mol:
@@ -37,12 +30,10 @@ def molecule_from_smiles(smiles: Any) -> Chem.Mol:
 
     Every SMILES-reading modality parses through here, so a pathological string is rejected in
     milliseconds, as the featuriser rejects it, never handed to depiction or fingerprinting.
+    Raises `InvalidInputError` with the guard's reason.
     """
     with BlockLogs():
-        try:
-            return parse_smiles(smiles)[1]
-        except FeaturizationError as exc:
-            raise ModalityInputError(exc.reason) from None
+        return parse_smiles(smiles)[1]
 
 
 def hash_module_weights(module: nn.Module) -> str:
@@ -85,7 +76,7 @@ class Modality(ABC):
     def preprocess_one(self, raw: Any) -> torch.Tensor:
         """Deterministically turn one raw input into the encoder's input tensor.
 
-        Raises `ModalityInputError` with a reason for inputs it cannot handle.
+        Raises `InvalidInputError` with a reason for inputs it cannot handle.
         """
 
     @abstractmethod
@@ -98,7 +89,7 @@ class Modality(ABC):
         The default suits SMILES columns that the featuriser already canonicalised.
         """
         if not isinstance(raw, str) or not raw:
-            raise ModalityInputError(f"expected a non-empty string, got {type(raw).__name__}")
+            raise InvalidInputError(f"expected a non-empty string, got {type(raw).__name__}")
         return raw
 
     # -- shared machinery ---------------------------------------------------------------
@@ -151,7 +142,7 @@ class Modality(ABC):
     def encode(self, raws: Sequence[Any]) -> np.ndarray:
         """Preprocess and encode a batch of raw inputs -> float32 [len(raws), dim].
 
-        Raises `ModalityInputError` if any input is bad; use `preprocess_one` per row first
+        Raises `InvalidInputError` if any input is bad; use `preprocess_one` per row first
         when some rows may fail (the embedding pipeline does).
         """
         if len(raws) == 0:

@@ -18,7 +18,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from acml_ray.modalities.base import Modality, ModalityInputError, molecule_from_smiles
+from acml_ray.chem.errors import InvalidInputError
+from acml_ray.modalities.base import Modality, molecule_from_smiles
 from acml_ray.storage import package_dir
 
 Pooling = Literal["mean", "cls"]
@@ -186,7 +187,7 @@ class SmilesModality(Modality):
         )
         ids, mask = encoded["input_ids"], encoded["attention_mask"]
         if len(ids) != self.max_length:  # a tokenizer that ignores padding="max_length"
-            raise ModalityInputError(f"tokenizer returned {len(ids)} ids, expected {self.max_length}")
+            raise InvalidInputError(f"tokenizer returned {len(ids)} ids, expected {self.max_length}")
         return torch.tensor([ids, mask], dtype=torch.long)
 
     def canonical_input(self, raw: Any) -> str:

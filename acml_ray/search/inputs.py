@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from acml_ray.modalities import Modality, ModalityInputError
+from acml_ray.chem.errors import InvalidInputError
+from acml_ray.modalities import Modality
 from acml_ray.search.filters import CandidateFilter
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -226,9 +227,9 @@ def picture_tensor(modality: Modality, picture: Any) -> torch.Tensor:
             picture = Image.open(picture)
         picture.load()
     except FileNotFoundError:
-        raise ModalityInputError(f"no such image file: {picture}") from None
+        raise InvalidInputError(f"no such image file: {picture}") from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise ModalityInputError(f"unreadable image: {exc}") from None
+        raise InvalidInputError(f"unreadable image: {exc}") from None
     if picture.mode in ("RGBA", "LA", "P", "PA"):
         picture = picture.convert("RGBA")
         picture = Image.alpha_composite(Image.new("RGBA", picture.size, (255, 255, 255, 255)), picture)
@@ -244,17 +245,14 @@ def picture_tensor(modality: Modality, picture: Any) -> torch.Tensor:
 
 
 def preprocess_query(modality: Modality, raw: Any) -> torch.Tensor:
-    """The encoder input of one query; raises `ModalityInputError` with a reason.
+    """The encoder input of one query; raises `InvalidInputError` with a reason.
 
     SMILES queries are canonicalised first, as the library's SMILES were when the model trained.
     """
     if modality.name == "image":
         return picture_tensor(modality, raw)
     if modality.input_column == "smiles":
-        from acml_ray.chem import FeaturizationError, canonical_identity
+        from acml_ray.chem import canonical_identity
 
-        try:
-            raw = canonical_identity(raw)[0]
-        except FeaturizationError as exc:
-            raise ModalityInputError(exc.reason) from None
+        raw = canonical_identity(raw)[0]
     return modality.preprocess_one(raw)

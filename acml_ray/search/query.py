@@ -196,7 +196,7 @@ class StructureIndex:
             try:
                 tensors.append(preprocess_query(encoder, query.raw))
                 kept.append(i)
-            except ValueError as exc:  # ModalityInputError and friends: one line per query
+            except ValueError as exc:  # InvalidInputError and friends: one line per query
                 errors.append(QueryError(query.query_id, getattr(exc, "reason", None) or str(exc)))
             except Exception as exc:  # noqa: BLE001 - a crash on odd input fails that query only
                 errors.append(QueryError(query.query_id, f"preprocessing failed: {type(exc).__name__}: {exc}"))
