@@ -227,7 +227,8 @@ def test_csv_rows_in_other_encodings_cost_only_themselves(tmp_path, chembl_drugs
     own options, only the bad rows are quarantined (`invalid text encoding`), row by row."""
     import pyarrow.csv as pacsv
 
-    from acml_ray.pipelines.embed import check_input_columns, csv_read_options
+    from acml_ray.data.csv_source import csv_read_options
+    from acml_ray.pipelines.embed import check_input_columns
 
     good = chembl_drugs["smiles"].dropna().head(40).tolist()
     lines = [b"id,smiles,note"] + [f"g{i},{s},ok".encode() for i, s in enumerate(good)]
@@ -446,7 +447,8 @@ def test_three_latin1_rows_after_4999_good_ones_cost_three_rows(tmp_path) -> Non
     bytes and quarantined all 5,002 rows; read with the reader's options, 3 rows fail to decode."""
     import pyarrow.csv as pacsv
 
-    from acml_ray.pipelines.embed import csv_read_options, decode_text
+    from acml_ray.data.csv_source import csv_read_options
+    from acml_ray.pipelines.embed import decode_text
     from acml_ray.storage import package_dir
 
     nci = (package_dir("rdkit") / "Data" / "NCI" / "first_5K.smi").read_text().splitlines()

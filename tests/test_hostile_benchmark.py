@@ -34,7 +34,7 @@ def test_hostile_inputs_each_take_under_a_second() -> None:
 def test_hostile_csv_round_trips_bytes(tmp_path) -> None:
     import pyarrow.csv as pacsv
 
-    from acml_ray.pipelines.embed import csv_read_options
+    from acml_ray.data.csv_source import csv_read_options
 
     rows = hostile.garbage(60, seed=1, real=[b"CCO", b"c1ccccc1"])
     hostile.write_csv(tmp_path / "g.csv", rows)

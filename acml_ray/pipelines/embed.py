@@ -38,6 +38,7 @@ from acml_ray.cache import CachedEmbedder, EmbeddingCache
 from acml_ray.chem import GraphFeaturizer, MolGraph, Rejected, row_arrow_schema
 from acml_ray.config import ACMLConfig, IsolationConfig, ModalityConfig
 from acml_ray.data.columnar import list_column
+from acml_ray.data.csv_source import csv_read_options, read_csv_dataset
 from acml_ray.data.paired import emb_column, mask_column, validation_mask
 from acml_ray.modalities import Modality, build_modality
 from acml_ray.sandbox import Sandbox
@@ -427,24 +428,6 @@ def _input_format(fs: pafs.FileSystem, path: str, declared: str) -> str:
     return "parquet"
 
 
-def csv_read_options(text_columns: Sequence[str] = (), include_columns: Sequence[str] = ()) -> dict[str, Any]:
-    """pyarrow CSV options of `acml embed`: the schema check and the reader both use them.
-
-    RFC 4180 quoting (newlines inside quoted values); `text_columns` read as bytes, so that
-    `featurise_table` decodes them row by row (one row in latin-1 is one quarantined row, never
-    a failed file or a column of bytes); only `include_columns` are converted (others may hold
-    anything).
-    """
-    import pyarrow.csv as pacsv
-
-    return {
-        "parse_options": pacsv.ParseOptions(newlines_in_values=True),
-        "convert_options": pacsv.ConvertOptions(
-            column_types={c: pa.binary() for c in text_columns}, include_columns=list(include_columns)
-        ),
-    }
-
-
 def check_input_columns(fs: pafs.FileSystem, path: str, fmt: str, location: str, wanted: Sequence[str]) -> None:
     """Read only the input's schema, on the driver, and name what is wrong before Ray starts.
 
@@ -537,12 +520,8 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbedRunResult:
     text_columns = [ec.smiles_column, *([ec.id_column] if ec.id_column else [])]
     try:
         if fmt == "csv":
-            ds = ray.data.read_csv(
-                in_path,
-                filesystem=in_fs,
-                file_extensions=["csv", "gz"],
-                ray_remote_args=tasks,
-                **csv_read_options(text_columns, wanted),
+            ds = read_csv_dataset(  # Ray's read_csv mis-splits rows with NUL bytes (see csv_source)
+                in_path, in_fs, text_columns, wanted, file_extensions=["csv", "gz"], ray_remote_args=tasks
             )
             ds = ds.select_columns(wanted)
         else:
