@@ -126,14 +126,23 @@ def iter_csv_tables(
         spooled.file.close()
 
 
+def read_csv_stream(stream: Any, **options: Any) -> pa.Table:
+    """A whole CSV stream as one table, NUL bytes kept exactly (see module doc); `options` as
+    `iter_csv_tables`."""
+    tables = list(iter_csv_tables(stream, **options))
+    if not tables:
+        raise pa.ArrowInvalid("empty CSV file")
+    return pa.concat_tables(tables)
+
+
 def read_csv_table(location: str, **options: Any) -> pa.Table:
-    """One CSV file (path or ``s3://`` URI) as a table, NUL bytes kept exactly (see module doc)."""
+    """One CSV file (path or ``s3://`` URI, compression detected) as one table (see `read_csv_stream`)."""
     fs, path = resolve_filesystem(location)
     with fs.open_input_stream(path, compression="detect") as stream:
-        tables = list(iter_csv_tables(stream, **options))
-    if not tables:
-        raise pa.ArrowInvalid(f"{location}: empty CSV file")
-    return pa.concat_tables(tables)
+        try:
+            return read_csv_stream(stream, **options)
+        except pa.ArrowInvalid as exc:
+            raise pa.ArrowInvalid(f"{location}: {exc}") from None
 
 
 def read_csv_dataset(
@@ -165,4 +174,4 @@ def read_csv_dataset(
     return ray.data.read_datasource(datasource, ray_remote_args=ray_remote_args or {})
 
 
-__all__ = ["csv_read_options", "iter_csv_tables", "read_csv_dataset", "read_csv_table"]
+__all__ = ["csv_read_options", "iter_csv_tables", "read_csv_dataset", "read_csv_stream", "read_csv_table"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from acml_ray.config import DataSourceConfig
+from acml_ray.data.csv_source import read_csv_stream
 from acml_ray.storage import package_dir, resolve_filesystem
 
 __all__ = ["SHIPPED_SOURCES", "ShippedSource", "load_source", "load_sources", "package_dir", "read_table"]
@@ -191,7 +192,8 @@ def read_table(path: str, filesystem=None) -> pd.DataFrame:
         return pq.read_table(path, filesystem=filesystem).to_pandas()
     delimiter = "\t" if lower.endswith((".tsv", ".tsv.gz")) else ","
     with filesystem.open_input_stream(path, compression="detect") as stream:
-        return pacsv.read_csv(stream, parse_options=pacsv.ParseOptions(delimiter=delimiter)).to_pandas()
+        # pyarrow alone mis-splits rows with NUL bytes (see csv_source)
+        return read_csv_stream(stream, parse_options=pacsv.ParseOptions(delimiter=delimiter)).to_pandas()
 
 
 def load_source(cfg: DataSourceConfig | str, limit: int | None = None, seed: int = 0) -> pd.DataFrame:

@@ -244,9 +244,11 @@ class Library:
 def _read_delimited(fs: pafs.FileSystem, path: str, fmt: str) -> pa.Table:
     import pyarrow.csv as pacsv
 
+    from acml_ray.data.csv_source import read_csv_stream  # pyarrow alone mis-splits rows with NUL bytes
+
     delimiter = "\t" if fmt == "tsv" else ","
     with fs.open_input_stream(path, compression="detect") as stream:
-        return pacsv.read_csv(stream, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+        return read_csv_stream(stream, parse_options=pacsv.ParseOptions(delimiter=delimiter))
 
 
 def _read_smi(fs: pafs.FileSystem, path: str) -> pa.Table:
