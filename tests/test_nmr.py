@@ -279,3 +279,18 @@ def test_pretrain_spectrum_cli_leaves_out_the_held_out_molecules(simulated, tmp_
         == 2
     )
     assert "no column 'nmr19f'" in capsys.readouterr().err
+
+
+def test_pretrain_spectrum_cli_refuses_a_registered_modality_that_is_no_spectrum(tmp_path, capsys, monkeypatch):
+    """`register_modality` may map nmr13c to a user's class; pretraining needs a SpectrumModality
+    and says so (exit code 2) instead of failing deep inside the training loop."""
+    from acml_ray import modalities
+    from acml_ray.cli.main import main
+    from acml_ray.modalities.ecfp import EcfpModality
+
+    monkeypatch.setitem(modalities._FACTORIES, "nmr13c", lambda **options: EcfpModality())
+    pd.DataFrame({"smiles": ["CCO"], "nmr13c": ["[[58.0, 1.0]]"]}).to_parquet(tmp_path / "spectra.parquet")
+    args = ["pretrain-spectrum", "--nucleus", "13c", "--spectra", str(tmp_path / "spectra.parquet")]
+    assert main([*args, "--out", str(tmp_path / "w.pt")]) == 2
+    assert "not a SpectrumModality" in capsys.readouterr().err
+    assert not (tmp_path / "w.pt").exists()

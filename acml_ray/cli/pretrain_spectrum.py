@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from acml_ray.data.paired import validation_mask
     from acml_ray.data.sources import SHIPPED_SOURCES, load_source, read_table
     from acml_ray.modalities import build_modality
+    from acml_ray.modalities.spectrum import SpectrumModality
     from acml_ray.modalities.spectrum_pretrain import PretrainConfig, pretrain_spectrum_encoder, save_encoder
 
     name = NUCLEI[args.nucleus]
@@ -73,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.holdout_fraction < 1.0:
         raise ValueError(f"--holdout-fraction must be in [0, 1), got {args.holdout_fraction}")
     modality = build_modality(name, {**options, "encoder": "random"})
+    if not isinstance(modality, SpectrumModality):  # `register_modality` may map the name to another class
+        raise ValueError(
+            f"modality {name!r} is a {type(modality).__name__}, not a SpectrumModality: nothing to pretrain"
+        )
     column = args.column or modality.input_column
     frame = load_source(args.spectra) if args.spectra in SHIPPED_SOURCES else read_table(args.spectra)
     if column not in frame.columns:

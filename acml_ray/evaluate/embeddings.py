@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -20,6 +21,12 @@ from acml_ray.modalities import build_modality
 from acml_ray.model.acml import ACMLModel
 
 log = logging.getLogger(__name__)
+
+
+class _HasOutDim(Protocol):
+    """What `ACMLModel` asks of a graph encoder besides being a module: its output width."""
+
+    out_dim: int
 
 
 @torch.no_grad()
@@ -58,7 +65,7 @@ def graph_embeddings(
         emb = model.encode_graph(batch) if modality is None else model.project_graph(batch, modality)
         out.append(emb.float().cpu())
     model.train(was_training)
-    width = model.graph_encoder.out_dim if modality is None else model.embed_dim
+    width = cast(_HasOutDim, model.graph_encoder).out_dim if modality is None else model.embed_dim
     return torch.cat(out).numpy() if out else np.zeros((0, width), np.float32)
 
 

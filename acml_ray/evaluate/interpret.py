@@ -21,11 +21,13 @@ from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+# The rdkit-stubs shipped with the rdkit wheel (2026.9.1) omit descriptors that RDKit defines as
+# module-level lambdas (MolWt, MolLogP, NumHDonors, NumHAcceptors): the stubs are wrong there.
 DESCRIPTORS = {
-    "MW": Descriptors.MolWt,
-    "LogP": Crippen.MolLogP,
-    "HBD": Lipinski.NumHDonors,
-    "HBA": Lipinski.NumHAcceptors,
+    "MW": Descriptors.MolWt,  # type: ignore[attr-defined]  # rdkit-stubs omit it (see above)
+    "LogP": Crippen.MolLogP,  # type: ignore[attr-defined]  # rdkit-stubs omit it
+    "HBD": Lipinski.NumHDonors,  # type: ignore[attr-defined]  # rdkit-stubs omit it
+    "HBA": Lipinski.NumHAcceptors,  # type: ignore[attr-defined]  # rdkit-stubs omit it
     "TPSA": rdMolDescriptors.CalcTPSA,
     "RotB": rdMolDescriptors.CalcNumRotatableBonds,
     "QED": QED.qed,

@@ -95,7 +95,7 @@ def formula_groups(
                 groups[CalcMolFormula(mol)].append(s)
         eligible = sorted(k for k, members in groups.items() if len(members) >= 2)
         rng = np.random.default_rng(seed)
-        sets = []
+        sets: list[IsomerSet] = []
         for j in rng.permutation(len(eligible)):
             if len(sets) >= n_groups:
                 break
@@ -118,7 +118,7 @@ def stereo_sets(smiles: list[str], n_molecules: int, max_set_size: int, seed: in
     elements, assigned or not), sampled when there are more than `max_set_size`.
     """
     rng = np.random.default_rng(seed)
-    sets = []
+    sets: list[IsomerSet] = []
     with BlockLogs():
         for i in rng.permutation(len(smiles)):
             if len(sets) >= n_molecules:

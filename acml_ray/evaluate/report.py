@@ -117,7 +117,7 @@ def _task_lines(task: str, r: dict) -> list[str]:
     if "error" in r:
         return lines + [r["error"], ""]
     methods = r["methods"]
-    first = next(iter(methods.values()), {})
+    first: dict[str, object] = next(iter(methods.values()), {})
     metrics = [k for k, v in first.items() if isinstance(v, dict) and "mean" in v]
     lines += ["| method | runs | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for method, m in methods.items():
