@@ -22,8 +22,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import mlflow.pyfunc
 import pandas as pd
+
+# Imported by name: mypy reads the attribute `mlflow.pyfunc` as mlflow's LazyLoader, not the module.
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
@@ -63,7 +65,7 @@ def embed_smiles(model: ACMLModel, cfg: ACMLConfig, smiles: Sequence[Any], batch
     results = GraphFeaturizer(cfg.featurizer).featurize_batch(list(smiles))
     n = len(results)
     columns: dict[str, list] = {c: [None] * n for c in output_columns(model.modalities)}
-    ok = [i for i, r in enumerate(results) if not isinstance(r, Rejected)]
+    ok = [(i, r) for i, r in enumerate(results) if not isinstance(r, Rejected)]
     for i, r in enumerate(results):
         if isinstance(r, Rejected):
             columns[ERROR_COLUMN][i] = r.reason
@@ -72,8 +74,9 @@ def embed_smiles(model: ACMLModel, cfg: ACMLConfig, smiles: Sequence[Any], batch
     model.eval()
     with torch.no_grad():
         for start in range(0, len(ok), batch_size):
-            rows = ok[start : start + batch_size]
-            batch = Batch.from_data_list([results[i].to_pyg() for i in rows])
+            chunk = ok[start : start + batch_size]
+            rows = [i for i, _ in chunk]
+            batch = Batch.from_data_list([graph.to_pyg() for _, graph in chunk])
             # Encode once, project per modality (project_graph would re-run the GIN each time).
             raw = model.encode_graph(batch)
             outputs = {GRAPH_COLUMN: raw} | {
@@ -89,25 +92,25 @@ def embed_smiles(model: ACMLModel, cfg: ACMLConfig, smiles: Sequence[Any], batch
 def model_signature(modalities: Sequence[str]) -> ModelSignature:
     """Explicit signature: ``smiles`` string in; float arrays, ids and ``error`` out (nullable)."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 
-    outputs = [ColSpec(Array(DataType.float), GRAPH_COLUMN, required=False)]
+    outputs: list[ColSpec | TensorSpec] = [ColSpec(Array(DataType.float), GRAPH_COLUMN, required=False)]
     outputs += [ColSpec(Array(DataType.float), modality_column(m), required=False) for m in modalities]
     outputs += [ColSpec(DataType.string, c, required=False) for c in (*ID_COLUMNS, ERROR_COLUMN)]
     return ModelSignature(inputs=Schema([ColSpec(DataType.string, SMILES_COLUMN)]), outputs=Schema(outputs))
 
 
-class ACMLEmbedder(mlflow.pyfunc.PythonModel):
+class ACMLEmbedder(PythonModel):
     """MLflow pyfunc wrapper; the weights are the ``acml_model`` artifact (a `save_model` folder)."""
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         from acml_ray.model.serialization import load_model
 
         self.model, self.cfg, self.extra = load_model(context.artifacts[MODEL_ARTIFACT])
 
     def predict(
         self,
-        context: mlflow.pyfunc.PythonModelContext | None,
+        context: PythonModelContext | None,
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from acml_ray.search.layout import (
     default_cache_dir,
     model_fingerprint,
 )
+
+if TYPE_CHECKING:  # faiss is imported where an index is first read
+    import faiss
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,25 @@ class SearchResult:
         frame["score"] = frame["score"].map(lambda v: f"{v:.4f}")
         frame["mass"] = frame["mass"].map(lambda v: f"{v:.4f}")
         return frame.to_string(index=False)
+
+
+def _search_parameters(selector: faiss.IDSelector | None, nprobe: int | None) -> faiss.SearchParameters:
+    """faiss search parameters, IVF ones when `nprobe` is given.
+
+    Set as attributes: faiss's stubs declare only the no-argument constructors (its keyword
+    constructor, ``SearchParametersIVF(nprobe=...)``, sets these same attributes).
+    """
+    import faiss
+
+    if nprobe is None:
+        params = faiss.SearchParameters()
+    else:
+        ivf = faiss.SearchParametersIVF()
+        ivf.nprobe = nprobe
+        params = ivf
+    if selector is not None:
+        params.sel = selector
+    return params
 
 
 class StructureIndex:
@@ -241,8 +263,7 @@ class StructureIndex:
         filters = list(filters) if filters is not None else [None] * n
         plain = [i for i, f in enumerate(filters) if f is None or not f.active]
         if plain:
-            # faiss's generated stubs do not declare the keyword constructors it has
-            params = faiss.SearchParametersIVF(nprobe=min(probe, lists)) if is_ivf else None  # type: ignore[call-arg]
+            params = _search_parameters(None, min(probe, lists)) if is_ivf else None
             d, i = index.search(vectors[plain], k, params=params)
             scores[plain], ids[plain] = d, i
         for row, flt in enumerate(filters):
@@ -252,11 +273,7 @@ class StructureIndex:
             if allowed is None or len(allowed) == 0:
                 continue
             selector = faiss.IDSelectorBatch(allowed)
-            filtered: Any = (
-                faiss.SearchParametersIVF(sel=selector, nprobe=lists)
-                if is_ivf  # type: ignore[call-arg]
-                else faiss.SearchParameters(sel=selector)
-            )  # type: ignore[call-arg]
+            filtered = _search_parameters(selector, lists if is_ivf else None)
             d, i = index.search(vectors[row : row + 1], k, params=filtered)
             scores[row], ids[row] = d[0], i[0]
         scores[ids < 0] = -np.inf
