@@ -232,3 +232,49 @@ def test_text_shortcuts_match_full_read(drug_smiles: list[str]) -> None:
             continue
         fast, full = _graph_arrays(mol, smiles), _graph_arrays(mol, None)
         assert all(np.array_equal(a, b) for a, b in zip(fast, full)), smiles
+
+
+def _vocab_index(vocab: list, value: object) -> int:
+    """The index of `value` in `vocab`, or the vocabulary's last ("other") slot."""
+    values = [int(v) for v in vocab]
+    return values.index(int(value)) if int(value) in values else len(vocab)
+
+
+def test_feature_columns_are_rdkit_values_as_vocabulary_indices(drug_smiles: list[str]) -> None:
+    """Every column of x / edge_attr is the RDKit value's index in its vocabulary, "other" (the
+    last slot) outside it, on real drugs and on inputs with stereo, dative bonds, CXSMILES,
+    charges, isotopes and elements beyond the vocabularies' common values."""
+    extra = ["N->[Pt+2]<-N", "F/C=C/F", "C[C@H](F)Cl", "CC=CC |c:1|", "C#N", "[2H]C([2H])Cl", "C[N+](C)(C)C", "F[Xe]F"]
+    atom_values = {
+        "atomic_num": Chem.Atom.GetAtomicNum,
+        "chiral_tag": Chem.Atom.GetChiralTag,
+        "degree": Chem.Atom.GetTotalDegree,
+        "formal_charge": Chem.Atom.GetFormalCharge,
+        "total_hs": Chem.Atom.GetTotalNumHs,
+        "hybridization": Chem.Atom.GetHybridization,
+        "aromatic": Chem.Atom.GetIsAromatic,
+    }
+    bond_values = {
+        "bond_type": Chem.Bond.GetBondType,
+        "stereo": Chem.Bond.GetStereo,
+        "conjugated": Chem.Bond.GetIsConjugated,
+        "in_ring": Chem.Bond.IsInRing,
+    }
+    seen_other = set()
+    for smiles in drug_smiles + extra:
+        mol = Chem.MolFromSmiles(smiles)
+        if mol is None:
+            continue
+        x, edge_index, edge_attr = _graph_arrays(mol)
+        assert x.dtype == edge_attr.dtype == edge_index.dtype == np.int64
+        for table, items, vocabs, values in (
+            (x, mol.GetAtoms(), ATOM_VOCABS, atom_values),
+            (edge_attr, mol.GetBonds(), BOND_VOCABS, bond_values),
+        ):
+            for item in items:
+                for col, (name, vocab) in enumerate(vocabs.items()):
+                    expected = _vocab_index(vocab, values[name](item))
+                    assert table[item.GetIdx(), col] == expected, (smiles, name)
+                    if expected == len(vocab):
+                        seen_other.add(name)
+    assert "bond_type" in seen_other  # dative bonds: the "other" slot was exercised

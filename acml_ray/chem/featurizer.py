@@ -52,7 +52,7 @@ class _Lookup:
     """
 
     def __init__(self, vocabs: Sequence[list]) -> None:
-        los, sentinels, offsets, tables = [], [], [], []
+        los, spans, offsets, tables = [], [], [], []
         offset = 0
         for vocab in vocabs:
             values = [int(v) for v in vocab]
@@ -61,19 +61,20 @@ class _Lookup:
             for index, value in enumerate(values):
                 table[value - lo] = index
             los.append(lo)
-            sentinels.append(span)
+            spans.append(span)
             offsets.append(offset)
             tables.append(table)
             offset += span + 1
         self._lo = np.array(los, dtype=np.int64)[:, None]
-        self._sentinel = np.array(sentinels, dtype=np.uint64)[:, None]
+        self._span = np.array(spans, dtype=np.int64)[:, None]
         self._offset = np.array(offsets, dtype=np.int64)[:, None]
         self._table = np.concatenate(tables)
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         """Map raw values [num_columns, n] to indices, returned as [n, num_columns] (C order)."""
-        # Below-range values wrap to huge unsigned numbers, so one `minimum` clips both ends.
-        shifted = np.minimum((raw - self._lo).view(np.uint64), self._sentinel).view(np.int64)
+        shifted = raw - self._lo
+        # A value outside its vocabulary's range goes to the table's last slot ("other").
+        shifted = np.where((shifted < 0) | (shifted > self._span), self._span, shifted)
         return np.ascontiguousarray(self._table[shifted + self._offset].T)
 
 
@@ -278,7 +279,9 @@ def _graph_arrays(mol: Chem.Mol, text: str | None = None) -> tuple[np.ndarray, n
     atoms = list(map(mol.GetAtomWithIdx, range(n_atoms)))
     bonds = list(map(mol.GetBondWithIdx, range(n_bonds)))
     # Column-wise comprehensions and one np.array per table: the fastest way found to pull
-    # values out of RDKit; skip the slow enum getters where the text proves the answer.
+    # values out of RDKit; skip the slow enum getters where the text proves the answer. (RDKit's
+    # enums are ints: numpy reads both alike.)
+    chiral: list[int]
     if text is None or any(mark in text for mark in _CHIRAL_MARKS):
         chiral = [a.GetChiralTag() for a in atoms]
     else:
@@ -300,6 +303,8 @@ def _graph_arrays(mol: Chem.Mol, text: str | None = None) -> tuple[np.ndarray, n
 
     begin = [b.GetBeginAtomIdx() for b in bonds]
     end = [b.GetEndAtomIdx() for b in bonds]
+    stereo: list[int]
+    bond_type: list[int]
     if text is None or any(mark in text for mark in _BOND_STEREO_MARKS):
         stereo = [b.GetStereo() for b in bonds]
     else:
