@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import numpy as np
 import pyarrow as pa
@@ -247,6 +248,28 @@ def _modality(batch, modality: str, n: int) -> tuple[torch.Tensor, torch.Tensor]
             else np.asarray(array.filter(pa.array(~nulls)).flatten(), dtype=np.float32).reshape(-1, dim)
         )
     return torch.from_numpy(vectors), torch.from_numpy(mask)
+
+
+@overload
+def collate(
+    batch: pa.Table | pa.RecordBatch,
+    modalities: Sequence[str] = (),
+    *,
+    check: bool = True,
+    with_ids: Literal[False] = False,
+) -> tuple[Batch, dict[str, torch.Tensor]]: ...
+
+
+@overload
+def collate(
+    batch: pa.Table | pa.RecordBatch, modalities: Sequence[str] = (), *, check: bool = True, with_ids: Literal[True]
+) -> CollatedBatch: ...
+
+
+@overload
+def collate(
+    batch: pa.Table | pa.RecordBatch, modalities: Sequence[str] = (), *, check: bool = True, with_ids: bool = False
+) -> tuple[Batch, dict[str, torch.Tensor]] | CollatedBatch: ...
 
 
 def collate(

@@ -163,13 +163,13 @@ def held_out_examples(
     quarantine: list[dict] = []
     table = _prepared_table(data) if data not in SHIPPED_SOURCES else None
     names = [m.name for m in run_cfg.modalities if table is not None and emb_column(m.name) in table.column_names]
-    if names:  # a prepared table: its cached vectors are the held-out examples
+    if table is not None and names:  # a prepared table: its cached vectors are the held-out examples
         keys = table.column("inchikey").to_pylist() if "inchikey" in table.column_names else [None] * table.num_rows
         seen = [k in train_keys for k in keys] if train_keys is not None else [False] * len(keys)
         if exclude and any(seen):
             quarantine += [
                 _row(
-                    keys[i],
+                    keys[i] or f"row {i}",  # always a key: only rows whose key is in the training set are here
                     table.column("smiles")[i].as_py(),
                     "exclude_training",
                     "in the model's training set (InChIKey)",
@@ -229,12 +229,13 @@ def held_out_examples(
             ]
     rejected = sum(q["stage"] != "exclude_training" for q in quarantine)
     n_input = len(keys) if names else len(given)
+    fraction = n_seen / n_gallery if n_gallery else 0.0
     overlap = {
         "training_table": train_location,
         "checked": train_keys is not None,
         "gallery": n_gallery,
         "in_training": n_seen,
-        "fraction": n_seen / n_gallery if n_gallery else 0.0,
+        "fraction": fraction,
         "excluded": bool(exclude),
         "dropped": n_seen if exclude else 0,
     }
@@ -244,7 +245,7 @@ def held_out_examples(
             data,
             n_seen,
             n_gallery,
-            100 * overlap["fraction"],
+            100 * fraction,
             "dropped (exclude_training)" if exclude else "kept (--no-exclude-training): retrieval scores are inflated",
         )
     if len(examples) < 2:
@@ -398,6 +399,7 @@ def _evaluate(
 
     if "retrieval" in cfg.sections:
         with say.section("retrieval", timings):
+            assert held is not None  # read above whenever retrieval or interpret is asked for
             report["retrieval"] = retrieval_summary(model, held.examples, cfg)
             if report["retrieval"]:
                 plot_retrieval_curves(report["retrieval"], cfg.top_k, out / "retrieval_curves.png")
@@ -417,6 +419,7 @@ def _evaluate(
                 kept = [(s, r) for s, r in zip(mol_smiles, results) if not isinstance(r, Rejected)]
                 graphs, ismiles = [r.to_pyg() for _, r in kept], [s for s, _ in kept]
             else:
+                assert held is not None  # read above whenever retrieval or interpret is asked for
                 graphs, ismiles = held.examples.graphs, held.smiles
             emb = graph_embeddings(model, graphs)
             descriptors = descriptor_table(ismiles)

@@ -35,10 +35,11 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray.train
+import ray.train.torch  # get_device; imported here, not left to whoever imported it first
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
@@ -48,6 +49,9 @@ from acml_ray.evaluate.retrieval import pooled_ranks, topk_from_ranks
 from acml_ray.model.acml import ACMLModel
 from acml_ray.train.best import save_best
 from acml_ray.train.engine import build_engine
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 SCORE_METRIC = "val/score"
 CKPT_TAG = "engine"  # DeepSpeed tag (sub-folder) inside every Ray checkpoint
@@ -105,7 +109,9 @@ class ArrowCollateFn(ArrowBatchCollateFn):
         super().__init__()
         self.modalities, self.with_ids, self.pin = list(modalities), with_ids, pin_memory
 
-    def __call__(self, batch) -> CollatedBatch:
+    # Ray annotates `CollateFn.__call__` as returning `CollatedData`, a TypeVar bound nowhere (so
+    # no concrete return type can match it): Ray's annotation is wrong, not this override.
+    def __call__(self, batch: pa.Table) -> CollatedBatch:  # type: ignore[override]
         out = collate(batch, self.modalities, with_ids=True)
         if not self.with_ids:
             out.ids = None

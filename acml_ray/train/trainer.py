@@ -15,16 +15,13 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
-from ray.train import (
-    CheckpointConfig,
-    DataConfig,
-    FailureConfig,
-    LoggingConfig,
-    RunConfig,
-    ScalingConfig,
-    UserCallback,
-)
-from ray.train.torch import TorchTrainer
+from ray.train import DataConfig
+
+# Ray Train v2 (Ray's default; LoggingConfig exists only there), imported from where it is
+# defined: `ray.train` rebinds these names to v2 at runtime, but type checkers read its v1 ones.
+from ray.train.v2.api.callback import UserCallback
+from ray.train.v2.api.config import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.v2.torch.torch_trainer import TorchTrainer
 
 from acml_ray.config import ACMLConfig
 from acml_ray.data.columnar import input_columns
@@ -261,6 +258,8 @@ def fit(
 
         target = Path(cfg.output_dir) / "model"
         marker = download_best(join(run_uri, "best"), target)
+        if result.checkpoint is None:  # every epoch reports one; a run that never reported has none
+            raise RuntimeError(f"training run {run_uri} finished without reporting a checkpoint")
         with result.checkpoint.as_directory() as directory:
             state = json.loads(Path(directory, STATE_FILE).read_text())
         history = state["history"]
