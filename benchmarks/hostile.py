@@ -189,7 +189,7 @@ def sandbox_ratio(smiles: list[str], batch: int = 256) -> tuple[float, float]:
 
     from acml_ray.chem import GraphFeaturizer
     from acml_ray.config import IsolationConfig
-    from acml_ray.pipelines.embed import featurise_table
+    from acml_ray.pipelines.embed_batches import featurise_table
 
     featurizer, isolation = GraphFeaturizer(), IsolationConfig()
     tables = [pa.table({"smiles": smiles[i : i + batch]}) for i in range(0, len(smiles), batch)]

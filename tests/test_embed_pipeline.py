@@ -17,14 +17,14 @@ from acml_ray.cli.main import main
 from acml_ray.config import FeaturizerConfig, load_config
 from acml_ray.data.paired import PairedExamples
 from acml_ray.modalities import build_modality
-from acml_ray.pipelines.embed import (
+from acml_ray.pipelines.embed_batches import (
     InchikeyDeduper,
     embed_table,
     featurise_table,
     stats_columns,
-    summarise,
     training_rows,
 )
+from acml_ray.pipelines.embed_report import summarise
 from acml_ray.storage import resolve_filesystem
 
 IMAGE = [{"name": "image", "options": {"image_size": 32}}]  # small depictions: fast, still real
@@ -83,9 +83,9 @@ def test_prepare_uses_the_blocks_and_the_cache(tmp_path) -> None:
     )
     first = prepare(cfg, progress=False)
     assert first.counts["quarantined"] == first.counts["input"] - first.counts["usable"]
-    assert first.embed_reports["image"]["encoded"] == first.counts["usable"]
+    assert first.reports["image"]["encoded"] == first.counts["usable"]
     second = prepare(cfg, progress=False)
-    assert second.embed_reports["image"]["forward_passes"] == 0
+    assert second.reports["image"]["forward_passes"] == 0
     a, b = pq.read_table(first.train_path), pq.read_table(second.train_path)
     assert a.equals(b)
     assert len(PairedExamples.from_table(b, ["image"])) == first.counts["train"]
@@ -95,6 +95,38 @@ def test_prepare_uses_the_blocks_and_the_cache(tmp_path) -> None:
     train_keys = a.column("inchikey").to_pylist()
     val_keys = pq.read_table(first.val_path).column("inchikey").to_pylist()
     assert validation_mask(val_keys, 0.2, 4).all() and not validation_mask(train_keys, 0.2, 4).any()
+
+
+def test_prepare_counts_a_corrupt_cache_shard_once_and_reports_what_it_returns(tmp_path) -> None:
+    """A truncated cache shard is set aside, its rows recomputed and counted once, in the result
+    `prepare` returns and in prepare.json, whose keys are the result's fields (as report.json's)."""
+    from dataclasses import fields
+
+    from acml_ray.pipelines.prepare import prepare
+
+    cfg = load_config(
+        None,
+        {
+            "output_dir": str(tmp_path / "out"),
+            "cache_dir": str(tmp_path / "cache"),
+            "modalities": [{"name": "ecfp"}],
+            "data.sources": [{"name": "chembl_approved_drugs", "limit": 30, "seed": 2}],
+        },
+    )
+    first = prepare(cfg, progress=False)
+    assert first.reports["ecfp"]["cache_shards_corrupt"] == 0
+    shards = sorted(p for p in (tmp_path / "cache").rglob("*.parquet") if "corrupt" not in p.parts)
+    assert len(shards) == 1
+    shards[0].write_bytes(shards[0].read_bytes()[:-20])  # truncated, as by a lost connection
+    second = prepare(cfg, progress=False)
+    report = second.reports["ecfp"]
+    assert report["cache_shards_corrupt"] == 1 and report["cache_hits"] == 0
+    assert report["encoded"] == first.reports["ecfp"]["encoded"] == second.counts["usable"]
+    written = json.loads((tmp_path / "out" / "data" / "prepare.json").read_text())
+    assert list(written) == [f.name for f in fields(second)] and second.report_path.endswith("prepare.json")
+    assert written["reports"]["ecfp"]["cache_shards_corrupt"] == 1
+    assert written["quarantined_by_reason"] == second.quarantined_by_reason
+    assert second.quarantined == second.counts["quarantined"] == sum(second.quarantined_by_reason.values())
 
 
 def test_validation_mask_is_a_stable_seeded_partition(chembl_drugs) -> None:
@@ -448,7 +480,7 @@ def test_three_latin1_rows_after_4999_good_ones_cost_three_rows(tmp_path) -> Non
     import pyarrow.csv as pacsv
 
     from acml_ray.data.csv_source import csv_read_options
-    from acml_ray.pipelines.embed import decode_text
+    from acml_ray.pipelines.embed_batches import decode_text
     from acml_ray.storage import package_dir
 
     nci = (package_dir("rdkit") / "Data" / "NCI" / "first_5K.smi").read_text().splitlines()

@@ -26,7 +26,7 @@ def run_demo(cfg: ACMLConfig, progress: bool = True) -> Path:
     t = time.perf_counter()
     prepared = prepare(cfg, progress=progress)
     timings["prepare_s"] = time.perf_counter() - t
-    print(f"[acml] data: {prepared.counts}; quarantined by reason: {prepared.rejected_reasons}", flush=True)
+    print(f"[acml] data: {prepared.counts}; quarantined by reason: {prepared.quarantined_by_reason}", flush=True)
 
     t = time.perf_counter()
     init_ray(num_cpus=None, use_gpu=cfg.train.use_gpu)
@@ -47,8 +47,8 @@ def run_demo(cfg: ACMLConfig, progress: bool = True) -> Path:
         "best_validation": trained.best_metrics,
         "final_validation": trained.final_metrics,
         "data": prepared.counts,
-        "quarantined_by_reason": prepared.rejected_reasons,
-        "embedding": prepared.embed_reports,
+        "quarantined_by_reason": prepared.quarantined_by_reason,
+        "embedding": prepared.reports,
         "encoder_fingerprints": prepared.fingerprints,
         "model_dir": str(trained.best_model_dir.resolve()),
         "timings": timings,
