@@ -21,13 +21,13 @@ from acml_ray.cli.main import main
 from acml_ray.config import ACMLConfig, EvalConfig, TaskConfig
 from acml_ray.data.paired import PairedExamples, build_table
 from acml_ray.evaluate.downstream import (
-    _masked_loss,
     load_tasks,
     masked_errors,
     masked_roc_auc,
     murcko_scaffold,
     scaffold_split,
 )
+from acml_ray.evaluate.finetune import _masked_loss
 from acml_ray.evaluate.interpret import correlations, interpret_report
 from acml_ray.evaluate.isomers import formula_groups, set_discrimination, stereo_sets
 from acml_ray.evaluate.retrieval import (

@@ -2,10 +2,13 @@
 
 There is nothing to learn or download: the "encoder" is the identity on the (optionally
 log1p-compressed) count vector, so the fingerprint of this modality is its configuration.
+`morgan_counts` is the one place acml-ray computes Morgan fingerprints (the downstream ECFP
+baselines use its set bits).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -15,6 +18,20 @@ from rdkit.Chem import rdFingerprintGenerator
 from torch import nn
 
 from acml_ray.modalities.base import Modality, molecule_from_smiles
+
+
+@functools.cache  # a generator per setting: building one costs more than fingerprinting a molecule
+def _morgan_generator(radius: int, n_bits: int, chirality: bool) -> Any:
+    return rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits, includeChirality=chirality)
+
+
+def morgan_counts(mol: Chem.Mol, radius: int = 2, n_bits: int = 2048, chirality: bool = False) -> np.ndarray:
+    """Morgan (ECFP) count vector of a parsed molecule, ``uint32 [n_bits]``, folded to `n_bits`.
+
+    Bit i of RDKit's Morgan bit vector (same radius, size, chirality) is set exactly where count
+    i is non-zero, so ``morgan_counts(mol) > 0`` is ECFP4 as a bit vector.
+    """
+    return _morgan_generator(int(radius), int(n_bits), bool(chirality)).GetCountFingerprintAsNumPy(mol)
 
 
 class EcfpModality(Modality):
@@ -34,9 +51,6 @@ class EcfpModality(Modality):
             raise ValueError(f"need radius >= 0 and n_bits >= 1, got {radius}, {n_bits}")
         self.radius, self.n_bits = int(radius), int(n_bits)
         self.chirality, self.log1p = bool(chirality), bool(log1p)
-        self._generator = rdFingerprintGenerator.GetMorganGenerator(
-            radius=self.radius, fpSize=self.n_bits, includeChirality=self.chirality
-        )
 
     @property
     def dim(self) -> int:
@@ -54,7 +68,7 @@ class EcfpModality(Modality):
 
     def preprocess_one(self, raw: Any) -> torch.Tensor:
         mol = molecule_from_smiles(self.canonical_input(raw))
-        counts = self._generator.GetCountFingerprintAsNumPy(mol).astype(np.float32)
+        counts = morgan_counts(mol, self.radius, self.n_bits, self.chirality).astype(np.float32)
         return torch.from_numpy(np.log1p(counts) if self.log1p else counts)
 
     def _build_encoder(self) -> nn.Module:
