@@ -73,9 +73,10 @@ def apply_defaults(local: bool | None = None) -> None:
         os.environ.setdefault(key, value)
 
 
-def init_ray(num_cpus: int | None = None, use_gpu: bool = False) -> None:
+def init_ray(num_cpus: int | None = None, use_gpu: bool = False, object_store_mib: int | None = None) -> None:
     """Connect to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``), or start a
     local Ray on loopback; workers get the environment defaults (caller's values win).
+    `object_store_mib` caps a local Ray's shared-memory object store (default: Ray's, 30% of RAM).
 
     The one place acml-ray starts or joins Ray (CLI, jobs, pipelines, benchmarks, tests)."""
     import ray  # here, not at module level: the defaults above must be set before Ray is imported
@@ -95,6 +96,7 @@ def init_ray(num_cpus: int | None = None, use_gpu: bool = False) -> None:
     # placement group of a trial that dies.
     ray.init(
         num_cpus=num_cpus,
+        object_store_memory=object_store_mib * 2**20 if object_store_mib else None,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",

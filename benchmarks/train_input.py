@@ -115,7 +115,7 @@ def write_tables(table: pa.Table, rows: int, out: Path, n_val: int) -> tuple[str
     return str(out / "train"), str(out / "val")
 
 
-def train_once(train: str, val: str, out: Path, dim: int) -> dict[str, float]:
+def train_once(train: str, val: str, out: Path, dim: int, shuffle_rows: int) -> dict[str, float]:
     """One epoch of `acml_ray.train.fit` (1 worker); the worker's figures and the wall time."""
     from acml_ray.config import load_config
     from acml_ray.train import fit
@@ -133,6 +133,9 @@ def train_once(train: str, val: str, out: Path, dim: int) -> dict[str, float]:
             "train.cpus_per_worker": 1,
             "tracking.enabled": False,
             "train.object_store_table_mib": 0,  # both sizes stream from the files (what large tables do)
+            # The buffer must be smaller than N: one that N rows do not fill would grow with the
+            # table between N and 10N and the ratio would measure the buffer filling.
+            "train.shuffle_buffer_rows": shuffle_rows,
             "eval.pool_size": 64,
             "output_dir": str(out),
         }
@@ -156,6 +159,15 @@ def main() -> int:
     parser.add_argument("--molecules", type=int, default=4096, help="distinct real molecules")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-memory", action="store_true", help="only (a)")
+    parser.add_argument(
+        "--shuffle-rows", type=int, default=2048, help="the worker's local shuffle buffer (rows; below N)"
+    )
+    parser.add_argument(
+        "--object-store-mib",
+        type=int,
+        default=None,
+        help="cap Ray's object store (default: Ray's, 30%% of RAM); worker RSS counts the store pages it reads",
+    )
     args = parser.parse_args()
 
     graphs, table = real_rows(args.molecules, args.dim)
@@ -175,13 +187,13 @@ def main() -> int:
     if not args.skip_memory:
         from acml_ray.train import init_ray
 
-        init_ray(num_cpus=3)  # the worker's CPU plus room for Ray Data's read tasks
+        init_ray(num_cpus=3, object_store_mib=args.object_store_mib)  # the worker's CPU + Ray Data's reads
         with tempfile.TemporaryDirectory() as tmp:
             runs = {}
             for rows in (args.n, 10 * args.n):
                 out = Path(tmp, f"rows{rows}")
                 train, val = write_tables(table, rows, out / "data", n_val=512)
-                runs[rows] = train_once(train, val, out, args.dim)
+                runs[rows] = train_once(train, val, out, args.dim, args.shuffle_rows)
                 r = runs[rows]
                 print(
                     f"{rows} training rows: worker peak RSS {r['rss_mib']:.0f} MiB (private {r['private_mib']:.0f} "
