@@ -49,33 +49,33 @@ def csv_read_options(text_columns: Sequence[str] = (), include_columns: Sequence
     }
 
 
-class _Spooled:
-    """A stream copied to a spooled local file, noting whether it holds a NUL byte."""
-
-    def __init__(self, stream: Any) -> None:
-        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL)
-        self.has_nul = False
-        while chunk := stream.read(_CHUNK):
-            self.has_nul = self.has_nul or _NUL in chunk
-            self.file.write(chunk)
-        self.file.seek(0)
-
-    def contains(self, token: bytes) -> bool:
-        """Whether `token` occurs anywhere in the copy (also across two chunks)."""
-        found, tail = False, b""
-        while not found and (chunk := self.file.read(_CHUNK)):
-            found = token in tail + chunk
-            tail = chunk[-(len(token) - 1) :]
-        self.file.seek(0)
-        return found
+def _spool(stream: Any) -> tuple[IO[bytes], bool]:
+    """`stream` copied to a spooled local file, and whether it holds a NUL byte."""
+    copy: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL)
+    has_nul = False
+    while chunk := stream.read(_CHUNK):
+        has_nul = has_nul or _NUL in chunk
+        copy.write(chunk)
+    copy.seek(0)
+    return copy, has_nul
 
 
-def _free_token(spooled: _Spooled) -> bytes:
-    """A token that occurs nowhere in the file and holds no CSV-special byte."""
+def _masked(copy: IO[bytes]) -> tuple[IO[bytes], bytes]:
+    """`copy` with every NUL replaced by a token that occurs nowhere in it (checked while
+    copying, across chunk edges too; a new token on the astronomically rare clash)."""
     while True:
-        token = b"\x1a" + secrets.token_hex(12).encode() + b"\x1a"  # SUB never starts a SMILES
-        if not spooled.contains(token):
-            return token
+        token = b"\x1a" + secrets.token_hex(12).encode() + b"\x1a"  # no CSV-special byte
+        masked: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL)
+        tail, clash = b"", False
+        copy.seek(0)
+        while not clash and (chunk := copy.read(_CHUNK)):
+            clash = token in tail + chunk
+            tail = chunk[-(len(token) - 1) :]
+            masked.write(chunk.replace(_NUL, token))
+        if not clash:
+            masked.seek(0)
+            return masked, token
+        masked.close()
 
 
 def _unmask(table: pa.Table, token: bytes) -> pa.Table:
@@ -101,18 +101,13 @@ def iter_csv_tables(
     `pyarrow.ArrowInvalid` for a file that is not valid CSV (e.g. a row with the wrong number
     of columns), as pyarrow's own reader.
     """
-    spooled = _Spooled(stream)
+    source, has_nul = _spool(stream)
     try:
-        source: Any = spooled.file
         token = None
-        if spooled.has_nul:
-            token = _free_token(spooled)
-            masked: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL)
-            while chunk := spooled.file.read(_CHUNK):
-                masked.write(chunk.replace(_NUL, token))
-            masked.seek(0)
-            spooled.file.close()
-            source = spooled.file = masked
+        if has_nul:
+            plain = source
+            source, token = _masked(plain)
+            plain.close()
         reader = pacsv.open_csv(
             pa.PythonFile(source, mode="r"),
             read_options=read_options or pacsv.ReadOptions(use_threads=False),
@@ -123,7 +118,7 @@ def iter_csv_tables(
             table = pa.Table.from_batches([batch])
             yield _unmask(table, token) if token else table
     finally:
-        spooled.file.close()
+        source.close()
 
 
 def read_csv_stream(stream: Any, **options: Any) -> pa.Table:
