@@ -81,6 +81,9 @@ class LossConfig(_Strict):
 class OptimizerConfig(_Strict):
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-3, ge=0.0)
+    # DeepSpeed clips to a global gradient norm of 1.0 unless told otherwise; stated here so the
+    # recipe is visible (and reproducible outside DeepSpeed), not an engine default.
+    grad_clip_norm: float = Field(1.0, ge=0.0, description="clip the global gradient norm to this (0: no clipping)")
 
 
 class ModalityConfig(_Strict):
@@ -184,6 +187,12 @@ class TrainConfig(_Strict):
         8192, ge=0, description="per-worker local shuffle buffer in rows, reseeded every epoch (0: none)"
     )
     prefetch_batches: int = Field(4, ge=0, description="batches collated ahead of the step, in background threads")
+    # Ray Data hands a worker whole blocks, one per file (or row group) by default: with files of
+    # 20k rows x 1,024-float vectors a block is ~100 MiB and the few the worker prefetches make its
+    # memory follow the file layout. Capping the block size bounds it independently of the files.
+    block_mib: float = Field(
+        8, gt=0, description="largest block (MiB) Ray Data reads the training tables into; bounds a worker's read-ahead"
+    )
     object_store_table_mib: float = Field(
         64,
         ge=0,

@@ -108,3 +108,55 @@ def test_config_logged_to_mlflow_has_no_uri_credentials() -> None:
     assert "s3cr3t" not in str(clean) and "u:p@" not in str(clean)
     assert clean["tracking"]["uri"] == "https://***@mlflow.example:5000"
     assert clean["train"]["storage_path"] == "s3://bucket/runs"
+
+
+def test_one_worker_engine_clips_like_torch_and_skips_the_all_reduce(monkeypatch):
+    """A one-process DeepSpeed engine takes the same AdamW step as plain torch with
+    `clip_grad_norm_` at the configured norm, and does not "all-reduce" with itself."""
+    import socket
+
+    import torch.distributed as dist
+
+    from acml_ray.train.engine import build_engine
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    cfg = load_config(
+        overrides={
+            "graph_encoder.hidden_dim": 8,
+            "projection.dims": [8],
+            "modalities": [{"name": "a"}],
+            "optimizer.grad_clip_norm": 0.05,  # small enough to bind on the first step
+            "optimizer.lr": 0.1,
+        }
+    )
+    assert deepspeed_config(cfg)["gradient_clipping"] == 0.05
+    featurizer = GraphFeaturizer()
+    batch = Batch.from_data_list([featurizer.featurize(s).to_pyg() for s in SMILES])
+    inputs = {"a": torch.randn(6, 5, generator=torch.Generator().manual_seed(1))}
+
+    torch.manual_seed(0)
+    reference = ACMLModel.from_config(cfg, {"a": 5}).eval()
+    optimizer = torch.optim.AdamW(reference.trainable_parameters(), lr=0.1, weight_decay=cfg.optimizer.weight_decay)
+    reference(batch, inputs)["loss"].backward()
+    norm = torch.nn.utils.clip_grad_norm_(reference.trainable_parameters(), 0.05)
+    assert norm > 0.05
+    optimizer.step()
+
+    torch.manual_seed(0)
+    model = ACMLModel.from_config(cfg, {"a": 5}).eval()
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        engine = build_engine(model, cfg, model.trainable_parameters())
+        assert engine.enable_backward_allreduce is False
+        engine.backward(engine(batch, inputs)["loss"])
+        engine.step()
+    finally:
+        dist.destroy_process_group()
+    for (name, p), q in zip(reference.named_parameters(), engine.module.parameters()):
+        torch.testing.assert_close(q, p, msg=name)

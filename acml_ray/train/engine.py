@@ -22,6 +22,7 @@ def deepspeed_config(cfg: ACMLConfig) -> dict[str, Any]:
     return {
         "train_micro_batch_size_per_gpu": t.batch_size,
         "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.optimizer.grad_clip_norm,
         "zero_optimization": {"stage": t.zero_stage},
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},
@@ -79,4 +80,8 @@ def build_engine(model: torch.nn.Module, cfg: ACMLConfig, trainable, total_steps
         lr_scheduler=lr_scheduler(optimizer, cfg, total_steps),
         config=deepspeed_config(cfg),
     )
+    if engine.dp_world_size == 1 and cfg.train.zero_stage == 0:
+        # One worker has nothing to all-reduce, yet DeepSpeed would still flatten, "reduce" and
+        # unflatten every gradient after each backward (~3% of a CPU step, measured).
+        engine.enable_backward_allreduce = False
     return engine

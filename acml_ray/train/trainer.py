@@ -97,7 +97,12 @@ def run_location(cfg: ACMLConfig, run_name: str) -> str:
 
 
 def _read_parquet(
-    location: str, dataset: pads.Dataset, columns: list[str], in_store_mib: float, seed: int | None = None
+    location: str,
+    dataset: pads.Dataset,
+    columns: list[str],
+    in_store_mib: float,
+    block_mib: float,
+    seed: int | None = None,
 ) -> ray.data.Dataset:
     """A Ray Data read of `columns`; with `seed`, the files come in a seeded order that is the
     same in every epoch and after every restart (see acml_ray.train.loop, "Data order").
@@ -110,6 +115,7 @@ def _read_parquet(
     fs, path = resolve_filesystem(location)
     shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=False) if seed is not None else None
     ds = ray.data.read_parquet(path, filesystem=fs, columns=columns, shuffle=shuffle)
+    ds.context.target_max_block_size = int(block_mib * 2**20)  # read outputs are sliced to this
     size = sum(info.size or 0 for info in dataset.filesystem.get_file_info(dataset.files))
     if size <= in_store_mib * 2**20:
         ds.context.execution_options.preserve_order = True  # the file order above, kept
@@ -246,9 +252,16 @@ def fit(
             ),
             datasets={
                 "train": _read_parquet(
-                    train, tables["train"], columns, cfg.train.object_store_table_mib, seed=cfg.train.seed
+                    train,
+                    tables["train"],
+                    columns,
+                    cfg.train.object_store_table_mib,
+                    cfg.train.block_mib,
+                    seed=cfg.train.seed,
                 ),
-                "val": _read_parquet(val, tables["val"], columns, cfg.train.object_store_table_mib),
+                "val": _read_parquet(
+                    val, tables["val"], columns, cfg.train.object_store_table_mib, cfg.train.block_mib
+                ),
             },
             dataset_config=_data_config(),
         )
