@@ -298,7 +298,8 @@ def test_training_read_is_cut_into_blocks_of_at_most_block_mib(ray_local, tables
 
     table = pq.read_table(tables["train"])
     cap_mib = 0.02  # ~20 KB: the 160-row table (~170 KB) is one file, one row group
-    ds = _read_parquet(tables["train"], pads.dataset(tables["train"]), table.column_names, 0, cap_mib)
+    t = load_config(overrides={"train.object_store_table_mib": 0, "train.block_mib": cap_mib}).train
+    ds = _read_parquet(tables["train"], pads.dataset(tables["train"]), table.column_names, t)
     ds.context.execution_options.preserve_order = True
     sizes = [m.size_bytes for bundle in ds.iter_internal_ref_bundles() for m in bundle.metadata]
     # Ray slices read outputs by its size estimate of the rows, so a block may overshoot a little.

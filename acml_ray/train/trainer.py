@@ -23,7 +23,7 @@ from ray.train.v2.api.callback import UserCallback
 from ray.train.v2.api.config import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.v2.torch.torch_trainer import TorchTrainer
 
-from acml_ray.config import ACMLConfig
+from acml_ray.config import ACMLConfig, TrainConfig
 from acml_ray.data.columnar import input_columns
 from acml_ray.data.paired import emb_column
 from acml_ray.model.acml import ModelFactory
@@ -97,27 +97,23 @@ def run_location(cfg: ACMLConfig, run_name: str) -> str:
 
 
 def _read_parquet(
-    location: str,
-    dataset: pads.Dataset,
-    columns: list[str],
-    in_store_mib: float,
-    block_mib: float,
-    seed: int | None = None,
+    location: str, dataset: pads.Dataset, columns: list[str], t: TrainConfig, seed: int | None = None
 ) -> ray.data.Dataset:
     """A Ray Data read of `columns`; with `seed`, the files come in a seeded order that is the
     same in every epoch and after every restart (see acml_ray.train.loop, "Data order").
 
-    A table of at most `in_store_mib` on disk is read once into Ray's object store (shared
-    memory, not the workers' heaps): short epochs then skip Ray Data's per-epoch file listing
-    and read tasks. Larger tables stream from the files every epoch."""
+    Blocks are cut to ``t.block_mib``. A table of at most ``t.object_store_table_mib`` on disk is
+    read once into Ray's object store (shared memory, not the workers' heaps): short epochs then
+    skip Ray Data's per-epoch file listing and read tasks. Larger tables stream from the files
+    every epoch."""
     from ray.data import FileShuffleConfig
 
     fs, path = resolve_filesystem(location)
     shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=False) if seed is not None else None
     ds = ray.data.read_parquet(path, filesystem=fs, columns=columns, shuffle=shuffle)
-    ds.context.target_max_block_size = int(block_mib * 2**20)  # read outputs are sliced to this
+    ds.context.target_max_block_size = int(t.block_mib * 2**20)  # read outputs are sliced to this
     size = sum(info.size or 0 for info in dataset.filesystem.get_file_info(dataset.files))
-    if size <= in_store_mib * 2**20:
+    if size <= t.object_store_table_mib * 2**20:
         ds.context.execution_options.preserve_order = True  # the file order above, kept
         ds = ds.materialize()
     return ds
@@ -251,17 +247,8 @@ def fit(
                 logging_config=LoggingConfig(log_level="WARNING"),
             ),
             datasets={
-                "train": _read_parquet(
-                    train,
-                    tables["train"],
-                    columns,
-                    cfg.train.object_store_table_mib,
-                    cfg.train.block_mib,
-                    seed=cfg.train.seed,
-                ),
-                "val": _read_parquet(
-                    val, tables["val"], columns, cfg.train.object_store_table_mib, cfg.train.block_mib
-                ),
+                "train": _read_parquet(train, tables["train"], columns, cfg.train, seed=cfg.train.seed),
+                "val": _read_parquet(val, tables["val"], columns, cfg.train),
             },
             dataset_config=_data_config(),
         )
