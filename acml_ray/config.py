@@ -373,9 +373,24 @@ class IndexConfig(_Strict):
     num_gpus_per_actor: float | None = Field(None, ge=0.0, description="default: 1 when the cluster has GPUs")
     ann_threshold: int = Field(200_000, ge=1, description="rows from which an IVF (ANN) index replaces exact search")
     nlist: int | None = Field(None, ge=1, description="IVF lists; default 4 * sqrt(rows)")
-    # 64: at the full MOSES (1.58 M rows, nlist 4096) nprobe 32 reached recall@10 0.979 vs exact,
-    # 64 reached 0.992 at p50 6.9 ms on 2 CPU cores (docs/results.md).
-    nprobe: int = Field(64, ge=1, description="IVF lists scanned per query")
+    # None: measured per index and modality (acml_ray.search.calibrate). A fixed 64 reached
+    # recall@10 0.992 at the full MOSES set for one model's queries and 0.928 for another's.
+    nprobe: int | None = Field(
+        None, ge=1, description="IVF lists scanned per query; default: the smallest reaching target_recall"
+    )
+    target_recall: float = Field(
+        0.99, gt=0.0, le=1.0, description="recall@calibration_top_k vs exact search the default nprobe must reach"
+    )
+    calibration_queries: int = Field(
+        500, ge=0, description="queries per modality that calibrate nprobe after each FAISS update (0: off)"
+    )
+    calibration_top_k: int = Field(10, ge=1, description="k of the recall@k that calibration measures")
+    calibration_table: str | None = Field(
+        None,
+        description="your own calibration queries (a query table or folder as acml search --query takes); "
+        "default: library rows for structure-derived inputs, the model run's held-out table for spectra",
+    )
+    calibration_seed: int = 0
     train_per_list: int = Field(40, ge=39, description="k-means training rows per IVF list (FAISS warns below 39)")
 
 

@@ -496,3 +496,69 @@ def test_search_benchmark_smoke(ray_local, models, tmp_path):
     for variant in ("all", "formula"):
         assert 0 <= found["nmr13c"][variant]["top1"] <= found["nmr13c"][variant]["top10"] <= 1
     assert found["nmr13c"]["formula"]["top10"] >= found["nmr13c"]["all"]["top10"]  # fewer candidates
+
+
+def test_default_nprobe_is_calibrated_per_modality_on_cross_modal_queries(ray_local, models, libraries, tmp_path):
+    """Each IVF index's default nprobe is the smallest power of two whose recall@10 against exact
+    search reaches index.target_recall on that modality's own queries: ECFP vectors of library
+    rows, 13C spectra of the run's held-out table; mass spectra have none and take the largest
+    calibrated nprobe. A new target recalibrates the same FAISS files without re-embedding."""
+    from acml_ray.data.sources import load_source
+    from acml_ray.search.calibrate import recall_at_k
+
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    model_dir = run / "model"
+    model_dir.mkdir()
+    for f in models["a"].iterdir():
+        (model_dir / f.name).write_bytes(f.read_bytes())
+    spectra = load_source("nmr_spectra").head(120)
+    spectra[["smiles", "nmr13c"]].to_parquet(run / "data" / "val.parquet")
+    out = str(tmp_path / "index")
+    cfg = IndexConfig(chunk_rows=100, ann_threshold=200, nlist=16, calibration_queries=120)
+    result = build_index(model_dir, out, str(libraries["first"]), cfg)
+    manifest = IndexStore(out).read_manifest()
+    ecfp, nmr, ms = (manifest.ann[m] for m in ("ecfp", "nmr13c", "ms"))
+    assert ecfp.calibration["source"] == "library rows" and ecfp.calibration["queries"] == 120
+    assert nmr.calibration["source"].startswith("held-out table") and nmr.calibration["queries"] == 120
+    assert "no 'ms' inputs" in ms.calibration["uncalibrated"]
+    assert ms.nprobe == max(ecfp.nprobe, nmr.nprobe, 16) == 16  # the fallback (64) capped at nlist
+    assert result.ann["ecfp"]["nprobe"] == ecfp.nprobe
+
+    # The recorded curve is what searching the index gives: recall at the chosen nprobe reaches
+    # the target, at half of it (when there is a half) it does not.
+    index = StructureIndex(out)
+    modality = index.encoder("ecfp")
+    smiles = index.metadata()["smiles"].sample(120, random_state=1).tolist()
+    from acml_ray.search.inputs import embed_queries
+
+    vectors = embed_queries(index.model, modality, "ecfp", [modality.preprocess_one(s) for s in smiles])
+    exact, _ = index.search_vectors("ecfp", vectors, 10, exact=True)
+    for entry in (ecfp, nmr):
+        chosen = entry.nprobe
+        assert entry.calibration["recall"][str(chosen)] >= 0.99 and entry.calibration["reached"]
+        if chosen > 1:
+            assert entry.calibration["recall"][str(chosen // 2)] < 0.99
+    default, _ = index.search_vectors("ecfp", vectors, 10)  # no nprobe: the calibrated one
+    assert recall_at_k(default, exact, 10) >= 0.95  # other queries than calibration's, same spread
+    half, _ = index.search_vectors("ecfp", vectors, 10, nprobe=1)
+    assert recall_at_k(half, exact, 10) < recall_at_k(default, exact, 10)
+
+    strict = IndexConfig(chunk_rows=100, ann_threshold=200, nlist=16, calibration_queries=120, target_recall=1.0)
+    again = build_index(model_dir, out, None, strict)
+    after = IndexStore(out).read_manifest()
+    assert after.ann["ecfp"].file == ecfp.file and again.added == 0  # same FAISS file, nothing embedded
+    assert after.ann["ecfp"].calibration["settings"]["target_recall"] == 1.0
+    assert after.ann["nmr13c"].nprobe > nmr.nprobe  # 0.99 was reached at fewer lists than 1.0
+    assert after.ann["nmr13c"].calibration["recall"][str(after.ann["nmr13c"].nprobe)] == 1.0
+    fixed = build_index(model_dir, out, None, strict.model_copy(update={"nprobe": 4}))
+    assert fixed.ann["ecfp"]["nprobe"] == 4 and "4" in IndexStore(out).read_manifest().ann["ecfp"].calibration["recall"]
+
+
+def test_recall_counts_tied_neighbours_as_found():
+    from acml_ray.search.calibrate import recall_at_k
+
+    exact = np.array([[0.9, 0.8, 0.8, 0.5]])  # rows 2 and 3 tie at 0.8
+    assert recall_at_k(np.array([[0.9, 0.8, 0.8, 0.5]]), exact, 3) == 1.0  # either tied row
+    assert recall_at_k(np.array([[0.9, 0.8, 0.5, 0.4]]), exact, 3) == pytest.approx(2 / 3)
+    assert recall_at_k(np.array([[0.9, 0.8, -np.inf, -np.inf]]), exact, 3) == pytest.approx(2 / 3)

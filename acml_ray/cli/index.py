@@ -58,6 +58,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _describe(modality: str, ann: dict) -> str:
+    text = f"{modality} {ann['kind']} ({ann['rows']} rows"
+    if ann["kind"] == "ivf":
+        recall = f", recall@10 {ann['recall']:.3f}" if ann.get("recall") is not None else ", uncalibrated"
+        text += f", nprobe {ann['nprobe']} of {ann['nlist']}{recall}"
+    return text + ")"
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import tempfile
@@ -81,18 +89,26 @@ def run(args: argparse.Namespace) -> int:
             if args.model is not None:
                 from acml_ray.model.serialization import resolve_model
 
-                model_dir, _ = resolve_model(args.model, tmp, args.tracking_uri)
+                model_dir, run_dir = resolve_model(args.model, tmp, args.tracking_uri)
+                held_out = run_dir / "data" / "val.parquet" if run_dir is not None else None
             else:  # finish or extend an existing index with its own model
                 store = IndexStore(args.out)
                 if store.read_manifest() is None:
                     raise ValueError(f"no index at {args.out} yet: give --model to create it")
                 model_dir = store.local_copy("model/model.pt", tmp).parent
+                held_out = None
             if args.library is not None:
                 from acml_ray.environment import init_ray
 
                 init_ray(num_cpus=None, use_gpu=bool(cfg.num_gpus_per_actor))
             result = build_index(
-                model_dir, args.out, args.library, cfg, source=args.model or args.out, tracking_uri=args.tracking_uri
+                model_dir,
+                args.out,
+                args.library,
+                cfg,
+                source=args.model or args.out,
+                tracking_uri=args.tracking_uri,
+                held_out=held_out,
             )
     except StorageError as exc:  # names the location, never the credentials
         raise PermissionError(str(exc)) from None
@@ -101,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         f"rows: {result.rows} (added {result.added}, already indexed {result.already_indexed}, duplicates "
         f"{result.duplicates}, quarantined {result.quarantined}: {json.dumps(result.quarantined_by_reason)})"
     )
-    print("faiss: " + ", ".join(f"{m} {a['kind']} ({a['rows']} rows)" for m, a in result.ann.items()))
+    print("faiss: " + ", ".join(_describe(m, a) for m, a in result.ann.items()))
     if result.added:
         print(f"embedded {result.molecules_per_second:.0f} molecules/s")
     if args.register:

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from acml_ray.chem import GraphFeaturizer, Rejected, row_arrow_schema
 from acml_ray.config import ACMLConfig, FeaturizerConfig, IndexConfig
 from acml_ray.data.columnar import list_column
+from acml_ray.search.calibrate import FALLBACK_NPROBE, CalibrationQueries, calibrate, calibration_settings
 from acml_ray.search.layout import (
     METADATA_COLUMNS,
     AnnEntry,
@@ -599,9 +600,15 @@ def build_index(
     cfg: IndexConfig,
     source: str | None = None,
     tracking_uri: str | None = None,
+    held_out: str | Path | None = None,
 ) -> IndexBuildResult:
     """Add `library` to the index at `output` (created when absent), then update the FAISS
-    indexes; with ``library=None`` only the FAISS step runs (e.g. after an interrupted build).
+    indexes and their calibrated nprobe; with ``library=None`` only the FAISS step runs (e.g.
+    after an interrupted build, or to recalibrate under new ``index.target_recall`` settings).
+
+    `held_out` is a table of the model's held-out inputs (default: the run folder's
+    ``data/val.parquet`` when `model_dir` is a run's ``model`` folder): it calibrates modalities
+    whose queries a structure does not give, such as spectra.
 
     Needs a connected Ray (`acml_ray.train.init_ray`) when there is a library to embed.
     """
@@ -610,6 +617,8 @@ def build_index(
     check_access(output, write=True)
     store = IndexStore(output)
     manifest, model, model_cfg = prepare_index(store, Path(model_dir), source or str(model_dir), tracking_uri)
+    if held_out is None and Path(model_dir).name == "model":
+        held_out = Path(model_dir).parent / "data" / "val.parquet"
     timings: dict[str, float] = {}
     counts = {"added": 0, "known": 0, "duplicates": 0, "quarantined": 0, "done": 0, "skipped": 0}
     by_reason: dict[str, int] = {}
@@ -662,7 +671,7 @@ def build_index(
         entry["complete"] = True
         store.write_manifest(manifest)
     t = time.perf_counter()
-    ann = update_ann(store, manifest, cfg)
+    ann = update_ann(store, manifest, cfg, CalibrationQueries(store, manifest, model, model_cfg, cfg, held_out))
     timings["ann_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     result = IndexBuildResult(
@@ -675,7 +684,16 @@ def build_index(
         quarantined_by_reason=dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
         chunks_done=counts["done"],
         chunks_skipped=counts["skipped"],
-        ann={m: {"kind": a.kind, "rows": a.rows, "nlist": a.nlist} for m, a in ann.items()},
+        ann={
+            m: {
+                "kind": a.kind,
+                "rows": a.rows,
+                "nlist": a.nlist,
+                "nprobe": a.nprobe,
+                "recall": (a.calibration or {}).get("recall", {}).get(str(a.nprobe)),
+            }
+            for m, a in ann.items()
+        },
         timings=timings,
     )
     store.write_bytes("build-report.json", json.dumps(result.__dict__, indent=2, default=str).encode())
@@ -713,16 +731,28 @@ def _training_sample(
     return np.concatenate(parts)
 
 
-def update_ann(store: IndexStore, manifest: Manifest, cfg: IndexConfig) -> dict[str, AnnEntry]:
-    """Bring every modality's FAISS index up to the manifest's shards (see the module doc)."""
+def update_ann(
+    store: IndexStore, manifest: Manifest, cfg: IndexConfig, queries: CalibrationQueries
+) -> dict[str, AnnEntry]:
+    """Bring every modality's FAISS index up to the manifest's shards (see the module doc), then
+    calibrate each IVF index's default nprobe (`acml_ray.search.calibrate`): after any update, and
+    for an unchanged index when its calibration is missing or was made under other settings."""
     import faiss
 
     rows = manifest.rows
+    settings = calibration_settings(cfg)
+    uncalibrated: dict[str, AnnEntry] = {}
     for modality in manifest.modalities:
         current = manifest.ann.get(modality)
-        if current is not None and current.shards == len(manifest.shards):
-            continue
         if rows == 0:
+            continue
+        if current is not None and current.shards == len(manifest.shards):
+            if current.kind == "ivf" and (current.calibration or {}).get("settings") != settings:
+                path = str(store.local_copy(current.file, tempfile.gettempdir()))
+                index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+                if not _calibrate(current, index, modality, cfg, queries, settings):
+                    uncalibrated[modality] = current
+                store.write_manifest(manifest)
             continue
         kind = "ivf" if rows >= cfg.ann_threshold else "flat"
         t = time.perf_counter()
@@ -753,27 +783,48 @@ def update_ann(store: IndexStore, manifest: Manifest, cfg: IndexConfig) -> dict[
                 local = Path(tmp) / "index.faiss"
                 faiss.write_index(index, str(local))
                 store.upload(local, name)
-        del index
-        old = current.file if current is not None else None
-        manifest.ann[modality] = AnnEntry(
-            file=name,
-            kind=kind,
-            rows=rows,
-            shards=len(manifest.shards),
-            nlist=nlist,
-            nprobe=cfg.nprobe if nlist else None,
+        _say(
+            f"{modality}: {kind} index over {rows} rows ({'added to' if reuse else 'built'}"
+            f"{f', nlist {nlist}' if nlist else ''}) in {time.perf_counter() - t:.1f} s"
         )
+        old = current.file if current is not None else None
+        entry = AnnEntry(file=name, kind=kind, rows=rows, shards=len(manifest.shards), nlist=nlist)
+        if kind == "ivf" and not _calibrate(entry, index, modality, cfg, queries, settings):
+            uncalibrated[modality] = entry
+        del index
+        manifest.ann[modality] = entry
         store.write_manifest(manifest)
         if old and old != name:
             try:  # readers of the previous manifest keep an open (or cached) copy
                 store.fs.delete_file(store.path(old))
             except OSError:
                 log.warning("could not delete the replaced FAISS index %s", old)
-        _say(
-            f"{modality}: {kind} index over {rows} rows ({'added to' if reuse else 'built'}"
-            f"{f', nlist {nlist}' if nlist else ''}) in {time.perf_counter() - t:.1f} s"
-        )
+    if uncalibrated:  # the largest nprobe any of this index's query modalities needed
+        measured = [e.nprobe for e in manifest.ann.values() if e.nprobe and "recall" in (e.calibration or {})]
+        fallback = cfg.nprobe or max([FALLBACK_NPROBE, *measured])
+        for modality, entry in uncalibrated.items():
+            entry.nprobe = min(fallback, int(entry.nlist or 1))
+            reason = (entry.calibration or {}).get("uncalibrated")
+            _say(f"{modality}: nprobe {entry.nprobe} (the largest calibrated here), uncalibrated: {reason}")
+        store.write_manifest(manifest)
     return manifest.ann
+
+
+def _calibrate(
+    entry: AnnEntry, index: Any, modality: str, cfg: IndexConfig, queries: CalibrationQueries, settings: dict
+) -> bool:
+    """Set `entry`'s nprobe and calibration record from `modality`'s queries; False without any."""
+    nprobe, record = calibrate(index, int(entry.nlist or 1), cfg, queries.get(modality))
+    entry.calibration = {**record, "settings": settings}
+    entry.nprobe = nprobe
+    if nprobe is None:
+        return False
+    _say(
+        f"{modality}: nprobe {nprobe} of {entry.nlist} lists gives recall@{record['top_k']} "
+        f"{record['recall'][str(nprobe)]:.3f} vs exact search over {record['queries']} queries from "
+        f"{record['source']} (target {record['target_recall']}; {record['seconds']:.1f} s)"
+    )
+    return True
 
 
 def read_shard_metadata(store: IndexStore, manifest: Manifest) -> pa.Table:

@@ -244,6 +244,31 @@ def picture_tensor(modality: Modality, picture: Any) -> torch.Tensor:
     return (pixels - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
+def model_modality(model_cfg: Any, name: str) -> Modality:
+    """The frozen encoder of modality `name`, built with the options a model's config gave it."""
+    from acml_ray.modalities import build_modality
+
+    options: dict[str, Any] = next((m.options for m in model_cfg.modalities if m.name == name), {})
+    return build_modality(name, options)
+
+
+@torch.no_grad()
+def embed_queries(
+    model: Any, modality: Modality, name: str, tensors: list[torch.Tensor], batch_size: int = 32
+) -> np.ndarray:
+    """Joint-space, L2-normalised vectors of preprocessed query inputs: the frozen encoder of
+    modality `name`, then `model`'s projection of that modality -> float32 ``[len(tensors), dim]``."""
+    if not tensors:
+        return np.zeros((0, model.embed_dim), np.float32)
+    model.eval()
+    out = []
+    for start in range(0, len(tensors), batch_size):
+        raw = modality.encode_tensors(torch.stack(tensors[start : start + batch_size])).float()
+        projected = model.project_modality(raw, name)
+        out.append(torch.nn.functional.normalize(projected, dim=-1).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
 def preprocess_query(modality: Modality, raw: Any) -> torch.Tensor:
     """The encoder input of one query; raises `InvalidInputError` with a reason.
 

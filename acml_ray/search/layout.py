@@ -86,7 +86,8 @@ class AnnEntry:
     rows: int
     shards: int  # it holds the first `shards` shards of the manifest
     nlist: int | None = None
-    nprobe: int | None = None  # default lists scanned per query
+    nprobe: int | None = None  # default lists scanned per query (calibrated, `acml_ray.search.calibrate`)
+    calibration: dict[str, Any] | None = None  # how nprobe was chosen: queries, source, recall curve
 
 
 @dataclass

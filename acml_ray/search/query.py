@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from acml_ray.search.filters import CandidateFilter, LibraryFilter
-from acml_ray.search.inputs import Query, QueryError, preprocess_query, read_queries
+from acml_ray.search.inputs import Query, QueryError, embed_queries, model_modality, preprocess_query, read_queries
 from acml_ray.search.layout import (
     METADATA_COLUMNS,
     IndexNotFoundError,
@@ -197,16 +196,12 @@ class StructureIndex:
 
     def encoder(self, modality: str) -> Any:
         """The frozen encoder of `modality`, built from the model's own modality options."""
-        from acml_ray.modalities import build_modality
-
         self._check_modality(modality)
         if modality not in self._modalities:
-            options = next((m.options for m in self.cfg.modalities if m.name == modality), {})
-            self._modalities[modality] = build_modality(modality, options)
+            self._modalities[modality] = model_modality(self.cfg, modality)
         return self._modalities[modality]
 
     # -- searching -----------------------------------------------------------------------------
-    @torch.no_grad()
     def encode(
         self, modality: str, queries: Sequence[Query], batch_size: int = 32
     ) -> tuple[np.ndarray, list[int], list[QueryError]]:
@@ -222,15 +217,7 @@ class StructureIndex:
                 errors.append(QueryError(query.query_id, getattr(exc, "reason", None) or str(exc)))
             except Exception as exc:  # noqa: BLE001 - a crash on odd input fails that query only
                 errors.append(QueryError(query.query_id, f"preprocessing failed: {type(exc).__name__}: {exc}"))
-        if not tensors:
-            return np.zeros((0, self.model.embed_dim), np.float32), kept, errors
-        self.model.eval()
-        out = []
-        for start in range(0, len(tensors), batch_size):
-            raw = encoder.encode_tensors(torch.stack(tensors[start : start + batch_size])).float()
-            projected = self.model.project_modality(raw, modality)
-            out.append(torch.nn.functional.normalize(projected, dim=-1).cpu().numpy())
-        return np.concatenate(out).astype(np.float32), kept, errors
+        return embed_queries(self.model, encoder, modality, tensors, batch_size), kept, errors
 
     def search_vectors(
         self,

@@ -1,0 +1,236 @@
+"""How many IVF lists a query scans by default: measured per index and modality when it is built.
+
+An IVF index's recall at a given ``nprobe`` depends on where the *queries* fall, not only on
+the library. Cross-modal queries (a depiction's, a SMILES string's or a spectrum's projection)
+sit between the lists that k-means drew around the graph-side vectors, and how far between
+depends on the model: at the full MOSES set (1.58 M rows, nlist 4096) nprobe 64 reached
+recall@10 0.992 for a 13C model's spectrum queries but 0.928 for an image+SMILES model's SMILES
+queries (docs/results.md). No fixed default serves every model, so after every FAISS update the
+build encodes real queries of each modality, searches them exhaustively (every list: exact) and
+at nprobe 1, 2, 4, ..., and keeps the smallest nprobe whose recall@k against exact search
+reaches ``index.target_recall``. The curve, the queries' source and the settings go into the
+manifest (`AnnEntry.calibration`); `acml search` uses the chosen nprobe unless told otherwise.
+
+Queries come, per modality, from the first of:
+
+1. ``index.calibration_table``: the user's own queries (a query table or folder as
+   ``acml search --query`` takes; e.g. real 13C spectra with an ``nmr13c`` column);
+2. the library itself, for modalities whose input is the structure (SMILES text, depictions):
+   rows drawn evenly over the shards, rendered/encoded as in training;
+3. the model run's held-out table (``data/val.parquet``), for spectra and other inputs a
+   structure does not give (the same raw column the model trained on).
+
+A modality with none of these keeps the largest nprobe calibrated for the index's other
+modalities (at least ``FALLBACK_NPROBE``), marked uncalibrated with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from acml_ray.config import IndexConfig
+from acml_ray.modalities import Modality
+from acml_ray.search.inputs import embed_queries, model_modality, preprocess_query, read_queries
+from acml_ray.search.layout import IndexStore, Manifest
+
+log = logging.getLogger(__name__)
+
+# The previous fixed default; kept for modalities with no queries to measure.
+FALLBACK_NPROBE = 64
+
+
+@dataclass
+class QuerySet:
+    """Joint-space query vectors of one modality and where their inputs came from."""
+
+    vectors: np.ndarray  # [n, dim] float32, L2-normalised
+    source: str
+    skipped: int = 0  # inputs that did not preprocess (counted, never silently lost)
+
+
+def recall_at_k(found_scores: np.ndarray, exact_scores: np.ndarray, k: int) -> float:
+    """Mean fraction of each query's exact top-k that a search found, by score.
+
+    A found row counts when its score is at least the exact k-th score (minus float noise), so
+    ties at the boundary (stereoisomers share a graph vector when stereo is not featurised) do
+    not count as misses merely because another of the tied rows was returned.
+    """
+    if len(exact_scores) == 0:
+        return 1.0
+    kth = exact_scores[:, k - 1 : k]
+    hits = (found_scores[:, :k] >= kth - 1e-5) & np.isfinite(found_scores[:, :k])
+    return float(np.minimum(hits.sum(axis=1), k).mean() / k)
+
+
+def sweep_nprobe(
+    index: Any, vectors: np.ndarray, nlist: int, k: int, target: float, fixed: int | None = None
+) -> tuple[int, dict[int, float]]:
+    """(chosen nprobe, {nprobe: recall@k}) over 1, 2, 4, ... up to the first that reaches
+    `target` (and up to `fixed` when given, which is then the choice whatever it reaches)."""
+    import faiss
+
+    def at(nprobe: int) -> np.ndarray:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = nprobe
+        return index.search(vectors, k, params=params)[0]
+
+    k = min(k, int(index.ntotal))
+    exact = at(nlist)  # every list: exhaustive, i.e. exact
+    probes = {min(2**i, nlist) for i in range(max(1, nlist).bit_length() + 1)} | {nlist}
+    if fixed is not None:
+        fixed = min(fixed, nlist)
+        probes.add(fixed)
+    curve: dict[int, float] = {}
+    for probe in sorted(probes):
+        curve[probe] = recall_at_k(at(probe), exact, k)
+        if fixed is None and curve[probe] >= target:
+            return probe, curve
+        if fixed is not None and probe >= fixed:
+            return fixed, curve
+    return nlist, curve
+
+
+class CalibrationQueries:
+    """Builds each modality's calibration queries on first use (encoders load only if needed).
+
+    Args:
+        store, manifest: the index (its shards give the library sample).
+        model, model_cfg: the index's model (its modality projections make the queries).
+        cfg: ``index.calibration_queries``, ``index.calibration_table`` and the seed.
+        held_out: the model run's held-out table, when known.
+    """
+
+    def __init__(
+        self,
+        store: IndexStore,
+        manifest: Manifest,
+        model: Any,
+        model_cfg: Any,
+        cfg: IndexConfig,
+        held_out: str | Path | None = None,
+    ) -> None:
+        self.store, self.manifest, self.model, self.model_cfg, self.cfg = store, manifest, model, model_cfg, cfg
+        self.held_out = Path(held_out) if held_out is not None and Path(held_out).is_file() else None
+        self._sets: dict[str, QuerySet | str] = {}
+
+    def _from_table(self, encoder: Modality, n: int) -> tuple[list[torch.Tensor], str, int] | None:
+        if self.cfg.calibration_table is None:
+            return None
+        queries, errors = read_queries([self.cfg.calibration_table], encoder)
+        tensors, skipped = self._preprocess([q.raw for q in queries[:n]], lambda raw: preprocess_query(encoder, raw))
+        if not tensors:
+            return None
+        return tensors, f"calibration table {self.cfg.calibration_table}", skipped + len(errors)
+
+    def _library_smiles(self, n: int) -> list[str]:
+        rng = np.random.default_rng(self.cfg.calibration_seed)
+        shards = self.manifest.shards
+        total = sum(s.rows for s in shards)
+        picked: list[str] = []
+        for shard in shards:
+            take = min(shard.rows, max(1, round(n * shard.rows / total)))
+            smiles = pq.read_table(self.store.path(shard.name), columns=["smiles"], filesystem=self.store.fs)
+            column = smiles.column(0).to_pylist()
+            picked += [column[i] for i in sorted(rng.choice(len(column), take, replace=False))]
+        order = rng.permutation(len(picked))[:n]
+        return [picked[i] for i in order]
+
+    def _held_out_inputs(self, encoder: Modality, n: int) -> list[Any]:
+        if self.held_out is None:
+            return []
+        names = pq.read_schema(self.held_out).names
+        if encoder.input_column not in names:
+            return []
+        column = pq.read_table(self.held_out, columns=[encoder.input_column]).column(0).to_pylist()
+        present = [v for v in column if v is not None and not (isinstance(v, float) and np.isnan(v))]
+        rng = np.random.default_rng(self.cfg.calibration_seed)
+        return [present[i] for i in rng.permutation(len(present))[:n]]
+
+    @staticmethod
+    def _preprocess(raws: list[Any], prepare: Any) -> tuple[list[torch.Tensor], int]:
+        tensors, skipped = [], 0
+        for raw in raws:
+            try:
+                tensors.append(prepare(raw))
+            except Exception:  # noqa: BLE001 - one bad input is counted, the others calibrate
+                skipped += 1
+        return tensors, skipped
+
+    def get(self, modality: str) -> QuerySet | str:
+        """The modality's queries, or the reason there are none."""
+        if modality in self._sets:
+            return self._sets[modality]
+        n = self.cfg.calibration_queries
+        if n == 0:
+            self._sets[modality] = "calibration off (index.calibration_queries = 0)"
+            return self._sets[modality]
+        encoder = model_modality(self.model_cfg, modality)
+        found = self._from_table(encoder, n)
+        if found is None and encoder.input_column == "smiles":
+            tensors, skipped = self._preprocess(self._library_smiles(n), encoder.preprocess_one)
+            found = (tensors, "library rows", skipped) if tensors else None
+        if found is None:
+            tensors, skipped = self._preprocess(self._held_out_inputs(encoder, n), encoder.preprocess_one)
+            found = (tensors, f"held-out table {self.held_out}", skipped) if tensors else None
+        if found is None:
+            self._sets[modality] = (
+                f"no {encoder.input_column!r} inputs to calibrate with (give index.calibration_table, "
+                "or build with the model's run folder, whose held-out table has them)"
+            )
+        else:
+            tensors, source, skipped = found
+            vectors = embed_queries(self.model, encoder, modality, tensors)
+            self._sets[modality] = QuerySet(vectors, source, skipped)
+        return self._sets[modality]
+
+
+def calibrate(index: Any, nlist: int, cfg: IndexConfig, queries: QuerySet | str) -> tuple[int | None, dict[str, Any]]:
+    """(nprobe, the calibration record) of one modality's IVF index; nprobe None when there were
+    no queries (the caller picks the fallback)."""
+    record: dict[str, Any] = {"target_recall": cfg.target_recall, "top_k": cfg.calibration_top_k}
+    if isinstance(queries, str):
+        record["uncalibrated"] = queries
+        return None, record
+    t = time.perf_counter()
+    nprobe, curve = sweep_nprobe(index, queries.vectors, nlist, cfg.calibration_top_k, cfg.target_recall, cfg.nprobe)
+    record.update(
+        queries=len(queries.vectors),
+        skipped_inputs=queries.skipped,
+        source=queries.source,
+        recall={str(p): round(r, 4) for p, r in curve.items()},
+        reached=curve[nprobe] >= cfg.target_recall,
+        fixed=cfg.nprobe is not None,
+        seconds=round(time.perf_counter() - t, 2),
+    )
+    return nprobe, record
+
+
+def calibration_settings(cfg: IndexConfig) -> dict[str, Any]:
+    """The settings a stored calibration was made under (a change re-runs it)."""
+    return {
+        "target_recall": cfg.target_recall,
+        "top_k": cfg.calibration_top_k,
+        "queries": cfg.calibration_queries,
+        "table": cfg.calibration_table,
+        "fixed": cfg.nprobe,
+        "seed": cfg.calibration_seed,
+    }
+
+
+__all__ = [
+    "FALLBACK_NPROBE",
+    "CalibrationQueries",
+    "QuerySet",
+    "calibrate",
+    "calibration_settings",
+    "recall_at_k",
+    "sweep_nprobe",
+]
