@@ -519,7 +519,12 @@ def test_default_nprobe_is_calibrated_per_modality_on_cross_modal_queries(ray_lo
     result = build_index(model_dir, out, str(libraries["first"]), cfg)
     manifest = IndexStore(out).read_manifest()
     ecfp, nmr, ms = (manifest.ann[m] for m in ("ecfp", "nmr13c", "ms"))
-    assert ecfp.calibration["source"] == "library rows" and ecfp.calibration["queries"] == 120
+    sources = [s["source"] for s in ecfp.calibration["sources"]]  # library SMILES and held-out SMILES
+    assert sources[0] == "library rows" and sources[1].startswith("held-out table") and len(sources) == 2
+    assert ecfp.calibration["queries"] == 240
+    worst = {p: min(s["recall"][p] for s in ecfp.calibration["sources"]) for p in ecfp.calibration["recall"]}
+    assert ecfp.calibration["recall"] == worst  # the default must serve every source
+    assert [s["source"] for s in nmr.calibration["sources"]] == [nmr.calibration["source"]]
     assert nmr.calibration["source"].startswith("held-out table") and nmr.calibration["queries"] == 120
     assert "no 'ms' inputs" in ms.calibration["uncalibrated"]
     assert ms.nprobe == max(ecfp.nprobe, nmr.nprobe, 16) == 16  # the fallback (64) capped at nlist
@@ -551,6 +556,14 @@ def test_default_nprobe_is_calibrated_per_modality_on_cross_modal_queries(ray_lo
     assert after.ann["ecfp"].calibration["settings"]["target_recall"] == 1.0
     assert after.ann["nmr13c"].nprobe > nmr.nprobe  # 0.99 was reached at fewer lists than 1.0
     assert after.ann["nmr13c"].calibration["recall"][str(after.ann["nmr13c"].nprobe)] == 1.0
+    # A user's own spectra join the sources; a row without a spectrum is counted, not lost.
+    table = tmp_path / "my_spectra.csv"
+    mine = [json.dumps(np.asarray(p, dtype=float).tolist()) for p in load_source("nmr_spectra")["nmr13c"].iloc[200:260]]
+    pd.DataFrame({"nmr13c": mine + [""]}).to_csv(table, index=False)
+    build_index(model_dir, out, None, strict.model_copy(update={"calibration_table": str(table)}))
+    record = IndexStore(out).read_manifest().ann["nmr13c"].calibration
+    assert [s["source"] for s in record["sources"]][0] == f"calibration table {table}"
+    assert (record["sources"][0]["queries"], record["sources"][0]["skipped_inputs"]) == (60, 1)
     fixed = build_index(model_dir, out, None, strict.model_copy(update={"nprobe": 4}))
     assert fixed.ann["ecfp"]["nprobe"] == 4 and "4" in IndexStore(out).read_manifest().ann["ecfp"].calibration["recall"]
 
