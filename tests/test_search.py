@@ -522,7 +522,8 @@ def test_default_nprobe_is_calibrated_per_modality_on_cross_modal_queries(ray_lo
     sources = [s["source"] for s in ecfp.calibration["sources"]]  # library SMILES and held-out SMILES
     assert sources[0] == "library rows" and sources[1].startswith("held-out table") and len(sources) == 2
     assert ecfp.calibration["queries"] == 240
-    worst = {p: min(s["recall"][p] for s in ecfp.calibration["sources"]) for p in ecfp.calibration["recall"]}
+    curves = [dict(s["recall"]) for s in ecfp.calibration["sources"]]
+    worst = [[p, min(c[p] for c in curves)] for p in sorted(curves[0])]
     assert ecfp.calibration["recall"] == worst  # the default must serve every source
     assert [s["source"] for s in nmr.calibration["sources"]] == [nmr.calibration["source"]]
     assert nmr.calibration["source"].startswith("held-out table") and nmr.calibration["queries"] == 120
@@ -540,10 +541,10 @@ def test_default_nprobe_is_calibrated_per_modality_on_cross_modal_queries(ray_lo
     vectors = embed_queries(index.model, modality, "ecfp", [modality.preprocess_one(s) for s in smiles])
     exact, _ = index.search_vectors("ecfp", vectors, 10, exact=True)
     for entry in (ecfp, nmr):
-        chosen = entry.nprobe
-        assert entry.calibration["recall"][str(chosen)] >= 0.99 and entry.calibration["reached"]
-        if chosen > 1:
-            assert entry.calibration["recall"][str(chosen // 2)] < 0.99
+        curve = dict(entry.calibration["recall"])
+        assert curve[entry.nprobe] == entry.calibration["recall_at_nprobe"] >= 0.99 and entry.calibration["reached"]
+        below = [p for p in curve if p < entry.nprobe]  # every nprobe measured below the choice missed
+        assert all(curve[p] < 0.99 for p in below) and (entry.nprobe == 1 or below)
     default, _ = index.search_vectors("ecfp", vectors, 10)  # no nprobe: the calibrated one
     assert recall_at_k(default, exact, 10) >= 0.95  # other queries than calibration's, same spread
     half, _ = index.search_vectors("ecfp", vectors, 10, nprobe=1)
@@ -555,7 +556,7 @@ def test_default_nprobe_is_calibrated_per_modality_on_cross_modal_queries(ray_lo
     assert after.ann["ecfp"].file == ecfp.file and again.added == 0  # same FAISS file, nothing embedded
     assert after.ann["ecfp"].calibration["settings"]["target_recall"] == 1.0
     assert after.ann["nmr13c"].nprobe > nmr.nprobe  # 0.99 was reached at fewer lists than 1.0
-    assert after.ann["nmr13c"].calibration["recall"][str(after.ann["nmr13c"].nprobe)] == 1.0
+    assert after.ann["nmr13c"].calibration["recall_at_nprobe"] == 1.0
     # A user's own spectra join the sources; a row without a spectrum is counted, not lost.
     table = tmp_path / "my_spectra.csv"
     mine = [json.dumps(np.asarray(p, dtype=float).tolist()) for p in load_source("nmr_spectra")["nmr13c"].iloc[200:260]]
@@ -565,7 +566,8 @@ def test_default_nprobe_is_calibrated_per_modality_on_cross_modal_queries(ray_lo
     assert [s["source"] for s in record["sources"]][0] == f"calibration table {table}"
     assert (record["sources"][0]["queries"], record["sources"][0]["skipped_inputs"]) == (60, 1)
     fixed = build_index(model_dir, out, None, strict.model_copy(update={"nprobe": 4}))
-    assert fixed.ann["ecfp"]["nprobe"] == 4 and "4" in IndexStore(out).read_manifest().ann["ecfp"].calibration["recall"]
+    record = IndexStore(out).read_manifest().ann["ecfp"].calibration
+    assert fixed.ann["ecfp"]["nprobe"] == 4 and [p for p, _ in record["recall"]] == [1, 2, 4] and record["fixed"]
 
 
 def test_recall_counts_tied_neighbours_as_found():
@@ -575,3 +577,21 @@ def test_recall_counts_tied_neighbours_as_found():
     assert recall_at_k(np.array([[0.9, 0.8, 0.8, 0.5]]), exact, 3) == 1.0  # either tied row
     assert recall_at_k(np.array([[0.9, 0.8, 0.5, 0.4]]), exact, 3) == pytest.approx(2 / 3)
     assert recall_at_k(np.array([[0.9, 0.8, -np.inf, -np.inf]]), exact, 3) == pytest.approx(2 / 3)
+
+
+def test_sweep_bisects_to_the_smallest_nprobe_that_reaches_the_target():
+    """On an IVF index whose queries sit between lists (as cross-modal ones do), the chosen nprobe
+    reaches the target and the nprobe just under it (within the resolution) does not."""
+    import faiss
+
+    from acml_ray.search.calibrate import sweep_nprobe
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(4000, 16)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 64, faiss.METRIC_INNER_PRODUCT)
+    index.train(base)
+    index.add(base)
+    queries = (base[:200] + rng.normal(scale=0.6, size=(200, 16))).astype(np.float32)
+    chosen, (curve,) = sweep_nprobe(index, [queries], 64, 10, 0.99, resolution=64)
+    assert curve[chosen] >= 0.99 and curve[chosen - 1] < 0.99  # resolution 64 of 64: down to one list

@@ -690,7 +690,7 @@ def build_index(
                 "rows": a.rows,
                 "nlist": a.nlist,
                 "nprobe": a.nprobe,
-                "recall": (a.calibration or {}).get("recall", {}).get(str(a.nprobe)),
+                "recall": (a.calibration or {}).get("recall_at_nprobe"),
             }
             for m, a in ann.items()
         },
@@ -821,7 +821,7 @@ def _calibrate(
         return False
     _say(
         f"{modality}: nprobe {nprobe} of {entry.nlist} lists gives recall@{record['top_k']} "
-        f"{record['recall'][str(nprobe)]:.3f} vs exact search over {record['queries']} queries from "
+        f"{record['recall_at_nprobe']:.3f} vs exact search over {record['queries']} queries from "
         f"{record['source']} (target {record['target_recall']}; {record['seconds']:.1f} s)"
     )
     return True
