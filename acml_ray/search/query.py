@@ -104,6 +104,17 @@ def _search_parameters(selector: faiss.IDSelector | None, nprobe: int | None) ->
     return params
 
 
+def _split_work(index: Any, queries: int, nprobe: int) -> None:
+    """Let FAISS spread an IVF search over the lists it scans when there are fewer queries than
+    threads and many lists to scan (its default splits by query, so one query runs on one core):
+    on 2 cores at 1.58 M rows and nprobe 768, one query's p50 went from 60-67 ms to 44-48 ms with
+    the same results; at nprobe 16-64 the threads cost more than they save (+1-1.3 ms)."""
+    import faiss
+
+    if hasattr(index, "parallel_mode"):
+        index.parallel_mode = 1 if queries < faiss.omp_get_max_threads() and nprobe >= 128 else 0
+
+
 class StructureIndex:
     """An opened index: its manifest, model, metadata and (lazily) FAISS indexes and encoders.
 
@@ -251,6 +262,7 @@ class StructureIndex:
         plain = [i for i, f in enumerate(filters) if f is None or not f.active]
         if plain:
             params = _search_parameters(None, min(probe, lists)) if is_ivf else None
+            _split_work(index, len(plain), min(probe, lists))
             d, i = index.search(vectors[plain], k, params=params)
             scores[plain], ids[plain] = d, i
         for row, flt in enumerate(filters):
@@ -261,6 +273,7 @@ class StructureIndex:
                 continue
             selector = faiss.IDSelectorBatch(allowed)
             filtered = _search_parameters(selector, lists if is_ivf else None)
+            _split_work(index, 1, lists)
             d, i = index.search(vectors[row : row + 1], k, params=filtered)
             scores[row], ids[row] = d[0], i[0]
         scores[ids < 0] = -np.inf
