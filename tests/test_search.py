@@ -513,7 +513,14 @@ def test_default_nprobe_is_calibrated_per_modality_on_cross_modal_queries(ray_lo
     for f in models["a"].iterdir():
         (model_dir / f.name).write_bytes(f.read_bytes())
     spectra = load_source("nmr_spectra").head(120)
-    spectra[["smiles", "nmr13c"]].to_parquet(run / "data" / "val.parquet")
+    # As `acml embed` leaves it: the frozen encoder's 13C vectors cached per row, 10 rows without.
+    from acml_ray.modalities import build_modality
+
+    frozen = build_modality("nmr13c").encode(spectra["nmr13c"].tolist())
+    has = np.arange(120) >= 10
+    held = pd.DataFrame({"smiles": spectra["smiles"], "has__nmr13c": has})
+    held["emb__nmr13c"] = [v.tolist() if h else [0.0] * len(v) for v, h in zip(frozen, has)]
+    held.to_parquet(run / "data" / "val.parquet")
     out = str(tmp_path / "index")
     cfg = IndexConfig(chunk_rows=100, ann_threshold=200, nlist=16, calibration_queries=120)
     result = build_index(model_dir, out, str(libraries["first"]), cfg)
@@ -526,7 +533,7 @@ def test_default_nprobe_is_calibrated_per_modality_on_cross_modal_queries(ray_lo
     worst = [[p, min(c[p] for c in curves)] for p in sorted(curves[0])]
     assert ecfp.calibration["recall"] == worst  # the default must serve every source
     assert [s["source"] for s in nmr.calibration["sources"]] == [nmr.calibration["source"]]
-    assert nmr.calibration["source"].startswith("held-out table") and nmr.calibration["queries"] == 120
+    assert nmr.calibration["source"].endswith("(cached embeddings)") and nmr.calibration["queries"] == 110
     assert "no 'ms' inputs" in ms.calibration["uncalibrated"]
     assert ms.nprobe == max(ecfp.nprobe, nmr.nprobe, 16) == 16  # the fallback (64) capped at nlist
     assert result.ann["ecfp"]["nprobe"] == ecfp.nprobe
@@ -557,6 +564,11 @@ def test_default_nprobe_is_calibrated_per_modality_on_cross_modal_queries(ray_lo
     assert after.ann["ecfp"].calibration["settings"]["target_recall"] == 1.0
     assert after.ann["nmr13c"].nprobe > nmr.nprobe  # 0.99 was reached at fewer lists than 1.0
     assert after.ann["nmr13c"].calibration["recall_at_nprobe"] == 1.0
+    # A held-out table with raw spectra (no cached vectors) is encoded; a new seed recalibrates.
+    spectra[["smiles", "nmr13c"]].to_parquet(run / "data" / "val.parquet")
+    build_index(model_dir, out, None, strict.model_copy(update={"calibration_seed": 1}))
+    record = IndexStore(out).read_manifest().ann["nmr13c"].calibration
+    assert record["source"] == f"held-out table {run / 'data' / 'val.parquet'}" and record["queries"] == 120
     # A user's own spectra join the sources; a row without a spectrum is counted, not lost.
     table = tmp_path / "my_spectra.csv"
     mine = [json.dumps(np.asarray(p, dtype=float).tolist()) for p in load_source("nmr_spectra")["nmr13c"].iloc[200:260]]

@@ -22,7 +22,8 @@ Queries come, per modality, from each of these that has inputs for it:
    rows drawn evenly over the shards, rendered/encoded as in training;
 3. the model run's held-out table (``data/val.parquet``): molecules the model never trained on,
    often from outside the library's chemistry, and the only source of spectra and other inputs
-   a structure does not give (the raw column the model trained on).
+   a structure does not give: their cached frozen embeddings (``emb__<modality>``, as
+   `acml embed` wrote them) are projected as they are, else the raw input column is encoded.
 
 A modality with none keeps the largest nprobe calibrated for the index's other
 modalities (at least ``FALLBACK_NPROBE``), marked uncalibrated with the reason.
@@ -37,12 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from acml_ray.config import IndexConfig
 from acml_ray.modalities import Modality
-from acml_ray.search.inputs import embed_queries, model_modality, preprocess_query, read_queries
+from acml_ray.search.inputs import embed_queries, model_modality, preprocess_query, project_frozen, read_queries
 from acml_ray.search.layout import IndexStore, Manifest
 
 log = logging.getLogger(__name__)
@@ -183,11 +185,25 @@ class CalibrationQueries:
         order = rng.permutation(len(picked))[:n]
         return [picked[i] for i in order]
 
+    def _held_out_frozen(self, modality: str, n: int) -> np.ndarray | None:
+        """The held-out rows' cached frozen embeddings (``emb__<modality>``, as `acml embed`
+        writes them), where the row has one: the encoder's output without re-encoding."""
+        from acml_ray.data.paired import emb_column, mask_column
+
+        if self.held_out is None or emb_column(modality) not in pq.read_schema(self.held_out).names:
+            return None
+        table = pq.read_table(self.held_out, columns=[emb_column(modality), mask_column(modality)])
+        has = np.asarray(table.column(1).to_numpy(zero_copy_only=False), dtype=bool)
+        rows = np.flatnonzero(has)
+        if len(rows) == 0:
+            return None
+        picked = rows[held_out_rows(len(rows), n, self.cfg.calibration_seed)]
+        column = table.column(0).take(pa.array(picked)).combine_chunks()
+        dim = column.type.list_size if pa.types.is_fixed_size_list(column.type) else len(column[0])
+        return np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
     def _held_out_inputs(self, encoder: Modality, n: int) -> list[Any]:
-        if self.held_out is None:
-            return []
-        names = pq.read_schema(self.held_out).names
-        if encoder.input_column not in names:
+        if self.held_out is None or encoder.input_column not in pq.read_schema(self.held_out).names:
             return []
         column = pq.read_table(self.held_out, columns=[encoder.input_column]).column(0).to_pylist()
         present = [v for v in column if v is not None and not (isinstance(v, float) and np.isnan(v))]
@@ -216,13 +232,18 @@ class CalibrationQueries:
         if encoder.input_column == "smiles":
             tensors, skipped = self._preprocess(self._library_smiles(n), encoder.preprocess_one)
             found.append((tensors, "library rows", skipped))
-        tensors, skipped = self._preprocess(self._held_out_inputs(encoder, n), encoder.preprocess_one)
-        found.append((tensors, f"held-out table {self.held_out}", skipped))
+        frozen = self._held_out_frozen(modality, n)
+        if frozen is None:
+            tensors, skipped = self._preprocess(self._held_out_inputs(encoder, n), encoder.preprocess_one)
+            found.append((tensors, f"held-out table {self.held_out}", skipped))
         sets = [
             QuerySet(embed_queries(self.model, encoder, modality, tensors), source, skipped)
             for tensors, source, skipped in (f for f in found if f is not None)
             if tensors
         ]
+        if frozen is not None:  # the cached frozen embeddings: projected, not re-encoded
+            vectors = project_frozen(self.model, modality, torch.from_numpy(frozen))
+            sets.append(QuerySet(vectors, f"held-out table {self.held_out} (cached embeddings)"))
         self._sets[modality] = sets or (
             f"no {encoder.input_column!r} inputs to calibrate with (give index.calibration_table, "
             "or build with the model's run folder, whose held-out table has them)"

@@ -253,6 +253,14 @@ def model_modality(model_cfg: Any, name: str) -> Modality:
 
 
 @torch.no_grad()
+def project_frozen(model: Any, name: str, frozen: torch.Tensor) -> np.ndarray:
+    """Frozen-encoder outputs of modality `name` -> `model`'s joint space, L2-normalised, float32."""
+    model.eval()
+    projected = model.project_modality(frozen.float(), name)
+    return torch.nn.functional.normalize(projected, dim=-1).cpu().numpy().astype(np.float32)
+
+
+@torch.no_grad()
 def embed_queries(
     model: Any, modality: Modality, name: str, tensors: list[torch.Tensor], batch_size: int = 32
 ) -> np.ndarray:
@@ -260,13 +268,11 @@ def embed_queries(
     modality `name`, then `model`'s projection of that modality -> float32 ``[len(tensors), dim]``."""
     if not tensors:
         return np.zeros((0, model.embed_dim), np.float32)
-    model.eval()
-    out = []
-    for start in range(0, len(tensors), batch_size):
-        raw = modality.encode_tensors(torch.stack(tensors[start : start + batch_size])).float()
-        projected = model.project_modality(raw, name)
-        out.append(torch.nn.functional.normalize(projected, dim=-1).cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
+    out = [
+        project_frozen(model, name, modality.encode_tensors(torch.stack(tensors[start : start + batch_size])))
+        for start in range(0, len(tensors), batch_size)
+    ]
+    return np.concatenate(out)
 
 
 def preprocess_query(modality: Modality, raw: Any) -> torch.Tensor:
