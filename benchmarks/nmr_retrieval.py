@@ -43,6 +43,18 @@ def base_config(work: Path, epochs: int) -> dict[str, Any]:
     }
 
 
+def with_overrides(cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` with dotted ``--set`` keys applied (``graph_encoder.hidden_dim=300``)."""
+    out = json.loads(json.dumps(cfg))
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def write_config(path: Path, cfg: dict[str, Any]) -> Path:
     """Each stage's config is written out, so any one run can be repeated with the CLI."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nuclei", default=",".join(NUCLEI))
     parser.add_argument("--joint", action="store_true", help="image + SMILES + 13C + 1H together")
     parser.add_argument("--encoder", default="pretrained", help="NMR encoder of the joint run")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="training config overrides (not embedding)"
+    )
+    parser.add_argument("--tag", default="", help="suffix of the result names (runs with --set)")
     args = parser.parse_args(argv)
+    from acml_ray.cli.common import parse_overrides
+
+    overrides = parse_overrides(args.set)
+    suffix = f"-{args.tag}" if args.tag else ""
     work = args.work.resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
     results_path = work / "results.json"
@@ -138,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     nuclei = [n for n in args.nuclei.split(",") if n]
 
     def record(name: str, result: dict[str, Any]) -> None:
-        results[name] = {**result, "epochs": args.epochs}
+        results[name] = {**result, "epochs": args.epochs, "overrides": overrides}
         results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
     if not args.joint:
@@ -148,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             tables = embed(work, f"embed-{encoder}", cfg, table)
             for nucleus in nuclei:
                 single = {**cfg, "modalities": [{"name": nucleus, "options": {"encoder": encoder}}]}
-                record(f"{nucleus}-{encoder}", train_and_evaluate(work, f"{nucleus}-{encoder}", single, tables))
+                name = f"{nucleus}-{encoder}{suffix}"
+                record(name, train_and_evaluate(work, name, with_overrides(single, overrides), tables))
     else:
         cfg = base_config(work, args.epochs)
         everything = [
@@ -158,10 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         cfg["modalities"] = everything
         tables = embed(work, f"embed-joint-{args.encoder}", cfg, table)
-        record(f"joint-{args.encoder}", train_and_evaluate(work, f"joint-{args.encoder}", cfg, tables))
+        name = f"joint-{args.encoder}{suffix}"
+        record(name, train_and_evaluate(work, name, with_overrides(cfg, overrides), tables))
         for modality in everything:
-            name = f"single-{modality['name']}-{args.encoder}"
-            record(name, train_and_evaluate(work, name, {**cfg, "modalities": [modality]}, tables))
+            name = f"single-{modality['name']}-{args.encoder}{suffix}"
+            single = with_overrides({**cfg, "modalities": [modality]}, overrides)
+            record(name, train_and_evaluate(work, name, single, tables))
 
     print("\n| model | direction | pool | top-1 | top-10 | train s |\n|---|---|---|---|---|---|")
     for name, result in sorted(results.items()):
