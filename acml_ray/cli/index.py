@@ -89,14 +89,14 @@ def run(args: argparse.Namespace) -> int:
             if args.model is not None:
                 from acml_ray.model.serialization import resolve_model
 
-                model_dir, run_dir = resolve_model(args.model, tmp, args.tracking_uri)
-                held_out = run_dir / "data" / "val.parquet" if run_dir is not None else None
+                # build_index finds the run's held-out table beside model_dir (resolve_model
+                # copies it next to a remote model, too).
+                model_dir, _ = resolve_model(args.model, tmp, args.tracking_uri)
             else:  # finish or extend an existing index with its own model
                 store = IndexStore(args.out)
                 if store.read_manifest() is None:
                     raise ValueError(f"no index at {args.out} yet: give --model to create it")
                 model_dir = store.local_copy("model/model.pt", tmp).parent
-                held_out = None
             if args.library is not None:
                 from acml_ray.environment import init_ray
 
@@ -108,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
                 cfg,
                 source=args.model or args.out,
                 tracking_uri=args.tracking_uri,
-                held_out=held_out,
             )
     except StorageError as exc:  # names the location, never the credentials
         raise PermissionError(str(exc)) from None
