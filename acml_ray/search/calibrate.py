@@ -161,6 +161,7 @@ class CalibrationQueries:
     ) -> None:
         self.store, self.manifest, self.model, self.model_cfg, self.cfg = store, manifest, model, model_cfg, cfg
         self.held_out = Path(held_out) if held_out is not None and Path(held_out).is_file() else None
+        self._held_out_names = set(pq.read_schema(self.held_out).names) if self.held_out is not None else set()
         self._sets: dict[str, list[QuerySet] | str] = {}
 
     def _from_table(self, encoder: Modality, n: int) -> tuple[list[torch.Tensor], str, int] | None:
@@ -190,7 +191,7 @@ class CalibrationQueries:
         writes them), where the row has one: the encoder's output without re-encoding."""
         from acml_ray.data.paired import emb_column, mask_column
 
-        if self.held_out is None or emb_column(modality) not in pq.read_schema(self.held_out).names:
+        if self.held_out is None or emb_column(modality) not in self._held_out_names:
             return None
         table = pq.read_table(self.held_out, columns=[emb_column(modality), mask_column(modality)])
         has = np.asarray(table.column(1).to_numpy(zero_copy_only=False), dtype=bool)
@@ -203,7 +204,7 @@ class CalibrationQueries:
         return np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
 
     def _held_out_inputs(self, encoder: Modality, n: int) -> list[Any]:
-        if self.held_out is None or encoder.input_column not in pq.read_schema(self.held_out).names:
+        if self.held_out is None or encoder.input_column not in self._held_out_names:
             return []
         column = pq.read_table(self.held_out, columns=[encoder.input_column]).column(0).to_pylist()
         present = [v for v in column if v is not None and not (isinstance(v, float) and np.isnan(v))]
