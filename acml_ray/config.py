@@ -138,6 +138,12 @@ class EmbedConfig(_Strict):
     encoder_batch_size: int = Field(32, ge=1, description="rows per encoder forward pass")
     concurrency: int = Field(1, ge=1, description="encoder actors per modality")
     num_cpus_per_actor: float = Field(1.0, ge=0.0)
+    # Reserved CPUs and threads differ on purpose: two encoder actors at 0.5 CPU leave room for
+    # featurisation, but the image encoder is ~5x slower than the text one and one thread leaves
+    # a core idle once the fast encoder has caught up.
+    threads_per_actor: int | None = Field(
+        None, ge=1, description="torch threads of each encoder actor; default num_cpus_per_actor rounded down, >= 1"
+    )
     num_gpus_per_actor: float = Field(0.0, ge=0.0)
     compact_cache: bool = Field(True, description="merge new cache shards at the end of a run")
     isolation: IsolationConfig = Field(default_factory=IsolationConfig)
@@ -220,9 +226,14 @@ class TrainConfig(_Strict):
 class IsomerEvalConfig(_Strict):
     """Isomer discrimination sets: constitutional (same formula) and stereoisomers."""
 
-    constitutional_source: Literal["qm9", "moses", "none"] = "qm9"
+    constitutional_source: Literal["qm9", "moses", "held_out", "none"] = Field(
+        "qm9", description="held_out: formula groups among the evaluated held-out molecules"
+    )
     constitutional_groups: int = Field(40, ge=0, description="formula groups sampled")
-    stereo_source: str = Field("chembl_approved_drugs", description="shipped set with chiral molecules; 'none' skips")
+    stereo_source: str = Field(
+        "chembl_approved_drugs",
+        description="shipped set with chiral molecules, or held_out (the evaluated held-out molecules); 'none' skips",
+    )
     stereo_molecules: int = Field(40, ge=0, description="chiral molecules whose stereoisomers are enumerated")
     max_set_size: int = Field(8, ge=2, description="isomers per set at most (sampled)")
     pool_limit: int = Field(20000, ge=100, description="molecules read to find formula groups")
@@ -394,6 +405,40 @@ class IndexConfig(_Strict):
     train_per_list: int = Field(40, ge=39, description="k-means training rows per IVF list (FAISS warns below 39)")
 
 
+class AblationConfig(_Strict):
+    """One comparison run of `acml study`: the study config with `overrides` (dotted keys)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="folder name under OUTPUT/ablations")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="e.g. {loss.kind: soft_clip}")
+
+
+class StudyConfig(_Strict):
+    """`acml study`: what the paper-scale study adds to one pipeline run (see `acml_ray.pipelines.study`)."""
+
+    exclude_downstream: bool = Field(
+        True,
+        description="leave every molecule of eval.downstream.tasks out of the training molecules "
+        "(matched on the InChIKey's connectivity block, so its stereoisomers go too)",
+    )
+    input_shards: int = Field(16, ge=1, description="Parquet files the molecule table is written as")
+    ablations: list[AblationConfig] = Field(default_factory=list)
+    ablation_train_rows: int | None = Field(
+        None, ge=2, description="training rows of each ablation run (a seeded sample; default: all)"
+    )
+    ablation_epochs: int | None = Field(None, ge=1, description="epochs of each ablation run (default train.epochs)")
+    compare_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="{label: model folder, run or models:/ URI} evaluated on the same held-out set and tasks",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> StudyConfig:
+        names = [a.name for a in self.ablations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ablation names listed twice: {names}")
+        return self
+
+
 class ACMLConfig(_Strict):
     """Everything a run needs; sections mirror the sub-packages that consume them."""
 
@@ -410,6 +455,7 @@ class ACMLConfig(_Strict):
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+    study: StudyConfig = Field(default_factory=StudyConfig)
     output_dir: str = "runs/acml"
     cache_dir: str | None = Field(None, description="embedding cache root; default OUTPUT/cache")
 

@@ -36,8 +36,9 @@ def base_config(work: Path, epochs: int) -> dict[str, Any]:
         "projection": {"dims": [256]},
         "loss": {"kind": "infonce", "temperature": 0.07},
         "train": {"epochs": epochs, "batch_size": 128, "num_workers": 1, "cpus_per_worker": 1, "zero_stage": 0},
-        # Two encoder actors would hold both cores and starve featurisation: half a CPU each.
-        "embed": {"num_cpus_per_actor": 0.5},
+        # Two encoder actors would hold both cores and starve featurisation: half a CPU each (the
+        # joint run's four are fitted by the pipeline), two threads each for the slow image encoder.
+        "embed": {"num_cpus_per_actor": 0.5, "threads_per_actor": 2},
         "eval": {"pool_size": 128, "pool_repeats": 20, "top_k": [1, 5, 10]},
         "output_dir": str(work),
     }
@@ -90,19 +91,13 @@ def embed(work: Path, name: str, cfg: dict[str, Any], table: Path) -> Path:
 def train_and_evaluate(work: Path, name: str, cfg: dict[str, Any], tables: Path) -> dict[str, Any]:
     """`acml train` then `acml evaluate --sections retrieval` on the validation table."""
     from acml_ray.config import load_config
-    from acml_ray.evaluate.suite import evaluate_run
-    from acml_ray.train import fit
+    from acml_ray.pipelines.study import train_and_score
 
     config = write_config(work / "configs" / f"{name}.yaml", cfg)
     run_cfg = load_config(str(config), {"output_dir": str(work / "runs" / name)})
-    start = time.time()
-    result = fit(run_cfg, str(tables / "train"), str(tables / "val"), run_name=name, resume=None)
-    train_seconds = time.time() - start
-    out = work / "evaluation" / name
-    eval_cfg = run_cfg.eval.model_copy(update={"sections": ["retrieval"]})
-    report = evaluate_run(str(result.best_model_dir), eval_cfg, out, data=str(tables / "val"), progress=False)
+    result = train_and_score(run_cfg, str(tables / "train"), str(tables / "val"), name)
     figures = {}
-    for direction, pools in report["retrieval"].items():
+    for direction, pools in result["retrieval"].items():
         for pool, metrics in pools.items():
             figures[f"{direction} {pool}"] = {
                 "top1": metrics["top1"],
@@ -110,15 +105,15 @@ def train_and_evaluate(work: Path, name: str, cfg: dict[str, Any], tables: Path)
                 "n_pool": metrics["n_pool"],
             }
     print(
-        f"  {name}: trained {train_seconds:.0f} s (best epoch {result.best_metrics.get('epoch')}), "
+        f"  {name}: trained {result['train_s']:.0f} s (best epoch {result['best_epoch']}), "
         + ", ".join(f"{k} top-10 {v['top10']:.3f}" for k, v in figures.items() if "->graph" in k),
         flush=True,
     )
     return {
         "figures": figures,
-        "train_seconds": round(train_seconds, 1),
-        "best_epoch": result.best_metrics.get("epoch"),
-        "best_model": str(result.best_model_dir),
+        "train_seconds": result["train_s"],
+        "best_epoch": result["best_epoch"],
+        "best_model": result["model_dir"],
     }
 
 

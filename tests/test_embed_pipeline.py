@@ -216,6 +216,34 @@ def test_embed_pipeline_local_rerun_and_growth(tmp_path, molecules, ray_local, c
     assert grown["reports"]["image"]["encoded"] == grown["counts"]["usable"] - counts["usable"] > 0
 
 
+def test_encoder_actors_never_reserve_the_cpus_their_input_needs() -> None:
+    from acml_ray.pipelines.embed import fit_actor_cpus
+
+    assert fit_actor_cpus(0.5, 2, 2.0) == 0.5  # 1 CPU for the actors, 1 for read and featurise
+    assert fit_actor_cpus(0.5, 4, 2.0) == 0.25  # four modalities on two CPUs
+    assert fit_actor_cpus(1.0, 3, 16.0) == 1.0
+    assert fit_actor_cpus(1.0, 2, 1.0) == 0.0  # one CPU: the actors reserve nothing
+    assert fit_actor_cpus(0.0, 8, 2.0) == 0.0
+
+
+@pytest.mark.timeout(300)
+def test_embed_finishes_when_its_actors_ask_for_every_cpu(tmp_path, molecules, ray_local, capsys) -> None:
+    # Three encoder actors at 0.7 CPU would hold 2.1 of ray_local's 2 CPUs: Ray Data would start
+    # them and never schedule the read and featurise tasks that feed them.
+    data = tmp_path / "in"
+    data.mkdir()
+    molecules.iloc[:8].to_parquet(data / "part-0.parquet")
+    args = _embed_args(str(data), str(tmp_path / "out"), str(tmp_path / "cache"), str(tmp_path))
+    three = [*IMAGE, {"name": "ecfp", "options": {"n_bits": 64}}, {"name": "smiles"}]
+    args += ["--set", f"modalities={json.dumps(three)}", "--set", "embed.num_cpus_per_actor=0.7"]
+    assert main(args) == 0
+    assert "starve featurisation: each reserves 0.333 instead" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {m: r["encoded"] for m, r in report["reports"].items()} == dict.fromkeys(
+        ["image", "ecfp", "smiles"], report["counts"]["usable"]
+    )
+
+
 @pytest.mark.slow
 def test_embed_pipeline_on_s3(tmp_path, molecules, ray_local, s3_env, monkeypatch, capsys) -> None:
     s3_server = s3_env

@@ -112,6 +112,12 @@ def test_three_isomer_set_by_hand():
     assert r["accuracy"] == pytest.approx((1 + 2) / 5)
     assert r["chance"] == pytest.approx((3 * (1 / 3) + 2 * (1 / 2)) / 5)
     assert (r["n_sets"], r["n_queries"], r["mean_set_size"]) == (2, 5, 2.5)
+    # Ranks 0, 2, 2 (a tie with the other zero counts against the query) in set 0; 0, 0 in set 1.
+    assert r["top1"] == r["accuracy"] and r["top5"] == 1.0
+    assert r["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 3 + 1 + 1) / 5)
+    assert r["random"]["top5"] == 1.0  # every set is smaller than 5
+    assert r["random"]["mrr"] == pytest.approx((3 * (1 + 1 / 2 + 1 / 3) / 3 + 2 * (1 + 1 / 2) / 2) / 5)
+    assert set_discrimination(q, g, ids, ks=(2,))["top2"] == pytest.approx(3 / 5)
     only = set_discrimination(q[:3], g[:3], ids[:3])
     assert only["accuracy"] == pytest.approx(1 / 3) and only["chance"] == pytest.approx(1 / 3)
 
@@ -404,7 +410,9 @@ def test_mlflow_logging_to_sqlite(tmp_path, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.chdir(tmp_path)  # the default artifact root (./mlruns) lands in tmp_path
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # MLflow's default artifact root would be ./mlruns here
     out = tmp_path / "eval"
     out.mkdir()
     (out / "report.md").write_text("# r\n")
@@ -423,6 +431,9 @@ def test_mlflow_logging_to_sqlite(tmp_path, monkeypatch):
         "eval/retrieval/image_to_graph/pool_all/random/top1": 0.1,
     }
     assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == ["evaluation/report.md"]
+    # The new experiment's artifacts live beside the database, not under the working folder.
+    assert client.get_experiment_by_name("eval-test").artifact_location == (tmp_path / "mlartifacts").as_uri()
+    assert not any(workdir.iterdir())
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run() as active:  # an active run receives the artifacts
         assert log_to_mlflow(out, report, EvalConfig(tracking_uri=uri)) == active.info.run_id

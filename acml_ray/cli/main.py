@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "pretrain_spectrum",
     "register",
     "search",
+    "study",
     "train",
     "tune",
 )

@@ -15,6 +15,7 @@ mean of 1/|set| over the same queries.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,21 +40,23 @@ class IsomerSet:
     smiles: list[str]
 
 
-def set_discrimination(queries: np.ndarray, candidates: np.ndarray, set_ids: np.ndarray) -> dict[str, float]:
-    """Accuracy of ranking each query's own candidate first within its set.
+def set_discrimination(
+    queries: np.ndarray, candidates: np.ndarray, set_ids: np.ndarray, ks: Sequence[int] = (1, 5, 10)
+) -> dict:
+    """How well each query ranks its own candidate within its isomer set.
 
     Row i of `queries` and `candidates` is the same molecule; `set_ids[i]` names its isomer set.
-    Sets with fewer than two members are ignored.
+    Sets with fewer than two members are ignored. ``accuracy`` is top-1; ``top<k>`` and ``mrr``
+    come with their chance level in ``random`` (a set of n: min(k, n) / n and mean(1/r)).
     """
     set_ids = np.asarray(set_ids)
-    hits, chance, sizes = [], [], []
+    all_ranks, sizes, per_query_size = [], [], []
     for sid in np.unique(set_ids):
         idx = np.flatnonzero(set_ids == sid)
         if len(idx) < 2:
             continue
-        ranks = retrieval_ranks(queries[idx], candidates[idx])
-        hits.extend((ranks == 0).tolist())
-        chance.extend([1.0 / len(idx)] * len(idx))
+        all_ranks.append(retrieval_ranks(queries[idx], candidates[idx]))
+        per_query_size += [len(idx)] * len(idx)
         sizes.append(len(idx))
     if not sizes:
         return {
@@ -63,11 +66,17 @@ def set_discrimination(queries: np.ndarray, candidates: np.ndarray, set_ids: np.
             "n_queries": 0,
             "mean_set_size": float("nan"),
         }
+    ranks, n = np.concatenate(all_ranks), np.asarray(per_query_size)
+    random = {f"top{k}": float(np.mean(np.minimum(k, n) / n)) for k in ks}
+    random["mrr"] = float(np.mean([np.mean(1.0 / np.arange(1, m + 1)) for m in n]))
     return {
-        "accuracy": float(np.mean(hits)),
-        "chance": float(np.mean(chance)),
+        "accuracy": float(np.mean(ranks == 0)),
+        "chance": float(np.mean(1.0 / n)),
+        **{f"top{k}": float(np.mean(ranks < k)) for k in ks},
+        "mrr": float(np.mean(1.0 / (ranks + 1))),
+        "random": random,
         "n_sets": len(sizes),
-        "n_queries": len(hits),
+        "n_queries": len(ranks),
         "mean_set_size": float(np.mean(sizes)),
     }
 
@@ -139,8 +148,12 @@ def stereo_sets(smiles: list[str], n_molecules: int, max_set_size: int, seed: in
     return sets
 
 
-def build_isomer_sets(cfg: IsomerEvalConfig, seed: int) -> list[IsomerSet]:
-    """Constitutional and stereo sets from the configured shipped sources."""
+def build_isomer_sets(cfg: IsomerEvalConfig, seed: int, held_out: list[str] | None = None) -> list[IsomerSet]:
+    """Constitutional and stereo sets from the configured shipped sources, or (source
+    ``held_out``) from `held_out`, the SMILES of the molecules being evaluated, so that no member
+    of a formula group, and no parent of a stereo set, is a molecule the model trained on."""
+    if held_out is None and "held_out" in (cfg.constitutional_source, cfg.stereo_source):
+        raise ValueError("isomer sets from held_out need the held-out molecules")
     sets: list[IsomerSet] = []
     if cfg.constitutional_source == "qm9" and cfg.constitutional_groups:
         qm9 = load_source("qm9")
@@ -150,15 +163,24 @@ def build_isomer_sets(cfg: IsomerEvalConfig, seed: int) -> list[IsomerSet]:
     elif cfg.constitutional_source == "moses" and cfg.constitutional_groups:
         moses = load_source("moses", limit=cfg.pool_limit, seed=seed)
         sets += formula_groups(moses["smiles"].tolist(), None, cfg.constitutional_groups, cfg.max_set_size, seed)
+    elif cfg.constitutional_source == "held_out" and cfg.constitutional_groups:
+        assert held_out is not None
+        sets += formula_groups(held_out, None, cfg.constitutional_groups, cfg.max_set_size, seed)
     if cfg.stereo_source != "none" and cfg.stereo_molecules:
         # Molecules without any stereo element enumerate to themselves and are skipped.
-        source = load_source(cfg.stereo_source)
-        sets += stereo_sets(source["smiles"].tolist(), cfg.stereo_molecules, cfg.max_set_size, seed)
+        parents = held_out if cfg.stereo_source == "held_out" else load_source(cfg.stereo_source)["smiles"].tolist()
+        assert parents is not None
+        sets += stereo_sets(parents, cfg.stereo_molecules, cfg.max_set_size, seed)
     return sets
 
 
 def isomer_report(
-    model: ACMLModel, run_cfg: ACMLConfig, sets: list[IsomerSet], cache_dir: str | None = None, progress: bool = False
+    model: ACMLModel,
+    run_cfg: ACMLConfig,
+    sets: list[IsomerSet],
+    cache_dir: str | None = None,
+    progress: bool = False,
+    ks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, dict]:
     """``{kind: {"<m>->graph": {...}, "graph-><m>": {...}, "n_sets_built": n}}`` per modality.
 
@@ -180,6 +202,6 @@ def isomer_report(
         for kind in sorted(set(kinds.tolist())):
             sel = kinds == kind
             entry = report.setdefault(kind, {"n_sets_built": sum(s.kind == kind for s in sets)})
-            entry[f"{modality}->graph"] = set_discrimination(mod[sel], graphs[sel], ids[sel])
-            entry[f"graph->{modality}"] = set_discrimination(graphs[sel], mod[sel], ids[sel])
+            entry[f"{modality}->graph"] = set_discrimination(mod[sel], graphs[sel], ids[sel], ks)
+            entry[f"graph->{modality}"] = set_discrimination(graphs[sel], mod[sel], ids[sel], ks)
     return report

@@ -166,17 +166,24 @@ def render_markdown(report: dict) -> str:
         lines += [
             "## Isomer discrimination",
             "",
-            "Is the true molecule ranked first among its isomers' graphs (or modality vectors)?",
+            "Where is the true molecule ranked among its isomers' graphs (or modality vectors)? "
+            "Chance level in parentheses.",
             "",
-            "| isomer kind | direction | accuracy | chance | sets | queries |",
-            "|---|---|---|---|---|---|",
+            "| isomer kind | direction | " + " | ".join(f"top{k}" for k in ks) + " | MRR | sets | queries |",
+            "|---|---|" + "---|" * (len(ks) + 3),
         ]
         for kind, block in report["isomers"].items():
             for direction, r in block.items():
                 if isinstance(r, dict):
+                    chance = r.get("random", {})
+                    cells = [
+                        f"{_fmt(r.get(f'top{k}', r['accuracy'] if k == 1 else None))}"
+                        f" ({_fmt(chance.get(f'top{k}', r['chance'] if k == 1 else None))})"
+                        for k in ks
+                    ]
                     lines.append(
-                        f"| {kind} | {direction} | {_fmt(r['accuracy'])} | {_fmt(r['chance'])} | "
-                        f"{r['n_sets']} | {r['n_queries']} |"
+                        f"| {kind} | {direction} | {' | '.join(cells)} | {_fmt(r.get('mrr'))} "
+                        f"({_fmt(chance.get('mrr'))}) | {r['n_sets']} | {r['n_queries']} |"
                     )
         lines.append("")
     if report.get("interpret"):

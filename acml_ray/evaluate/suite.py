@@ -381,7 +381,8 @@ def _evaluate(
     say(f"model {model_ref} (epoch {extra.get('epoch')}); sections {', '.join(cfg.sections)}; output {out}")
     quarantine: list[dict] = []
     held = None
-    if {"retrieval", "interpret"} & set(cfg.sections):
+    from_held_out = "held_out" in (cfg.isomers.constitutional_source, cfg.isomers.stereo_source)
+    if {"retrieval", "interpret"} & set(cfg.sections) or ("isomers" in cfg.sections and from_held_out):
         with say.section("held-out data", timings):
             held = held_out_examples(data, run_dir, run_cfg, cache, cfg.exclude_training, say.enabled)
         report["held_out"], report["held_out_molecules"] = held.description, len(held.examples)
@@ -406,9 +407,9 @@ def _evaluate(
                 report["plots"].append("retrieval_curves.png")
     if "isomers" in cfg.sections:
         with say.section("isomers", timings):
-            sets = build_isomer_sets(cfg.isomers, cfg.seed)
+            sets = build_isomer_sets(cfg.isomers, cfg.seed, held.smiles if held is not None else None)
             say(f"isomers: {len(sets)} sets built")
-            report["isomers"] = isomer_report(model, run_cfg, sets, cache, progress=say.enabled)
+            report["isomers"] = isomer_report(model, run_cfg, sets, cache, progress=say.enabled, ks=cfg.top_k)
     if "interpret" in cfg.sections:
         with say.section("interpret", timings):
             icfg = cfg.interpret
@@ -493,11 +494,12 @@ def log_to_mlflow(out_dir: str | Path, report: dict, cfg: EvalConfig) -> str | N
     client = MlflowClient(tracking_uri=uri)
     run_id, created = cfg.mlflow_run_id or (active.info.run_id if active else None), False
     if run_id is None:
-        experiment = client.get_experiment_by_name(cfg.mlflow_experiment)
-        experiment_id = (
-            experiment.experiment_id if experiment is not None else client.create_experiment(cfg.mlflow_experiment)
-        )
-        run_id, created = client.create_run(experiment_id, run_name="evaluate").info.run_id, True
+        # A new experiment in a sqlite store keeps its artifacts beside the database, not in
+        # ./mlruns under whatever folder the command ran from (MLflow's default).
+        from acml_ray.tracking.mlflow_run import experiment_id
+
+        experiment = experiment_id(client, cfg.mlflow_experiment, uri or mlflow.get_tracking_uri())
+        run_id, created = client.create_run(experiment, run_name="evaluate").info.run_id, True
     sections = {k: report[k] for k in ("retrieval", "isomers", "interpret", "downstream") if k in report}
     now = int(time.time() * 1000)
     metrics = [Metric(f"eval/{k}", v, now, 0) for k, v in numeric_leaves(sections).items()]

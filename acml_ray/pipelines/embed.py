@@ -108,6 +108,20 @@ def _remote_args_allowed(run: Callable[[ACMLConfig], EmbeddedData]) -> Callable[
     return wrapper
 
 
+def fit_actor_cpus(requested: float, n_actors: int, cluster_cpus: float, reserve: float = 1.0) -> float:
+    """CPUs each encoder actor may reserve so that `reserve` CPUs stay free for the read and
+    featurise tasks.
+
+    Ray Data starts every actor pool before it runs a task: actors that reserve every CPU leave
+    none for the tasks that feed them, and the pipeline waits forever (four modalities at 0.5 CPU
+    on a 2-CPU node). Shrinking the reservation changes only scheduling; an actor's torch threads
+    stay as configured (`embed.threads_per_actor`).
+    """
+    if requested <= 0 or n_actors * requested + reserve <= cluster_cpus:
+        return requested
+    return max(0.0, (cluster_cpus - reserve) / n_actors)
+
+
 @_remote_args_allowed
 def run_embed_pipeline(cfg: ACMLConfig) -> EmbeddedData:
     """Run the Ray Data embedding pipeline described by ``cfg.embed`` (see the module doc).
@@ -156,6 +170,15 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbeddedData:
     finally:
         context.execution_options.preserve_order = previous
     _say(f"reading {fmt} from {ec.input}; modalities {names}; cache {cfg.resolved_cache_dir()}")
+    n_actors = len(modalities) * ec.concurrency
+    cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    actor_cpus = fit_actor_cpus(ec.num_cpus_per_actor, n_actors, cluster_cpus)
+    if actor_cpus != ec.num_cpus_per_actor:
+        _say(
+            f"{n_actors} encoder actors at embed.num_cpus_per_actor={ec.num_cpus_per_actor} would hold "
+            f"{n_actors * ec.num_cpus_per_actor:g} of the cluster's {cluster_cpus:g} CPUs and starve "
+            f"featurisation: each reserves {actor_cpus:.3g} instead"
+        )
     ds = ds.map_batches(
         featurise_table,
         batch_format="pyarrow",
@@ -186,7 +209,7 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbeddedData:
             batch_format="pyarrow",
             batch_size=ec.actor_batch_size,
             compute=ActorPoolStrategy(size=ec.concurrency),
-            num_cpus=ec.num_cpus_per_actor,
+            num_cpus=actor_cpus,
             num_gpus=ec.num_gpus_per_actor,
             **actors,
             fn_constructor_kwargs={
@@ -194,7 +217,7 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbeddedData:
                 "cache_path": cache_path,
                 "cache_fs": cache_fs,
                 "encoder_batch_size": ec.encoder_batch_size,
-                "num_cpus": ec.num_cpus_per_actor,
+                "num_threads": ec.threads_per_actor or max(1, int(ec.num_cpus_per_actor)),
                 "use_gpu": ec.num_gpus_per_actor > 0,
             },
         )

@@ -280,12 +280,12 @@ class ModalityEmbedActor:
         cache_path: str,
         cache_fs: pafs.FileSystem,
         encoder_batch_size: int,
-        num_cpus: float,
+        num_threads: int,
         use_gpu: bool,
     ) -> None:
         import torch
 
-        torch.set_num_threads(max(1, int(num_cpus)))  # share the node with the other actors
+        torch.set_num_threads(num_threads)  # EmbedConfig.threads_per_actor
         mcfg = ModalityConfig.model_validate(config)
         modality = build_modality(mcfg.name, mcfg.options)
         if use_gpu and torch.cuda.is_available():

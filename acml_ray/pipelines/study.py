@@ -1,0 +1,593 @@
+"""`acml study`: a paper-scale ACML study as one resumable command.
+
+The stages are the library functions behind `acml embed`, `acml train` and `acml evaluate`,
+run in order on one config (`acml_ray/configs/study.yaml`), each skipped when its result is on
+disk from an earlier invocation, so an interrupted study continues where it stopped (the
+embedding cache makes even a half-finished embedding cheap to redo):
+
+1. ``input``: the configured sources (`data.sources`) as shuffled Parquet shards, minus every
+   molecule of the downstream tasks (`eval.downstream.tasks`), matched on the InChIKey's
+   connectivity block so that their stereoisomers and charge states are left out too. The
+   left-out rows are written to ``study/excluded.parquet`` with the task that claimed them.
+2. ``embed``: `run_embed_pipeline` (Ray Data) -> ``embedded/{train,val}``, split by the InChIKey
+   hash (`data.val_fraction`, `data.split_seed`).
+3. ``train``: `fit` (Ray Train + DeepSpeed), resumed from its last checkpoint if interrupted.
+4. ``evaluate``: `evaluate_run` with every section on the held-out table.
+5. ``compare``: the same evaluation of other encoders (`study.compare_models`, e.g. the demo's).
+6. ``ablations``: one training per `study.ablations` entry on the same tables (optionally a
+   seeded sample of `study.ablation_train_rows` rows), scored by retrieval on the whole held-out
+   set.
+
+``study/results.json`` collects every stage's figures and wall time; ``study/results.md``
+renders them as the tables of docs/results.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from acml_ray.chem import InvalidInputError
+from acml_ray.chem.featurizer import canonical_identity
+from acml_ray.config import ACMLConfig, TaskConfig, apply_overrides
+from acml_ray.data.sources import load_sources
+
+log = logging.getLogger(__name__)
+
+STAGES = ("input", "embed", "train", "evaluate", "compare", "ablations")
+ENCODER_METHODS = ("linear_probe", "finetune")  # downstream methods that use the pretrained encoder
+Say = Callable[[str], None]
+
+
+def _say(message: str) -> None:
+    print(f"[study] {message}", flush=True)
+
+
+def connectivity_key(smiles: str) -> str | None:
+    """The InChIKey's first block (the skeleton: no stereo, no protonation), or None if unparsable."""
+    try:
+        return canonical_identity(smiles)[1].split("-")[0]
+    except InvalidInputError:
+        return None
+
+
+def task_keys(tasks: Sequence[TaskConfig]) -> dict[str, str]:
+    """``{connectivity key: task name}`` over every molecule of `tasks` (the first task wins)."""
+    from acml_ray.evaluate.downstream_data import load_tasks
+
+    keys: dict[str, str] = {}
+    for task in tasks:
+        for data in load_tasks(task, say=lambda _: None):
+            for smiles in data.smiles:
+                key = connectivity_key(smiles)
+                if key is not None:
+                    keys.setdefault(key, task.name)
+    return keys
+
+
+@dataclass
+class StudyInput:
+    """The molecule table `acml embed` reads, and what was left out of it."""
+
+    path: str
+    rows: int
+    by_source: dict[str, int]
+    excluded: int
+    excluded_by_task: dict[str, int]
+    excluded_path: str
+    fingerprint: str
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _input_fingerprint(cfg: ACMLConfig) -> str:
+    spec = {
+        "sources": [s.model_dump(mode="json") for s in cfg.data.sources],
+        "tasks": [t.model_dump(mode="json") for t in cfg.eval.downstream.tasks] if cfg.study.exclude_downstream else [],
+        "shards": cfg.study.input_shards,
+        "seed": cfg.data.split_seed,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_study_input(cfg: ACMLConfig, out: Path, say: Say = _say) -> StudyInput:
+    """Stage 1: ``out/input/part-*.parquet`` (smiles, source) and ``out/excluded.parquet``.
+
+    Rows are shuffled (seeded by `data.split_seed`) so that every shard, and so every training
+    block, mixes the sources. Unparsable rows are kept: `acml embed` quarantines them with their
+    reason, and its report counts them.
+    """
+    manifest = out / "input.json"
+    fingerprint = _input_fingerprint(cfg)
+    if manifest.is_file():
+        done = StudyInput(**json.loads(manifest.read_text()))
+        if done.fingerprint == fingerprint and Path(done.path).is_dir():
+            say(f"input: {done.rows} molecules from an earlier run ({done.path})")
+            return done
+    started = time.perf_counter()
+    frame = load_sources(cfg.data.sources)[["smiles", "source"]]
+    frame["smiles"] = frame["smiles"].astype(str)
+    excluded_by_task: dict[str, int] = {}
+    claimed = pd.Series([None] * len(frame), dtype=object)
+    if cfg.study.exclude_downstream and cfg.eval.downstream.tasks:
+        keys = task_keys(cfg.eval.downstream.tasks)
+        say(f"input: {len(keys)} downstream molecules (connectivity keys) kept out of training")
+        claimed = pd.Series([keys.get(connectivity_key(s) or "") for s in frame["smiles"]], dtype=object)
+        excluded_by_task = {str(k): int(v) for k, v in claimed.dropna().value_counts().items()}
+    left_out = claimed.notna().to_numpy()
+    kept = frame[~left_out].sample(frac=1.0, random_state=cfg.data.split_seed).reset_index(drop=True)
+    folder = out / "input"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("part-*.parquet"):
+        old.unlink()
+    for i, part in enumerate(np.array_split(np.arange(len(kept)), cfg.study.input_shards)):
+        if len(part):
+            pq.write_table(
+                pa.Table.from_pandas(kept.iloc[part], preserve_index=False), folder / f"part-{i:05d}.parquet"
+            )
+    excluded = frame[left_out].assign(task=claimed[left_out].to_numpy())
+    excluded_path = out / "excluded.parquet"
+    pq.write_table(pa.Table.from_pandas(excluded.reset_index(drop=True), preserve_index=False), excluded_path)
+    result = StudyInput(
+        path=str(folder),
+        rows=len(kept),
+        by_source={str(k): int(v) for k, v in kept["source"].value_counts().items()},
+        excluded=int(left_out.sum()),
+        excluded_by_task=excluded_by_task,
+        excluded_path=str(excluded_path),
+        fingerprint=fingerprint,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    manifest.write_text(json.dumps(result.__dict__, indent=2))
+    say(f"input: {result.rows} molecules {result.by_source}; {result.excluded} left out {excluded_by_task}")
+    return result
+
+
+def _stage_file(out: Path, stage: str) -> Path:
+    return out / "stages" / f"{stage}.json"
+
+
+def _done(out: Path, stage: str) -> dict | None:
+    path = _stage_file(out, stage)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _record(out: Path, stage: str, result: dict) -> dict:
+    path = _stage_file(out, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _sample_rows(tables: str, rows: int, seed: int, dest: Path) -> str:
+    """A seeded sample of `rows` rows of the training shards, written once to `dest`."""
+    if dest.is_file() and pq.read_metadata(dest).num_rows == rows:
+        return str(dest)
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(tables, format="parquet").to_table()
+    if rows >= table.num_rows:
+        return tables
+    pick = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=rows, replace=False))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.take(pa.array(pick)), dest)
+    return str(dest)
+
+
+def train_and_score(
+    cfg: ACMLConfig, train_table: str, val_table: str, run_name: str, sections: Sequence[str] = ("retrieval",)
+) -> dict[str, Any]:
+    """`fit` then `evaluate_run` (the given sections) on `val_table`; resumes an interrupted run.
+
+    Returns the report, the wall times and where the best model is. The model and the
+    evaluation go under ``cfg.output_dir`` (``model/``, ``evaluation/``).
+    """
+    from acml_ray.evaluate.suite import evaluate_run
+    from acml_ray.tracking import resolve_tracking_uri
+    from acml_ray.train import fit
+
+    out = Path(cfg.output_dir)
+    started = time.perf_counter()
+    trained = fit(cfg, train_table, val_table, run_name=run_name, resume=None)
+    train_s = time.perf_counter() - started
+    eval_cfg = cfg.eval.model_copy(
+        update={
+            "sections": list(sections),
+            "tracking_uri": cfg.eval.tracking_uri or resolve_tracking_uri(cfg),
+            "mlflow_run_id": trained.mlflow_run_id,
+        }
+    )
+    started = time.perf_counter()
+    report = evaluate_run(str(out), eval_cfg, out / "evaluation", data=val_table, progress=False)
+    return {
+        "report": str(out / "evaluation" / "report.json"),
+        "model_dir": str(trained.best_model_dir),
+        "best_epoch": trained.best_metrics.get("epoch"),
+        "epochs_run": len(trained.history),
+        "stopped_early": trained.stopped_early,
+        "train_s": round(train_s, 1),
+        "evaluate_s": round(time.perf_counter() - started, 1),
+        "retrieval": report.get("retrieval", {}),
+    }
+
+
+def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) -> dict[str, Any]:
+    """Run (or continue) the study in ``cfg.output_dir``; returns ``study/results.json``'s content.
+
+    A stage whose result is recorded under ``study/stages/`` is not run again; delete that file
+    (or the output folder) to redo it. `stages` limits the run to some stages, in STAGES order;
+    a stage needs the ones before it to have run once.
+    """
+    from acml_ray.evaluate.suite import evaluate_run
+    from acml_ray.pipelines.embed import run_embed_pipeline
+    from acml_ray.tracking import resolve_tracking_uri
+    from acml_ray.train import init_ray
+
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown study stages {unknown}; choose from {list(STAGES)}")
+    root = Path(cfg.output_dir)
+    out = root / "study"
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"config": cfg.model_dump(mode="json")}
+    tracking_uri = cfg.eval.tracking_uri or resolve_tracking_uri(cfg)
+
+    def need(stage: str) -> dict:
+        done = _done(out, stage)
+        if done is None:
+            raise ValueError(f"study stage {stage!r} has not run in {root}: run it first (acml study --stages {stage})")
+        return done
+
+    if "input" in stages:
+        results["input"] = write_study_input(cfg, out, say).__dict__
+    elif (out / "input.json").is_file():
+        results["input"] = json.loads((out / "input.json").read_text())
+    elif "embed" in stages:
+        raise ValueError(f"study stage 'input' has not run in {root}: run it first (acml study --stages input)")
+    else:
+        results["input"] = None
+
+    ray_started = False
+
+    def ray_up() -> None:
+        nonlocal ray_started
+        if not ray_started:
+            init_ray(use_gpu=cfg.train.use_gpu or cfg.embed.num_gpus_per_actor > 0)
+            ray_started = True
+
+    if "embed" in stages and (_done(out, "embed") or {}).get("input") != results["input"]["fingerprint"]:
+        ray_up()
+        started = time.perf_counter()
+        embed_cfg = cfg.model_copy(
+            update={
+                "embed": cfg.embed.model_copy(
+                    update={"input": results["input"]["path"], "output": cfg.embed.output or str(root / "embedded")}
+                )
+            }
+        )
+        embedded = run_embed_pipeline(embed_cfg)
+        _record(
+            out,
+            "embed",
+            {
+                "input": results["input"]["fingerprint"],
+                "train": embedded.train_path,
+                "val": embedded.val_path,
+                "counts": embedded.counts,
+                "quarantined_by_reason": embedded.quarantined_by_reason,
+                "timings": embedded.timings,
+                "seconds": round(time.perf_counter() - started, 1),
+            },
+        )
+        say(f"embed: {embedded.counts}")
+    tables: dict[str, Any] = need("embed") if any(s in stages for s in STAGES[2:]) else (_done(out, "embed") or {})
+    results["embed"] = tables
+
+    if "train" in stages and _done(out, "train") is None:
+        ray_up()
+        from acml_ray.train import fit
+
+        started = time.perf_counter()
+        trained = fit(cfg, tables["train"], tables["val"], run_name="study", resume=None)
+        _record(
+            out,
+            "train",
+            {
+                "model_dir": str(trained.best_model_dir),
+                "mlflow_run_id": trained.mlflow_run_id,
+                "best_epoch": trained.best_metrics.get("epoch"),
+                "best_metrics": trained.best_metrics,
+                "epochs_run": len(trained.history),
+                "stopped_early": trained.stopped_early,
+                "seconds": round(time.perf_counter() - started, 1),
+            },
+        )
+        say(f"train: best epoch {trained.best_metrics.get('epoch')} -> {trained.best_model_dir}")
+    results["train"] = _done(out, "train")
+
+    if "evaluate" in stages and _done(out, "evaluate") is None:
+        need("train")
+        ray_up()
+        started = time.perf_counter()
+        # Evaluation logs into the training run, so one MLflow run holds the encoder's whole story.
+        eval_cfg = cfg.eval.model_copy(
+            update={"tracking_uri": tracking_uri, "mlflow_run_id": results["train"]["mlflow_run_id"]}
+        )
+        evaluate_run(str(root), eval_cfg, root / "evaluation", data=tables["val"], cache_dir=cfg.resolved_cache_dir())
+        _record(
+            out,
+            "evaluate",
+            {"report": str(root / "evaluation" / "report.json"), "seconds": round(time.perf_counter() - started, 1)},
+        )
+    results["evaluate"] = _done(out, "evaluate")
+
+    if "compare" in stages:
+        for label, model in cfg.study.compare_models.items():
+            stage = f"compare-{label}"
+            if _done(out, stage) is not None:
+                continue
+            ray_up()
+            started = time.perf_counter()
+            target = root / "compare" / label
+            # The scratch GIN and the ECFP baselines do not depend on the encoder: fitted once, in
+            # the study's own evaluation.
+            methods = [m for m in cfg.eval.downstream.methods if m in ENCODER_METHODS]
+            compare_cfg = cfg.eval.model_copy(
+                update={
+                    "tracking_uri": tracking_uri,
+                    "downstream": cfg.eval.downstream.model_copy(update={"methods": methods}),
+                }
+            )
+            if not methods:
+                compare_cfg.sections = [s for s in compare_cfg.sections if s != "downstream"]
+            evaluate_run(model, compare_cfg, target, data=tables["val"], cache_dir=cfg.resolved_cache_dir())
+            _record(
+                out,
+                stage,
+                {
+                    "model": model,
+                    "report": str(target / "report.json"),
+                    "seconds": round(time.perf_counter() - started, 1),
+                },
+            )
+    results["compare"] = {label: _done(out, f"compare-{label}") for label in cfg.study.compare_models}
+
+    if "ablations" in stages and cfg.study.ablations:
+        train_table = tables["train"]
+        if cfg.study.ablation_train_rows:
+            train_table = _sample_rows(
+                tables["train"],
+                cfg.study.ablation_train_rows,
+                cfg.data.split_seed,
+                out / f"ablation-train-{cfg.study.ablation_train_rows}.parquet",
+            )
+        for ablation in cfg.study.ablations:
+            stage = f"ablation-{ablation.name}"
+            if _done(out, stage) is not None:
+                continue
+            ray_up()
+            overrides = dict(ablation.overrides)
+            if cfg.study.ablation_epochs:
+                overrides.setdefault("train.epochs", cfg.study.ablation_epochs)
+            base = cfg.model_dump(mode="json", exclude={"study"})
+            run_cfg = ACMLConfig.model_validate(
+                apply_overrides(base, {**overrides, "output_dir": str(root / "ablations" / ablation.name)})
+            )
+            say(f"ablation {ablation.name}: {overrides}")
+            result = train_and_score(run_cfg, train_table, tables["val"], f"ablation-{ablation.name}")
+            _record(out, stage, {**result, "overrides": overrides, "train_rows": cfg.study.ablation_train_rows})
+    results["ablations"] = {a.name: _done(out, f"ablation-{a.name}") for a in cfg.study.ablations}
+
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+# The claims the study is measured against: the paper's (Xu et al., JCIM 2025) and the demo's
+# figures on its own 709 held-out molecules (docs/results.md), quoted beside each target.
+CLAIMS: list[dict[str, Any]] = [
+    {
+        "claim": "image->graph top-1, pool 128",
+        "target": 0.90,
+        "paper": "up to 0.95 top-10 at pool 128",
+        "demo": "0.76",
+        "path": ("retrieval", "image->graph", "pool_128", "top1"),
+    },
+    {
+        "claim": "image->graph top-10, whole held-out set",
+        "target": 0.80,
+        "paper": "-",
+        "demo": "0.90 (709 molecules)",
+        "path": ("retrieval", "image->graph", "pool_all", "top10"),
+    },
+    {
+        "claim": "image->graph top-1 among stereoisomers",
+        "target": 0.90,
+        "paper": "isomers discriminated",
+        "demo": "-",
+        "path": ("isomers", "stereo", "image->graph", "top1"),
+    },
+    {
+        "claim": "image->graph top-1 among constitutional isomers",
+        "target": None,
+        "paper": "isomers discriminated",
+        "demo": "-",
+        "path": ("isomers", "constitutional", "image->graph", "top1"),
+    },
+]
+
+
+def _get(report: dict, path: Sequence[str]) -> Any:
+    node: Any = report
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _f(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and value != value) else f"{value:.3f}"
+
+
+def _primary(kind: str) -> tuple[str, bool]:
+    """The headline metric of a downstream task kind and whether higher is better."""
+    return ("roc_auc", True) if kind == "classification" else ("rmse", False)
+
+
+def downstream_rows(reports: dict[str, dict]) -> list[str]:
+    """Markdown rows: task x (encoder, method) -> mean +- sd of the task's headline metric.
+
+    `reports` maps an encoder label to its evaluation report; seed-free baselines (ECFP) and the
+    from-scratch GIN come from the first report (they do not depend on the encoder).
+    """
+    lines = ["| task | metric | method | mean +- sd | runs |", "|---|---|---|---|---|"]
+    first = next(iter(reports.values()), {})
+    for task, block in (first.get("downstream") or {}).items():
+        if "methods" not in block:
+            continue
+        metric, higher = _primary(block["kind"])
+        arrow = "higher is better" if higher else "lower is better"
+        entries: list[tuple[str, dict]] = []
+        for label, report in reports.items():
+            methods = (report.get("downstream") or {}).get(task, {}).get("methods", {})
+            for method, m in methods.items():
+                encoder_free = method not in ENCODER_METHODS
+                if encoder_free and report is not first:
+                    continue
+                entries.append((method if encoder_free else f"{label} {method}", m))
+        for name, m in entries:
+            stats = m.get(metric) or {}
+            sd = "" if stats.get("sd") is None else f" +- {_f(stats['sd'])}"
+            runs = "1" if m.get("deterministic") else str(m.get("runs", len(stats.get("values", []))))
+            lines.append(f"| {task} | {metric} ({arrow}) | {name} | {_f(stats.get('mean'))}{sd} | {runs} |")
+    return lines
+
+
+def downstream_verdict(report: dict) -> list[str]:
+    """Per task: does the fine-tuned study encoder beat the scratch GIN, and is it level with ECFP+RF
+    (within one sd of the pair's larger sd)?"""
+    lines = []
+    for task, block in (report.get("downstream") or {}).items():
+        methods = block.get("methods") or {}
+        if not {"finetune", "scratch", "ecfp_rf"} <= set(methods):
+            continue
+        metric, higher = _primary(block["kind"])
+        ft, sc, rf = (methods[m][metric] for m in ("finetune", "scratch", "ecfp_rf"))
+        sign = 1 if higher else -1
+        beats = sign * (ft["mean"] - sc["mean"]) > 0
+        spread = max(ft.get("sd") or 0.0, rf.get("sd") or 0.0)
+        level = sign * (ft["mean"] - rf["mean"]) >= -spread
+        lines.append(
+            f"| {task} | {metric} | {_f(ft['mean'])} | {_f(sc['mean'])} | {_f(rf['mean'])} | "
+            f"{'yes' if beats else 'no'} | {'yes' if level else 'no'} |"
+        )
+    return lines
+
+
+def write_results_markdown(results: dict[str, Any], cfg: ACMLConfig) -> Path:
+    """Render ``study/results.md`` from what the stages recorded (missing stages are marked)."""
+    from acml_ray.evaluate.report import render_markdown
+
+    root = Path(cfg.output_dir)
+    out = root / "study" / "results.md"
+    lines = ["# ACML study results", "", f"Output folder `{root}`; config in `study/results.json`.", ""]
+    inp, emb, tr = results.get("input"), results.get("embed"), results.get("train")
+    lines += ["## Data", ""]
+    if inp:
+        lines += [
+            f"- molecules written for embedding: {inp['rows']} {inp['by_source']} ({inp['seconds']} s)",
+            f"- kept out as downstream-task molecules (InChIKey connectivity): {inp['excluded']} "
+            f"{inp['excluded_by_task']} (`{inp['excluded_path']}`)",
+        ]
+    if emb:
+        lines.append(f"- embedded: {emb['counts']}; quarantined by reason {emb['quarantined_by_reason']}")
+    lines.append("")
+    lines += ["## Wall time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
+    for stage, block in (
+        ("input", inp),
+        ("embed", emb),
+        ("train", tr),
+        ("evaluate", results.get("evaluate")),
+        *((f"compare {k}", v) for k, v in (results.get("compare") or {}).items()),
+        *((f"ablation {k}", v) for k, v in (results.get("ablations") or {}).items()),
+    ):
+        seconds = None
+        if block:
+            seconds = block.get("seconds", (block.get("train_s") or 0) + (block.get("evaluate_s") or 0))
+        lines.append(f"| {stage} | {'not run' if seconds is None else f'{seconds:.0f}'} |")
+    lines.append("")
+    report: dict = {}
+    if results.get("evaluate"):
+        report = json.loads(Path(results["evaluate"]["report"]).read_text())
+        lines += ["## Targets", "", "| claim | study | target | paper | demo |", "|---|---|---|---|---|"]
+        for c in CLAIMS:
+            value = _get(report, c["path"])
+            target = "-" if c["target"] is None else f">= {c['target']:.2f}"
+            met = "" if c["target"] is None or value is None else (" (met)" if value >= c["target"] else " (missed)")
+            lines.append(f"| {c['claim']} | {_f(value)}{met} | {target} | {c['paper']} | {c['demo']} |")
+        verdict = downstream_verdict(report)
+        if verdict:
+            lines += [
+                "",
+                "| task | metric | study fine-tune | scratch GIN | ECFP + RF | beats scratch | level with RF |",
+                "|---|---|---|---|---|---|---|",
+                *verdict,
+            ]
+        lines.append("")
+    compare = {"study": report} if report else {}
+    for label, block in (results.get("compare") or {}).items():
+        if block:
+            compare[label] = json.loads(Path(block["report"]).read_text())
+    if len(compare) > 1 or report.get("downstream"):
+        lines += ["## Downstream, every encoder", "", *downstream_rows(compare), ""]
+    for label, other in compare.items():
+        if label == "study" or not other.get("retrieval"):
+            continue
+        lines += [f"## Retrieval of `{label}` on the study's held-out set", ""]
+        for direction, pools in other["retrieval"].items():
+            for pool, b in pools.items():
+                lines.append(
+                    f"- {direction} {pool} (n={b['n_pool']}): top-1 {_f(b['top1'])}, top-10 {_f(b.get('top10'))}"
+                )
+        lines.append("")
+    ablations = {k: v for k, v in (results.get("ablations") or {}).items() if v}
+    if ablations:
+        lines += [
+            "## What matters (ablations)",
+            "",
+            f"Each row trains on {cfg.study.ablation_train_rows or 'all'} training rows, "
+            f"{cfg.study.ablation_epochs or cfg.train.epochs} epochs at most, and is scored on the whole held-out set.",
+            "",
+            "| run | overrides | direction | top-1 pool 128 | top-10 pool 128 | top-1 all | top-10 all "
+            "| best epoch | train s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, block in ablations.items():
+            for direction, pools in block["retrieval"].items():
+                if not direction.endswith("->graph"):
+                    continue
+                fixed = pools.get(f"pool_{cfg.eval.pool_size}", {})
+                whole = pools.get("pool_all", {})
+                lines.append(
+                    f"| {name} | {block['overrides'] or '-'} | {direction} | {_f(fixed.get('top1'))} | "
+                    f"{_f(fixed.get('top10'))} | {_f(whole.get('top1'))} | {_f(whole.get('top10'))} | "
+                    f"{block['best_epoch']} | {block['train_s']:.0f} |"
+                )
+        lines.append("")
+    if report:
+        body = render_markdown(report).split("\n", 1)[1]  # the evaluation's own tables, one level down
+        lines += ["## The study encoder's evaluation", "", body.replace("\n## ", "\n### ")]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    return out
