@@ -226,6 +226,7 @@ def test_encoder_actors_never_reserve_the_cpus_their_input_needs() -> None:
     assert fit_actor_cpus(0.0, 8, 2.0) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_embed_finishes_when_its_actors_ask_for_every_cpu(tmp_path, molecules, ray_local, capsys) -> None:
     # Three encoder actors at 0.7 CPU would hold 2.1 of ray_local's 2 CPUs: Ray Data would start

@@ -86,6 +86,7 @@ def test_study_input_leaves_downstream_molecules_and_their_stereoisomers_out(tmp
     assert again.fingerprint != result.fingerprint and again.rows == 8 and again.excluded == 0
 
 
+@pytest.mark.slow
 def test_study_runs_every_stage_resumes_and_reports(tmp_path, chembl_drugs, ray_local):
     drugs = chembl_drugs["smiles"].tolist()
     task = _task_file(tmp_path / "logp.csv", drugs[:60])
@@ -167,3 +168,12 @@ def test_study_runs_every_stage_resumes_and_reports(tmp_path, chembl_drugs, ray_
     for heading in ("## Data", "## Targets", "## Downstream, every encoder", "## What matters (ablations)"):
         assert heading in page
     assert "| hidden-32 |" in page and "same linear_probe" in page
+
+    # A changed eval section re-evaluates; the training it reads is kept.
+    evaluated = out / "study" / "stages" / "evaluate.json"
+    before = json.loads(evaluated.read_text())["fingerprint"]
+    retrieval_only = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sections": ["retrieval"]})})
+    again = run_study(retrieval_only, ["evaluate"], say=lambda _: None)
+    assert json.loads(evaluated.read_text())["fingerprint"] != before
+    assert trained.stat().st_mtime_ns == stamp and again["train"] == results["train"]
+    assert "downstream" not in json.loads(Path(again["evaluate"]["report"]).read_text())

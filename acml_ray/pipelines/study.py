@@ -2,8 +2,8 @@
 
 The stages are the library functions behind `acml embed`, `acml train` and `acml evaluate`,
 run in order on one config (`acml_ray/configs/study.yaml`), each skipped when its result is on
-disk from an earlier invocation, so an interrupted study continues where it stopped (the
-embedding cache makes even a half-finished embedding cheap to redo):
+disk from an earlier invocation with the same settings, so an interrupted study continues where
+it stopped (the embedding cache makes even a half-finished embedding cheap to redo):
 
 1. ``input``: the configured sources (`data.sources`) as shuffled Parquet shards, minus every
    molecule of the downstream tasks (`eval.downstream.tasks`), matched on the InChIKey's
@@ -158,14 +158,24 @@ def _stage_file(out: Path, stage: str) -> Path:
     return out / "stages" / f"{stage}.json"
 
 
-def _done(out: Path, stage: str) -> dict | None:
+def _fingerprint(*parts: Any) -> str:
+    """What a stage's result depends on, hashed: a change of any part reruns the stage."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _done(out: Path, stage: str, fingerprint: str | None = None) -> dict | None:
+    """The stage's recorded result, if it ran with these inputs (any inputs: `fingerprint` None)."""
     path = _stage_file(out, stage)
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    return done if fingerprint is None or done.get("fingerprint") == fingerprint else None
 
 
-def _record(out: Path, stage: str, result: dict) -> dict:
+def _record(out: Path, stage: str, fingerprint: str, result: dict) -> dict:
     path = _stage_file(out, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
+    result = {"fingerprint": fingerprint, **result}
     path.write_text(json.dumps(result, indent=2, default=str))
     return result
 
@@ -225,9 +235,12 @@ def train_and_score(
 def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) -> dict[str, Any]:
     """Run (or continue) the study in ``cfg.output_dir``; returns ``study/results.json``'s content.
 
-    A stage whose result is recorded under ``study/stages/`` is not run again; delete that file
-    (or the output folder) to redo it. `stages` limits the run to some stages, in STAGES order;
-    a stage needs the ones before it to have run once.
+    A stage whose result is recorded under ``study/stages/`` with the same fingerprint (the
+    config it reads, and the fingerprint of the stage it reads from) is not run again: rerunning
+    the command continues, and a changed setting reruns the stages it affects (a new training
+    config is a new Ray run, ``study-<fingerprint>``, never a resume of another model). `stages`
+    limits the run to some stages, in STAGES order; a stage needs the ones before it to have run
+    with this config.
     """
     from acml_ray.evaluate.suite import evaluate_run
     from acml_ray.pipelines.embed import run_embed_pipeline
@@ -243,10 +256,13 @@ def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) 
     results: dict[str, Any] = {"config": cfg.model_dump(mode="json")}
     tracking_uri = cfg.eval.tracking_uri or resolve_tracking_uri(cfg)
 
-    def need(stage: str) -> dict:
-        done = _done(out, stage)
+    def need(stage: str, fingerprint: str) -> dict:
+        done = _done(out, stage, fingerprint)
         if done is None:
-            raise ValueError(f"study stage {stage!r} has not run in {root}: run it first (acml study --stages {stage})")
+            raise ValueError(
+                f"study stage {stage!r} has not run in {root} with this config: run it first "
+                f"(acml study --stages {stage})"
+            )
         return done
 
     if "input" in stages:
@@ -266,7 +282,19 @@ def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) 
             init_ray(use_gpu=cfg.train.use_gpu or cfg.embed.num_gpus_per_actor > 0)
             ray_started = True
 
-    if "embed" in stages and (_done(out, "embed") or {}).get("input") != results["input"]["fingerprint"]:
+    # Each stage's fingerprint covers the config it reads and the fingerprint of the stage it reads
+    # from: a changed modality re-embeds and retrains, a changed eval section only re-evaluates.
+    dump = cfg.model_dump(mode="json")
+    embed_fp = _fingerprint(
+        (results["input"] or {}).get("fingerprint"),
+        dump["modalities"],
+        dump["featurizer"],
+        dump["data"]["val_fraction"],
+        dump["data"]["split_seed"],
+    )
+    model_keys = ("modalities", "graph_encoder", "projection", "loss", "optimizer", "train")
+    train_fp = _fingerprint(embed_fp, {k: dump[k] for k in model_keys})
+    if "embed" in stages and _done(out, "embed", embed_fp) is None:
         ray_up()
         started = time.perf_counter()
         embed_cfg = cfg.model_copy(
@@ -280,8 +308,8 @@ def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) 
         _record(
             out,
             "embed",
+            embed_fp,
             {
-                "input": results["input"]["fingerprint"],
                 "train": embedded.train_path,
                 "val": embedded.val_path,
                 "counts": embedded.counts,
@@ -291,18 +319,22 @@ def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) 
             },
         )
         say(f"embed: {embedded.counts}")
-    tables: dict[str, Any] = need("embed") if any(s in stages for s in STAGES[2:]) else (_done(out, "embed") or {})
-    results["embed"] = tables
+    later = any(s in stages for s in STAGES[2:])
+    tables: dict[str, Any] = need("embed", embed_fp) if later else (_done(out, "embed", embed_fp) or {})
+    results["embed"] = tables or None
 
-    if "train" in stages and _done(out, "train") is None:
+    if "train" in stages and _done(out, "train", train_fp) is None:
         ray_up()
         from acml_ray.train import fit
 
         started = time.perf_counter()
-        trained = fit(cfg, tables["train"], tables["val"], run_name="study", resume=None)
+        # One Ray run per training config: a changed config starts afresh instead of resuming a
+        # checkpoint of another model; the same config resumes its last checkpoint.
+        trained = fit(cfg, tables["train"], tables["val"], run_name=f"study-{train_fp[:8]}", resume=None)
         _record(
             out,
             "train",
+            train_fp,
             {
                 "model_dir": str(trained.best_model_dir),
                 "mlflow_run_id": trained.mlflow_run_id,
@@ -314,28 +346,33 @@ def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) 
             },
         )
         say(f"train: best epoch {trained.best_metrics.get('epoch')} -> {trained.best_model_dir}")
-    results["train"] = _done(out, "train")
+    results["train"] = _done(out, "train", train_fp)
 
-    if "evaluate" in stages and _done(out, "evaluate") is None:
-        need("train")
+    evaluate_fp = _fingerprint(train_fp, dump["eval"])
+    if "evaluate" in stages and _done(out, "evaluate", evaluate_fp) is None:
+        trained_record = need("train", train_fp)
         ray_up()
         started = time.perf_counter()
         # Evaluation logs into the training run, so one MLflow run holds the encoder's whole story.
         eval_cfg = cfg.eval.model_copy(
-            update={"tracking_uri": tracking_uri, "mlflow_run_id": results["train"]["mlflow_run_id"]}
+            update={"tracking_uri": tracking_uri, "mlflow_run_id": trained_record["mlflow_run_id"]}
         )
         evaluate_run(str(root), eval_cfg, root / "evaluation", data=tables["val"], cache_dir=cfg.resolved_cache_dir())
         _record(
             out,
             "evaluate",
+            evaluate_fp,
             {"report": str(root / "evaluation" / "report.json"), "seconds": round(time.perf_counter() - started, 1)},
         )
-    results["evaluate"] = _done(out, "evaluate")
+    results["evaluate"] = _done(out, "evaluate", evaluate_fp)
 
+    compare_fps = {
+        label: _fingerprint(embed_fp, model, dump["eval"]) for label, model in cfg.study.compare_models.items()
+    }
     if "compare" in stages:
         for label, model in cfg.study.compare_models.items():
             stage = f"compare-{label}"
-            if _done(out, stage) is not None:
+            if _done(out, stage, compare_fps[label]) is not None:
                 continue
             ray_up()
             started = time.perf_counter()
@@ -355,14 +392,27 @@ def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) 
             _record(
                 out,
                 stage,
+                compare_fps[label],
                 {
                     "model": model,
                     "report": str(target / "report.json"),
                     "seconds": round(time.perf_counter() - started, 1),
                 },
             )
-    results["compare"] = {label: _done(out, f"compare-{label}") for label in cfg.study.compare_models}
+    results["compare"] = {label: _done(out, f"compare-{label}", fp) for label, fp in compare_fps.items()}
 
+    ablation_cfgs: dict[str, tuple[ACMLConfig, dict, str]] = {}
+    for ablation in cfg.study.ablations:
+        overrides = dict(ablation.overrides)
+        if cfg.study.ablation_epochs:
+            overrides.setdefault("train.epochs", cfg.study.ablation_epochs)
+        base = cfg.model_dump(mode="json", exclude={"study"})
+        run_cfg = ACMLConfig.model_validate(
+            apply_overrides(base, {**overrides, "output_dir": str(root / "ablations" / ablation.name)})
+        )
+        run_dump = run_cfg.model_dump(mode="json")
+        fp = _fingerprint(embed_fp, {k: run_dump[k] for k in (*model_keys, "eval")}, cfg.study.ablation_train_rows)
+        ablation_cfgs[ablation.name] = (run_cfg, overrides, fp)
     if "ablations" in stages and cfg.study.ablations:
         train_table = tables["train"]
         if cfg.study.ablation_train_rows:
@@ -370,24 +420,17 @@ def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) 
                 tables["train"],
                 cfg.study.ablation_train_rows,
                 cfg.data.split_seed,
-                out / f"ablation-train-{cfg.study.ablation_train_rows}.parquet",
+                out / f"ablation-train-{cfg.study.ablation_train_rows}-{embed_fp[:8]}.parquet",
             )
-        for ablation in cfg.study.ablations:
-            stage = f"ablation-{ablation.name}"
-            if _done(out, stage) is not None:
+        for name, (run_cfg, overrides, fp) in ablation_cfgs.items():
+            stage = f"ablation-{name}"
+            if _done(out, stage, fp) is not None:
                 continue
             ray_up()
-            overrides = dict(ablation.overrides)
-            if cfg.study.ablation_epochs:
-                overrides.setdefault("train.epochs", cfg.study.ablation_epochs)
-            base = cfg.model_dump(mode="json", exclude={"study"})
-            run_cfg = ACMLConfig.model_validate(
-                apply_overrides(base, {**overrides, "output_dir": str(root / "ablations" / ablation.name)})
-            )
-            say(f"ablation {ablation.name}: {overrides}")
-            result = train_and_score(run_cfg, train_table, tables["val"], f"ablation-{ablation.name}")
-            _record(out, stage, {**result, "overrides": overrides, "train_rows": cfg.study.ablation_train_rows})
-    results["ablations"] = {a.name: _done(out, f"ablation-{a.name}") for a in cfg.study.ablations}
+            say(f"ablation {name}: {overrides}")
+            result = train_and_score(run_cfg, train_table, tables["val"], f"ablation-{name}-{fp[:8]}")
+            _record(out, stage, fp, {**result, "overrides": overrides, "train_rows": cfg.study.ablation_train_rows})
+    results["ablations"] = {name: _done(out, f"ablation-{name}", fp) for name, (_, _, fp) in ablation_cfgs.items()}
 
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return results
