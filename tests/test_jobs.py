@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("embed", "train", "tune", "evaluate", "register", "pipeline")
+STAGES = ("embed", "train", "tune", "evaluate", "register", "pipeline", "study")
 
 
 # What a thin entry point may contain: imports, its docstring, one argument-parsing `main` and
@@ -53,10 +53,14 @@ def test_stage_entrypoint_exists_and_is_thin(stage):
 
 def test_pipeline_and_register_help():
     # --help parses the arguments without starting Ray (cheap check that the chaining imports work).
-    for script in ("jobs/pipeline.py", "jobs/register.py"):
+    for script, option in (
+        ("jobs/pipeline.py", "--name"),
+        ("jobs/register.py", "--name"),
+        ("jobs/study.py", "--stages"),
+    ):
         proc = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "--name" in proc.stdout
+        assert option in proc.stdout
 
 
 @pytest.fixture
