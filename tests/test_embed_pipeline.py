@@ -216,6 +216,25 @@ def test_embed_pipeline_local_rerun_and_growth(tmp_path, molecules, ray_local, c
     assert grown["reports"]["image"]["encoded"] == grown["counts"]["usable"] - counts["usable"] > 0
 
 
+@pytest.mark.slow
+def test_one_input_file_is_embedded_in_blocks_of_featurize_batch_size(tmp_path, molecules, ray_local) -> None:
+    # Ray Data reads a small file as one block; without a split the whole table would be one
+    # featurise task and one encoder call (the study's 113k molecules stalled 30 min in one).
+    data = tmp_path / "in"
+    data.mkdir()
+    molecules.to_parquet(data / "part-0.parquet")
+    out = tmp_path / "out"
+    args = _embed_args(str(data), str(out), str(tmp_path / "cache"), str(tmp_path))
+    assert main([*args, "--set", "embed.featurize_batch_size=4"]) == 0
+    shards = sorted((out / "train").glob("*.parquet")) + sorted((out / "val").glob("*.parquet"))
+    assert len(shards) >= len(molecules) // 4 - 2  # about one written block per 4 input rows
+    report = json.loads((out / "report.json").read_text())
+    table = pa.concat_tables([_read(str(out / "train")), _read(str(out / "val"))])
+    assert (
+        table.num_rows == report["counts"]["usable"] and len(set(table.column("mol_id").to_pylist())) == table.num_rows
+    )
+
+
 def test_encoder_actors_never_reserve_the_cpus_their_input_needs() -> None:
     from acml_ray.pipelines.embed import fit_actor_cpus
 

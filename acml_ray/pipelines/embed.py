@@ -167,6 +167,12 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbeddedData:
             ds = ds.select_columns(wanted)
         else:
             ds = ray.data.read_parquet(in_path, filesystem=in_fs, columns=wanted, ray_remote_args=tasks)
+        # SMILES are small: Ray Data reads files of molecules as blocks of up to 128 MiB (16
+        # files of 113k molecules came as one block), so featurisation ran as one task however
+        # many CPUs there were, and each encoder took the whole table in one call that reported
+        # no progress for over 30 minutes (Ray Data's stall timeout stopped the job). Blocks of
+        # featurize_batch_size rows are one featurise task each, and stream through the actors.
+        ds = ds.repartition(target_num_rows_per_block=ec.featurize_batch_size)
     finally:
         context.execution_options.preserve_order = previous
     _say(f"reading {fmt} from {ec.input}; modalities {names}; cache {cfg.resolved_cache_dir()}")
