@@ -133,7 +133,9 @@ class EmbedConfig(_Strict):
     id_column: str | None = Field(None, description="molecule id column; default: the InChIKey")
     keep_columns: list[str] = Field(default_factory=list, description="input columns copied to the output")
     output: str | None = Field(None, description="output folder or URI; default OUTPUT/embedded")
-    featurize_batch_size: int = Field(256, ge=1)
+    featurize_batch_size: int = Field(
+        256, ge=1, description="rows per featurise task: the input is cut into blocks of this many rows"
+    )
     actor_batch_size: int = Field(64, ge=1, description="rows per call of an encoder actor")
     encoder_batch_size: int = Field(32, ge=1, description="rows per encoder forward pass")
     concurrency: int = Field(1, ge=1, description="encoder actors per modality")
