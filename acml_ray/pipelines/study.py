@@ -98,7 +98,7 @@ def _input_fingerprint(cfg: ACMLConfig) -> str:
         "shards": cfg.study.input_shards,
         "seed": cfg.data.split_seed,
     }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return _fingerprint(spec)
 
 
 def write_study_input(cfg: ACMLConfig, out: Path, say: Say = _say) -> StudyInput:
@@ -274,13 +274,8 @@ def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) 
     else:
         results["input"] = None
 
-    ray_started = False
-
-    def ray_up() -> None:
-        nonlocal ray_started
-        if not ray_started:
-            init_ray(use_gpu=cfg.train.use_gpu or cfg.embed.num_gpus_per_actor > 0)
-            ray_started = True
+    def ray_up() -> None:  # only stages that run need Ray (init_ray returns if it is up)
+        init_ray(use_gpu=cfg.train.use_gpu or cfg.embed.num_gpus_per_actor > 0)
 
     # Each stage's fingerprint covers the config it reads and the fingerprint of the stage it reads
     # from: a changed modality re-embeds and retrains, a changed eval section only re-evaluates.
