@@ -161,6 +161,25 @@ def test_image_encoder_chunks_on_cpu_without_changing_vectors(depiction_modality
     assert chunked.shape == (10, 1280) and not torch.allclose(chunked[0], chunked[1])
 
 
+def test_bf16_image_encoder_is_a_close_but_separate_encoder(depiction_modality):
+    """bf16 autocast (the study's setting) keeps each depiction's features within cosine 0.99 of
+    fp32 and ranks the same molecule first, but never shares fp32's cache entries."""
+    from acml_ray.modalities import build_modality
+
+    smiles = ["CC(=O)Oc1ccccc1C(=O)O", "C[C@H](N)C(=O)O", "C[C@@H](N)C(=O)O", "c1ccc2ccccc2c1", "CCN(CC)CC"]
+    bf16 = build_modality("image", {"precision": "bf16"})
+    fp32_vectors, bf16_vectors = depiction_modality.encode(smiles), bf16.encode(smiles)
+    assert bf16_vectors.dtype == np.float32 and bf16_vectors.shape == (5, 1280)
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    cosine = unit(fp32_vectors) @ unit(bf16_vectors).T
+    assert np.diag(cosine).min() > 0.99
+    assert (cosine.argmax(axis=1) == np.arange(5)).all()  # the enantiomers' depictions differ too
+    assert bf16.fingerprint != depiction_modality.fingerprint
+    assert "precision" not in depiction_modality.preprocess_config()  # fp32 caches keep their key
+    with pytest.raises(ValueError, match="precision"):
+        build_modality("image", {"precision": "fp16"})
+
+
 def test_spectrum_cnn_is_seeded_not_global():
     torch.manual_seed(0)
     a = SpectrumCNN(seed=7).state_dict()
