@@ -7,7 +7,9 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +92,33 @@ def test_corrupt_or_truncated_shards_are_detected_and_recomputed(tmp_path, image
     assert len(list(tmp_path.rglob("corrupt/*"))) == 2
     third = CachedEmbedder(image, str(tmp_path)).embed(smiles)
     assert third.report.forward_passes == 0
+
+
+def test_a_corrupt_shard_read_by_two_instances_at_once_is_counted_once(tmp_path, smiles, monkeypatch) -> None:
+    """The embed actors of `embed.concurrency` > 1 each hold a cache on the same directory: when
+    two read one corrupt shard at the same moment, only the one that moves it aside counts it."""
+    ecfp = build_modality("ecfp", {"n_bits": 64})  # real vectors, cheap to compute
+    caches = [EmbeddingCache(str(tmp_path), ecfp.name, ecfp.fingerprint, ecfp.dim) for _ in range(2)]
+    caches[0].put([ecfp.content_key(s) for s in smiles], ecfp.encode(smiles))
+    [shard] = _shards(tmp_path)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    # Both instances have read the shard (and found it corrupt) before either sets it aside.
+    both_read = threading.Barrier(2, timeout=60)
+    read = EmbeddingCache._read_verified
+
+    def read_then_wait(self, path):
+        table = read(self, path)
+        both_read.wait()
+        return table
+
+    monkeypatch.setattr(EmbeddingCache, "_read_verified", read_then_wait)
+    with ThreadPoolExecutor(2) as pool:
+        indexes = list(pool.map(lambda cache: cache.load(), caches))
+    assert indexes == [{}, {}]  # neither trusts a vector of the corrupt shard
+    assert sorted(c.stats.shards_corrupt for c in caches) == [0, 1]
+    assert not shard.exists() and len(list(tmp_path.rglob("corrupt/*"))) == 1
 
 
 _WRITER = textwrap.dedent("""

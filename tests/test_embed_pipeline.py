@@ -229,10 +229,14 @@ def test_one_input_file_is_embedded_in_blocks_of_featurize_batch_size(tmp_path, 
     shards = sorted((out / "train").glob("*.parquet")) + sorted((out / "val").glob("*.parquet"))
     assert len(shards) >= len(molecules) // 4 - 2  # about one written block per 4 input rows
     report = json.loads((out / "report.json").read_text())
-    table = pa.concat_tables([_read(str(out / "train")), _read(str(out / "val"))])
+    train, val = _read(str(out / "train")), _read(str(out / "val"))
+    table = pa.concat_tables([train, val])
     assert (
         table.num_rows == report["counts"]["usable"] and len(set(table.column("mol_id").to_pylist())) == table.num_rows
     )
+    # The report says how the usable rows were split, as the tables written hold them.
+    counts = report["counts"]
+    assert (counts["train"], counts["val"]) == (train.num_rows, val.num_rows) and counts["val"] > 0
 
 
 def test_encoder_actors_never_reserve_the_cpus_their_input_needs() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -18,13 +19,14 @@ from torch import nn
 from acml_ray.cache import CachedEmbedder
 from acml_ray.chem import GraphFeaturizer, InvalidInputError, MolGraph
 from acml_ray.cli.main import main
-from acml_ray.config import ACMLConfig, EvalConfig, TaskConfig
+from acml_ray.config import ACMLConfig, DataSourceConfig, EvalConfig, InterpretConfig, TaskConfig
 from acml_ray.data.paired import PairedExamples, build_table
 from acml_ray.evaluate.downstream import (
     load_tasks,
     masked_errors,
     masked_roc_auc,
     murcko_scaffold,
+    reason_kind,
     scaffold_split,
 )
 from acml_ray.evaluate.finetune import _masked_loss
@@ -123,17 +125,64 @@ def test_three_isomer_set_by_hand():
 
 
 def test_isomer_set_builders():
-    groups = formula_groups(["CCO", "COC", "OCC", "CCC", "C[C@H](O)CC"], None, 10, 8, 0)
-    assert [(s.key, s.smiles) for s in groups] == [("C2H6O", ["CCO", "COC"])]
-    qm9_style = formula_groups(["CCO", "COC", "CCC"], ["[6,2,0,1,0]", "[6,2,0,1,0]", "[8,3,0,0,0]"], 5, 8, 0)
+    groups, skipped = formula_groups(["CCO", "COC", "OCC", "CCC", "C[C@H](O)CC"], None, 10, 8, 0)
+    assert [(s.key, s.smiles) for s in groups] == [("C2H6O", ["CCO", "COC"])] and skipped == []
+    qm9_style, _ = formula_groups(["CCO", "COC", "CCC"], ["[6,2,0,1,0]", "[6,2,0,1,0]", "[8,3,0,0,0]"], 5, 8, 0)
     assert len(qm9_style) == 1 and qm9_style[0].key == "[6,2,0,1,0]"
-    sets = stereo_sets(["CC(N)O", "CCO", "C[C@@H](N)[C@H](C)O"], 5, 3, 0)
+    sets, skipped = stereo_sets(["CC(N)O", "CCO", "C[C@@H](N)[C@H](C)O"], 5, 3, 0)
+    assert skipped == []
     by_parent = {s.key: s.smiles for s in sets}
     assert "CCO" not in by_parent  # no stereo element
     assert set(by_parent["CC(N)O"][1:]) == {"C[C@@H](N)O", "C[C@H](N)O"}
     parent = Chem.MolToSmiles(Chem.MolFromSmiles("C[C@@H](N)[C@H](C)O"))
     assert by_parent[parent][0] == parent and len(by_parent[parent]) == 3  # 4 isomers, capped at 3
     assert len(set(by_parent[parent])) == 3
+
+
+# Inputs a held-out table or a user's file may hold: RDKit cannot parse the first two, reads the
+# empty string as an empty molecule, fails on None and NaN with a TypeError, and spends its
+# unbounded cost (or crashes) on a huge ring; the guard rejects each with a reason.
+HOSTILE = {
+    "C1CC": "unparsable SMILES",
+    "not a smiles": "unparsable SMILES",
+    "": "empty input",
+    None: "not a string",
+    "C1" + "C" * 998 + "1": "too many heavy atoms",
+}
+
+
+def test_isomer_sets_skip_and_count_hostile_smiles():
+    hostile = list(HOSTILE)
+    # Given formulas (QM9): the members of a sampled group are parsed, and a bad one is skipped.
+    sets, skipped = formula_groups(["CCO", *hostile, "COC"], ["C2H6O"] * 7, 5, 8, 0)
+    assert [(s.key, s.smiles) for s in sets] == [("C2H6O", ["CCO", "COC"])]
+    assert sorted((r.index, reason_kind(r.reason)) for r in skipped) == [
+        (i + 1, HOSTILE[s]) for i, s in enumerate(hostile)
+    ]
+    sets, skipped = formula_groups(["CCO", *hostile, "COC"], None, 5, 8, 0)
+    assert [s.smiles for s in sets] == [["CCO", "COC"]] and len(skipped) == len(hostile)
+    sets, skipped = stereo_sets([*hostile, "CC(N)O"], 10, 3, 0)
+    assert [s.key for s in sets] == ["CC(N)O"]
+    assert sorted(reason_kind(r.reason) for r in skipped) == sorted(HOSTILE.values())
+
+
+def test_interpret_skips_and_counts_hostile_smiles(chembl_drugs):
+    from rdkit.Chem import Descriptors
+
+    smiles = chembl_drugs["smiles"].dropna().sample(60, random_state=0).tolist()
+    mw = np.array([Descriptors.MolWt(Chem.MolFromSmiles(s)) for s in smiles])
+    noise = np.random.default_rng(0).normal(size=(len(smiles) + len(HOSTILE), 6))
+    # The hostile rows come with embeddings (a prepared table holds graphs beside any text).
+    emb = np.column_stack([np.concatenate([mw, np.full(len(HOSTILE), 1e4)]), noise])
+    rep = interpret_report(emb, [*smiles, *HOSTILE], n_components=3, cv_folds=5)
+    assert rep["n"] == 60 and rep["rejected"] == len(HOSTILE)
+    assert rep["rejected_by_reason"] == {
+        "unparsable SMILES": 2,
+        "empty input": 1,
+        "not a string": 1,
+        "too many heavy atoms": 1,
+    }
+    assert rep["readout"]["MW"]["pearson"] > 0.99  # the outliers' 1e4 never reached the fit
 
 
 # --------------------------------------------------------------------------- downstream
@@ -720,6 +769,59 @@ def test_gallery_molecules_the_model_trained_on_are_dropped_and_counted(tiny_run
             data=str(gallery),
             progress=False,
         )
+
+
+def test_hostile_smiles_in_a_held_out_table_or_user_file_are_skipped_and_counted(tiny_run, tmp_path):
+    """A prepared held-out table whose SMILES column holds hostile text (its graphs and vectors are
+    fine), and a user's interpret file with the same rows: evaluation finishes, and the isomers
+    and interpret sections count every row they skipped, with its reason in quarantine.parquet."""
+    table = pq.read_table(tiny_run / "data" / "val.parquet")
+    smiles = table.column("smiles").to_pylist()
+    bad_rows = [3, 9, 17, 25, 31]
+    for i, text in zip(bad_rows, HOSTILE):
+        smiles[i] = text
+    held_out = tmp_path / "held_out.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("smiles"), "smiles", pa.array(smiles)), held_out)
+    cfg = EvalConfig.model_validate(
+        {
+            "sections": ["isomers", "interpret"],
+            "isomers": {
+                "constitutional_source": "held_out",
+                "stereo_source": "held_out",
+                "stereo_molecules": 40,  # more than the 36 rows: every row is visited
+                "max_set_size": 3,
+            },
+            "interpret": {"cv_folds": 3},
+        }
+    )
+    report = evaluate_run(str(tiny_run), cfg, tmp_path / "eval", data=str(held_out), progress=False)
+    expected = {"unparsable SMILES": 2, "empty input": 1, "not a string": 1, "too many heavy atoms": 1}
+    assert report["interpret"]["n"] == len(smiles) - 5 and report["interpret"]["rejected"] == 5
+    assert report["interpret"]["rejected_by_reason"] == expected
+    for kind in ("constitutional", "stereo"):
+        assert report["isomers"][kind]["rejected"] == 5 and report["isomers"][kind]["rejected_by_reason"] == expected
+    assert report["isomers"]["stereo"]["test_fp->graph"]["n_sets"] >= 1
+    q = pq.read_table(tmp_path / "eval" / "quarantine.parquet").to_pandas()
+    assert q.groupby("section")["stage"].agg(lambda x: sorted(set(x))).to_dict() == {
+        "interpret": ["descriptors"],
+        "isomers": ["constitutional", "stereo"],
+    }
+    assert sorted(q.loc[q["section"] == "interpret", "mol_id"]) == sorted(f"molecule {i}" for i in bad_rows)
+    text = (tmp_path / "eval" / "report.md").read_text()
+    assert f"{len(smiles) - 5} molecules (5 rows skipped: unparsable SMILES 2," in text
+    assert "- stereo: 5 rows skipped:" in text and "| isomers | stereo | too many heavy atoms | 1 |" in text
+
+    # A user's file for interpret: rows the featuriser rejects have no graph; counted the same way.
+    user = tmp_path / "user.csv"
+    pd.DataFrame(
+        {"smiles": [*pq.read_table(tiny_run / "data" / "val.parquet").column("smiles").to_pylist(), *HOSTILE]}
+    ).to_csv(user, index=False)
+    source = DataSourceConfig(name="user", path=str(user))
+    only = cfg.model_copy(update={"sections": ["interpret"], "interpret": InterpretConfig(source=source, cv_folds=3)})
+    report = evaluate_run(str(tiny_run), only, tmp_path / "eval2", progress=False)
+    assert report["interpret"]["n"] == len(smiles) and report["interpret"]["rejected"] == 5
+    q = pq.read_table(tmp_path / "eval2" / "quarantine.parquet").to_pandas()
+    assert set(q["stage"]) == {"featurise"} and set(q["section"]) == {"interpret"} and len(q) == 5
 
 
 def test_embedding_new_molecules_shows_a_progress_bar(tiny_run, tmp_path, capsys):

@@ -8,7 +8,8 @@ Why this shape:
   vectors;
 - shards are immutable and named by the hash of their own bytes, so a truncated or corrupted
   shard is detected on read (the bytes no longer hash to the name) and set aside, and its keys
-  are simply recomputed;
+  are simply recomputed; of several instances that read it at once, the one that moves it
+  aside counts it (`CacheStats.shards_corrupt`), so concurrent actors report it once;
 - writers never modify a shard, they only add new ones under unique names (write-then-rename
   locally, a single atomic PUT on S3), so concurrent pipelines leave the cache consistent:
   at worst a key is stored twice with identical values (the encoders are deterministic);
@@ -95,14 +96,34 @@ class EmbeddingCache:
             return None
         return table
 
-    def _set_aside(self, path: str) -> None:
-        # Keep the evidence for inspection, out of the way of readers.
+    def _set_aside(self, path: str) -> bool:
+        """Move a corrupt shard into ``corrupt/`` (the evidence, out of the way of readers);
+        True when this instance is the one to count it.
+
+        Several instances may read the same corrupt shard at once (the embed actors of
+        ``embed.concurrency`` > 1, a compactor): each tries the move, and only the one whose
+        move succeeds counts the shard; a move that fails because the shard is gone was beaten
+        by another instance, which counts it. Locally the move is a rename, atomic, so exactly
+        one instance counts it. On S3 a move is a copy and a delete: two readers racing can both
+        succeed and both count it. A shard that cannot be moved at all (a read-only cache) is
+        counted by every instance that reads it, as it is recomputed by each.
+        """
         target = f"{self.directory}/corrupt/{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex[:8]}"
         try:
             self.fs.create_dir(f"{self.directory}/corrupt", recursive=True)
             self.fs.move(path, target)
         except OSError:
+            if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+                return False  # another instance moved it aside first
             log.warning("could not move corrupt cache shard %s aside", path)
+        return True
+
+    def _found_corrupt(self, path: str) -> None:
+        """Set a shard that failed its checksum aside, and count it if this instance did."""
+        if self._set_aside(path):
+            self.stats.shards_corrupt += 1
+            self.stats.corrupt_paths.append(path)
+            log.warning("cache shard failed its checksum, recomputing its rows: %s", path)
 
     def load(self, refresh: bool = False) -> dict[str, np.ndarray]:
         """Read every verified shard into memory: key -> float32 vector."""
@@ -121,10 +142,7 @@ class EmbeddingCache:
         for path in self._shard_paths():
             table = self._read_verified(path)
             if table is None:
-                self.stats.shards_corrupt += 1
-                self.stats.corrupt_paths.append(path)
-                log.warning("cache shard failed its checksum, recomputing its rows: %s", path)
-                self._set_aside(path)
+                self._found_corrupt(path)
                 continue
             self.stats.shards_read += 1
             keys = table.column("key").to_pylist()
@@ -203,9 +221,7 @@ class EmbeddingCache:
             except FileNotFoundError:
                 return 0  # someone else is compacting: let them finish
             if table is None:
-                self.stats.shards_corrupt += 1
-                self.stats.corrupt_paths.append(path)
-                self._set_aside(path)
+                self._found_corrupt(path)
                 continue
             keys = table.column("key").to_pylist()
             flat = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)

@@ -76,6 +76,10 @@ def _fmt(v) -> str:
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
+def _by_reason(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
 def _overlap_line(overlap: dict | None) -> str:
     if not overlap or not overlap.get("checked"):
         return "Overlap with the training set: not checked (the model's training table is not known)."
@@ -174,7 +178,7 @@ def render_markdown(report: dict) -> str:
         ]
         for kind, block in report["isomers"].items():
             for direction, r in block.items():
-                if isinstance(r, dict):
+                if isinstance(r, dict) and "n_sets" in r:  # a direction (not rejected_by_reason)
                     chance = r.get("random", {})
                     cells = [
                         f"{_fmt(r.get(f'top{k}', r['accuracy'] if k == 1 else None))}"
@@ -186,13 +190,25 @@ def render_markdown(report: dict) -> str:
                         f"({_fmt(chance.get('mrr'))}) | {r['n_sets']} | {r['n_queries']} |"
                     )
         lines.append("")
+        skipped = [
+            f"- {kind}: {b['rejected']} rows skipped: {_by_reason(b['rejected_by_reason'])}"
+            for kind, b in report["isomers"].items()
+            if b.get("rejected")
+        ]
+        lines += [*skipped, ""] if skipped else []
     if report.get("interpret"):
         it = report["interpret"]
         names = list(it["readout"])
         lines += [
             "## Interpretability",
             "",
-            f"{it['n']} molecules. Pearson (Spearman) between descriptors and principal components of the "
+            f"{it['n']} molecules"
+            + (
+                f" ({it['rejected']} rows skipped: {_by_reason(it['rejected_by_reason'])})"
+                if it.get("rejected")
+                else ""
+            )
+            + ". Pearson (Spearman) between descriptors and principal components of the "
             "graph embeddings, and a 5-fold cross-validated ridge read-out.",
             "",
             "| | " + " | ".join(names) + " |",

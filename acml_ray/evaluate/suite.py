@@ -380,6 +380,7 @@ def _evaluate(
     }
     say(f"model {model_ref} (epoch {extra.get('epoch')}); sections {', '.join(cfg.sections)}; output {out}")
     quarantine: list[dict] = []
+    featurizer = GraphFeaturizer(run_cfg.featurizer)  # its limits bound every SMILES parse below
     held = None
     from_held_out = "held_out" in (cfg.isomers.constitutional_source, cfg.isomers.stereo_source)
     if {"retrieval", "interpret"} & set(cfg.sections) or ("isomers" in cfg.sections and from_held_out):
@@ -407,31 +408,47 @@ def _evaluate(
                 report["plots"].append("retrieval_curves.png")
     if "isomers" in cfg.sections:
         with say.section("isomers", timings):
-            sets = build_isomer_sets(cfg.isomers, cfg.seed, held.smiles if held is not None else None)
-            say(f"isomers: {len(sets)} sets built")
-            report["isomers"] = isomer_report(model, run_cfg, sets, cache, progress=say.enabled, ks=cfg.top_k)
+            sets, skipped = build_isomer_sets(
+                cfg.isomers, cfg.seed, held.smiles if held is not None else None, featurizer.limits
+            )
+            say(f"isomers: {len(sets)} sets built, {len(skipped)} input rows skipped")
+            report["isomers"], rows = isomer_report(
+                model, run_cfg, sets, cache, progress=say.enabled, ks=cfg.top_k, rejected=skipped
+            )
+            quarantine += rows
     if "interpret" in cfg.sections:
         with say.section("interpret", timings):
             icfg = cfg.interpret
+            no_graph: list[Rejected] = []
             if icfg.source is not None:
                 # Only graphs are needed here: featurise, no modality embedding.
                 mol_smiles = load_source(icfg.source)["smiles"].tolist()
-                results = GraphFeaturizer(run_cfg.featurizer).featurize_batch(mol_smiles)
+                results = featurizer.featurize_batch(mol_smiles)
+                no_graph = [r for r in results if isinstance(r, Rejected)]
                 kept = [(s, r) for s, r in zip(mol_smiles, results) if not isinstance(r, Rejected)]
                 graphs, ismiles = [r.to_pyg() for _, r in kept], [s for s, _ in kept]
+                quarantine += [
+                    _row(f"{icfg.source.name}:row {r.index}", r.input, "featurise", r.reason, "interpret")
+                    for r in no_graph
+                ]
             else:
                 assert held is not None  # read above whenever retrieval or interpret is asked for
                 graphs, ismiles = held.examples.graphs, held.smiles
             emb = graph_embeddings(model, graphs)
-            descriptors = descriptor_table(ismiles)
+            # A prepared held-out table's SMILES were never featurised here: guard them too.
+            descriptors = descriptor_table(ismiles, featurizer.limits)
+            quarantine += [
+                _row(f"molecule {r.index}", r.input, "descriptors", r.reason, "interpret") for r in descriptors.rejected
+            ]
             report["interpret"] = interpret_report(
-                emb, ismiles, icfg.n_components, icfg.cv_folds, cfg.seed, descriptors=descriptors
+                emb, ismiles, icfg.n_components, icfg.cv_folds, cfg.seed, descriptors=descriptors, skipped=no_graph
             )
             plot_correlation_heatmap(report["interpret"], out / "correlation_heatmap.png")
-            colour = descriptors.get(icfg.colour_by)
+            colour = descriptors.values.get(icfg.colour_by)
             if colour is None:
                 raise ValueError(f"interpret.colour_by {icfg.colour_by!r} is not a descriptor")
-            plot_projection(emb, colour, icfg.colour_by, out / "embedding_projection.png")
+            ok = descriptors.ok
+            plot_projection(emb[ok], colour[ok], icfg.colour_by, out / "embedding_projection.png")
             report["plots"] += ["correlation_heatmap.png", "embedding_projection.png"]
     if "downstream" in cfg.sections:
         with say.section("downstream", timings):

@@ -90,6 +90,16 @@ def check_input_columns(fs: pafs.FileSystem, path: str, fmt: str, location: str,
         )
 
 
+def _rows_written(fs: pafs.FileSystem, path: str) -> int:
+    """Rows in the Parquet files under `path`, counted from their footers (no data is read);
+    0 when nothing was written there (Ray Data writes no file for an empty split)."""
+    import pyarrow.dataset as pads
+
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return 0
+    return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
+
+
 def _say(message: str) -> None:
     print(f"[acml embed] {message}", flush=True)
 
@@ -246,6 +256,7 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbeddedData:
         stats = pa.concat_tables(parts)
         summary = summarise(stats, names, ec.keep_columns)
         paths = {split: f"{out_path}/{split}" for split in ("train", "val")}
+        written_rows: dict[str, int] = {}
         for split, path in paths.items():
             doing, writing = f"writing {uri(path)}", uri(path)
             out_fs.delete_dir_contents(path, missing_dir_ok=True)  # a re-run replaces, never appends
@@ -262,6 +273,7 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbeddedData:
                 },
             )
             rows.write_parquet(path, filesystem=out_fs, ray_remote_args=tasks)
+            written_rows[split] = _rows_written(out_fs, path)  # what a user's training will read
             written.append(writing)
             writing = None
         quarantine_path = f"{out_path}/quarantine.parquet"
@@ -286,7 +298,7 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbeddedData:
             report_path=uri(f"{out_path}/report.json"),
             modality_dims={m.name: m.dim for m in modalities},
             fingerprints={m.name: m.fingerprint for m in modalities},
-            counts=summary.counts,
+            counts=summary.counts | written_rows,
             reports=summary.reports,
             quarantined_by_reason=summary.quarantined_by_reason,
             timings=timings,
@@ -306,10 +318,10 @@ def run_embed_pipeline(cfg: ACMLConfig) -> EmbeddedData:
         if lost is None:
             raise
         raise lost from None
-    c = summary.counts
+    c = result.counts
     _say(
         f"read {c['input']}, featurised {c['featurised']}, duplicates {c['duplicates']}, "
-        f"usable {c['usable']}, quarantined {c['quarantined']}"
+        f"usable {c['usable']} (train {c['train']}, val {c['val']}), quarantined {c['quarantined']}"
     )
     for name, r in summary.reports.items():
         _say(

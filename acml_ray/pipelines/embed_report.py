@@ -100,8 +100,9 @@ class EmbeddedData:
     """The training table a stage wrote and what it counted (`prepare`, `run_embed_pipeline`).
 
     Its fields are the keys of the stage's report (``asdict`` of this is `report.json` /
-    `prepare.json`). `counts` holds input, featurised, duplicates, usable and quarantined rows
-    (`prepare` adds its train/val sizes); `quarantined_by_reason` the quarantined rows by kind of
+    `prepare.json`). `counts` holds input, featurised, duplicates, usable and quarantined rows,
+    and the rows written to the train and val tables (``train``, ``val``: the split a user trains
+    on); `quarantined_by_reason` the quarantined rows by kind of
     reason; `reports` per modality: rows, cache hits, encoded rows, forward passes, corrupt cache
     shards (set aside, rows recomputed), rejected rows and their reasons, embedded rows.
     """
