@@ -177,3 +177,40 @@ def test_study_runs_every_stage_resumes_and_reports(tmp_path, chembl_drugs, ray_
     assert json.loads(evaluated.read_text())["fingerprint"] != before
     assert trained.stat().st_mtime_ns == stamp and again["train"] == results["train"]
     assert "downstream" not in json.loads(Path(again["evaluate"]["report"]).read_text())
+
+
+def test_another_model_is_scored_with_its_own_frozen_encoders(tmp_path):
+    """`compare` hands a model the study's embedded held-out table only when that model's frozen
+    encoders made it; an ECFP model of another radius gets the molecules and embeds them itself."""
+    from acml_ray.config import ACMLConfig
+    from acml_ray.modalities import build_modality
+    from acml_ray.model import ACMLModel
+    from acml_ray.model.serialization import save_model
+    from acml_ray.pipelines.study import held_out_for
+
+    embedded = tmp_path / "embedded"
+    (embedded / "val").mkdir(parents=True)
+    smiles = ["CC(=O)Oc1ccccc1C(=O)O", "C[C@H](N)C(=O)O", "c1ccncc1"]
+    frame = pd.DataFrame({"smiles": smiles, "inchikey": [Chem.MolToInchiKey(Chem.MolFromSmiles(s)) for s in smiles]})
+    frame.to_parquet(embedded / "val" / "part-0.parquet")
+    radius2 = build_modality("ecfp", {"n_bits": 64})
+    (embedded / "report.json").write_text(json.dumps({"fingerprints": {"ecfp": radius2.fingerprint}}))
+
+    def model(options: dict) -> str:
+        cfg = ACMLConfig.model_validate(
+            {
+                "graph_encoder": {"num_layers": 2, "hidden_dim": 8},
+                "projection": {"dims": [6]},
+                "modalities": [{"name": "ecfp", "options": options}],
+            }
+        )
+        folder = tmp_path / f"model-{len(options)}"
+        save_model(ACMLModel.from_config(cfg, {"ecfp": 64}), cfg, folder)
+        return str(folder)
+
+    val = str(embedded / "val")
+    assert held_out_for(model({"n_bits": 64}), val, tmp_path / "same", None, say=print) == val
+    messages: list[str] = []
+    other = held_out_for(model({"n_bits": 64, "radius": 3}), val, tmp_path / "other", None, say=messages.append)
+    assert other != val and pq.read_table(other).column("smiles").to_pylist() == smiles
+    assert "ecfp encoder differs" in messages[0] and "3 molecules" in messages[0]

@@ -195,6 +195,45 @@ def _sample_rows(tables: str, rows: int, seed: int, dest: Path) -> str:
     return str(dest)
 
 
+def embedded_fingerprints(table: str) -> dict[str, str]:
+    """The frozen-encoder fingerprints `acml embed` recorded for the tables beside `table`
+    (its ``report.json``), or {} when there is none."""
+    report = Path(table).parent / "report.json"
+    return dict(json.loads(report.read_text()).get("fingerprints", {})) if report.is_file() else {}
+
+
+def held_out_for(model_ref: str, val_table: str, out: Path, tracking_uri: str | None, say: Say = _say) -> str:
+    """The held-out data on which to score another model: the study's embedded table when the
+    model's frozen encoders are the ones that embedded it, else its molecules alone (``smiles``,
+    ``inchikey``), which the evaluation embeds with the model's own encoders (e.g. the demo's fp32
+    image encoder beside the study's bf16 one): vectors of another encoder would score a model
+    on inputs it was never trained on."""
+    import tempfile
+
+    from acml_ray.modalities import build_modality
+    from acml_ray.model.serialization import load_model, resolve_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, run_cfg, _ = load_model(resolve_model(model_ref, tmp, tracking_uri)[0])
+    table_fps = embedded_fingerprints(val_table)
+    differ = [
+        m.name for m in run_cfg.modalities if table_fps.get(m.name) != build_modality(m.name, m.options).fingerprint
+    ]
+    if not differ:
+        return val_table
+    import pyarrow.dataset as pads
+
+    molecules = pads.dataset(val_table, format="parquet").to_table(columns=["smiles", "inchikey"])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "held_out_molecules.parquet"
+    pq.write_table(molecules, path)
+    say(
+        f"compare {model_ref}: its {', '.join(differ)} encoder differs from the one that embedded the "
+        f"held-out table; its {molecules.num_rows} molecules are embedded with the model's own encoders"
+    )
+    return str(path)
+
+
 def train_and_score(
     cfg: ACMLConfig, train_table: str, val_table: str, run_name: str, sections: Sequence[str] = ("retrieval",)
 ) -> dict[str, Any]:
@@ -383,7 +422,8 @@ def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) 
             )
             if not methods:
                 compare_cfg.sections = [s for s in compare_cfg.sections if s != "downstream"]
-            evaluate_run(model, compare_cfg, target, data=tables["val"], cache_dir=cfg.resolved_cache_dir())
+            held_out = held_out_for(model, tables["val"], target, tracking_uri, say)
+            evaluate_run(model, compare_cfg, target, data=held_out, cache_dir=cfg.resolved_cache_dir())
             _record(
                 out,
                 stage,
