@@ -432,6 +432,11 @@ class StudyConfig(_Strict):
         default_factory=dict,
         description="{label: model folder, run or models:/ URI} evaluated on the same held-out set and tasks",
     )
+    compare_sections: list[EvalSection] | None = Field(
+        None,
+        description="evaluation sections of the compared models (default eval.sections); retrieval, "
+        "isomers and interpret re-embed the held-out set when a model's frozen encoders differ",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> StudyConfig:

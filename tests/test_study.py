@@ -124,6 +124,7 @@ def test_study_runs_every_stage_resumes_and_reports(tmp_path, chembl_drugs, ray_
             "study.ablation_epochs": 1,
             "study.ablations": [{"name": "hidden-32", "overrides": {"graph_encoder.hidden_dim": 32}}],
             "study.compare_models": {"same": str(out / "model")},
+            "study.compare_sections": ["retrieval", "downstream"],
             "output_dir": str(out),
         },
     )
@@ -159,6 +160,7 @@ def test_study_runs_every_stage_resumes_and_reports(tmp_path, chembl_drugs, ray_
     # The same model on the same held-out set scores the same; the ablation trained on 150 rows.
     same = json.loads(Path(results["compare"]["same"]["report"]).read_text())
     assert same["retrieval"] == report["retrieval"]
+    assert "isomers" not in same and set(same["downstream"]["logp"]["methods"]) == {"linear_probe"}
     ablation = results["ablations"]["hidden-32"]
     assert ablation["train_rows"] == 150 and ablation["epochs_run"] == 1
     _, ablation_cfg, _ = load_model(ablation["model_dir"])

@@ -400,8 +400,10 @@ def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) 
         )
     results["evaluate"] = _done(out, "evaluate", evaluate_fp)
 
+    compare_sections = cfg.study.compare_sections or cfg.eval.sections
     compare_fps = {
-        label: _fingerprint(embed_fp, model, dump["eval"]) for label, model in cfg.study.compare_models.items()
+        label: _fingerprint(embed_fp, model, dump["eval"], *([compare_sections] if cfg.study.compare_sections else []))
+        for label, model in cfg.study.compare_models.items()
     }
     if "compare" in stages:
         for label, model in cfg.study.compare_models.items():
@@ -418,11 +420,14 @@ def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) 
                 update={
                     "tracking_uri": tracking_uri,
                     "downstream": cfg.eval.downstream.model_copy(update={"methods": methods}),
+                    "sections": [s for s in compare_sections if methods or s != "downstream"],
                 }
             )
-            if not methods:
-                compare_cfg.sections = [s for s in compare_cfg.sections if s != "downstream"]
-            held_out = held_out_for(model, tables["val"], target, tracking_uri, say)
+            # Only the sections that score frozen-encoder vectors need the held-out set embedded
+            # by the model's own encoders; downstream reads graphs alone.
+            held_out = tables["val"]
+            if {"retrieval", "isomers", "interpret"} & set(compare_cfg.sections):
+                held_out = held_out_for(model, tables["val"], target, tracking_uri, say)
             evaluate_run(model, compare_cfg, target, data=held_out, cache_dir=cfg.resolved_cache_dir())
             _record(
                 out,
