@@ -124,3 +124,30 @@ def test_missing_embedding_only_where_the_mask_allows_it(molecules):
         collate(bad, ["fp"])
     with pytest.raises(ColumnarError, match="no column 'emb__other'"):
         collate(rows, ["other"])
+
+
+def test_validation_score_is_the_mrr_and_does_not_saturate_with_top_k(molecules):
+    """`val/score` (what picks the best checkpoint and stops training) is the mean reciprocal rank
+    at the pool size: at a pool smaller than max(top_k) every top-k is 1.0 for any model, yet the
+    score still tells a model that ranks the true graph first from one that does not."""
+    from acml_ray.config import ACMLConfig
+    from acml_ray.model import ACMLModel
+    from acml_ray.train.loop import SCORE_METRIC, validate
+
+    graphs, vectors, has, wide, _ = molecules
+    cfg = ACMLConfig.model_validate(
+        {
+            "graph_encoder": {"num_layers": 2, "hidden_dim": 16},
+            "projection": {"dims": [8]},
+            "modalities": [{"name": "fp"}],
+            "eval": {"pool_size": 8, "top_k": [1, 10]},
+        }
+    )
+    torch.manual_seed(0)
+    model = ACMLModel.from_config(cfg, {"fp": 24})
+    batches = [collate(wide.slice(i, 50), ["fp"], with_ids=True) for i in range(0, wide.num_rows, 50)]
+    metrics = validate(model, batches, cfg, torch.device("cpu"))
+    prefix = "val/fp->graph/pool_8"
+    assert metrics[f"{prefix}/top10"] == 1.0  # saturated by construction
+    assert metrics[SCORE_METRIC] == metrics[f"{prefix}/mrr"] < 1.0
+    assert metrics[f"{prefix}/top1"] <= metrics[SCORE_METRIC]
