@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from acml_ray.chem import InvalidInputError
@@ -184,8 +186,6 @@ def _sample_rows(tables: str, rows: int, seed: int, dest: Path) -> str:
     """A seeded sample of `rows` rows of the training shards, written once to `dest`."""
     if dest.is_file() and pq.read_metadata(dest).num_rows == rows:
         return str(dest)
-    import pyarrow.dataset as pads
-
     table = pads.dataset(tables, format="parquet").to_table()
     if rows >= table.num_rows:
         return tables
@@ -208,8 +208,6 @@ def held_out_for(model_ref: str, val_table: str, out: Path, tracking_uri: str | 
     ``inchikey``), which the evaluation embeds with the model's own encoders (e.g. the demo's fp32
     image encoder beside the study's bf16 one): vectors of another encoder would score a model
     on inputs it was never trained on."""
-    import tempfile
-
     from acml_ray.modalities import build_modality
     from acml_ray.model.serialization import load_model, resolve_model
 
@@ -221,8 +219,6 @@ def held_out_for(model_ref: str, val_table: str, out: Path, tracking_uri: str | 
     ]
     if not differ:
         return val_table
-    import pyarrow.dataset as pads
-
     molecules = pads.dataset(val_table, format="parquet").to_table(columns=["smiles", "inchikey"])
     out.mkdir(parents=True, exist_ok=True)
     path = out / "held_out_molecules.parquet"
