@@ -17,7 +17,7 @@ from rdkit.Chem import rdFingerprintGenerator
 from torch import nn
 
 from acml_ray.cache import CachedEmbedder
-from acml_ray.chem import GraphFeaturizer, InvalidInputError, MolGraph
+from acml_ray.chem import GraphFeaturizer, InvalidInputError, MolGraph, reason_kind
 from acml_ray.cli.main import main
 from acml_ray.config import ACMLConfig, DataSourceConfig, EvalConfig, InterpretConfig, TaskConfig
 from acml_ray.data.paired import PairedExamples, build_table
@@ -26,7 +26,6 @@ from acml_ray.evaluate.downstream import (
     masked_errors,
     masked_roc_auc,
     murcko_scaffold,
-    reason_kind,
     scaffold_split,
 )
 from acml_ray.evaluate.finetune import _masked_loss

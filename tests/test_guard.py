@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
-from acml_ray.chem import GraphFeaturizer, InvalidInputError, MolGraph, Rejected, canonical_identity
+from acml_ray.chem import (
+    GraphFeaturizer,
+    InvalidInputError,
+    MolGraph,
+    Rejected,
+    canonical_identity,
+    reason_counts,
+    reason_kind,
+)
 from acml_ray.chem.featurizer import _graph_arrays
 from acml_ray.chem.guard import SmilesLimits, parse_smiles
 from acml_ray.config import FeaturizerConfig
@@ -163,3 +171,19 @@ def test_image_modality_parses_through_the_guard() -> None:
     with pytest.raises(InvalidInputError, match="too many heavy atoms: 600 > 500"):
         modality.render("C" * 600)
     assert modality.render("CCO").shape == (32, 32, 3)
+
+
+def test_rejections_are_counted_by_the_fixed_phrase_of_their_reason() -> None:
+    """Every report (embed, evaluate, index build) groups quarantined rows by one rule: the
+    reason's fixed phrase, whatever detail (sizes, positions, keys, row numbers) follows it."""
+    inputs = ["not a smiles", "C1CC", "[U]", "C" * 60, "[Na+].[Cl-]", "CC\x01C", "CCO", "c1ccccc1O"]
+    rejected = [r for r in GraphFeaturizer().featurize_batch(inputs) if isinstance(r, Rejected)]
+    assert reason_counts([r.reason for r in rejected]) == {
+        "too few atoms": 2,  # "1 <= 2" and "2 <= 2": one kind
+        "unparsable SMILES": 2,
+        "too many heavy atoms": 1,
+        "invalid text encoding": 1,
+    }
+    assert list(reason_counts(["b", "a: 1", "a: 2"])) == ["a", "b"]  # most frequent first
+    assert reason_kind("duplicate InChIKey LFQSCWFLJHTTHZ-UHFFFAOYSA-N (row 3)") == "duplicate InChIKey"
+    assert reason_kind("duplicate InChIKey LFQSCWFLJHTTHZ-UHFFFAOYSA-N") == "duplicate InChIKey"

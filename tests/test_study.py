@@ -40,6 +40,32 @@ def test_packaged_study_config_is_paper_scale():
     assert cfg.eval.isomers.stereo_source == cfg.eval.isomers.constitutional_source == "held_out"
 
 
+def test_a_second_study_on_one_folder_is_refused_while_the_first_runs(tmp_path):
+    """Two study processes on one folder would each start the stages the other has not recorded
+    (and train under one Ray run name): the second is refused before it does anything."""
+    import filelock
+
+    out = tmp_path / "study-run"
+    (out / "study").mkdir(parents=True)
+    pd.DataFrame({"smiles": ["CCO", "c1ccccc1", "CC(=O)O"]}).to_csv(tmp_path / "library.csv", index=False)
+    cfg = load_config(
+        packaged_config("study"),
+        {
+            "data.sources": [{"name": "library", "path": str(tmp_path / "library.csv")}],
+            "eval.downstream.tasks": [],
+            "study.input_shards": 1,
+            "output_dir": str(out),
+        },
+    )
+    running = filelock.FileLock(out / "study" / ".lock")  # what the first study holds
+    with running.acquire(timeout=0):
+        with pytest.raises(RuntimeError, match="another acml study is running"):
+            run_study(cfg, ["input"], say=lambda _: None)
+        assert not (out / "study" / "input.json").exists()
+    results = run_study(cfg, ["input"], say=lambda _: None)  # the folder is free again
+    assert results["input"]["rows"] == 3 and (out / "study" / "input.json").is_file()
+
+
 def test_study_input_leaves_downstream_molecules_and_their_stereoisomers_out(tmp_path):
     source = pd.DataFrame(
         {

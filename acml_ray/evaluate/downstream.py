@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from acml_ray.chem import GraphFeaturizer, MolGraph, Rejected
+from acml_ray.chem import GraphFeaturizer, MolGraph, Rejected, reason_kind
 from acml_ray.config import ACMLConfig, DownstreamConfig
 from acml_ray.evaluate.baselines import ecfp
 from acml_ray.evaluate.downstream_data import BUILTIN_TASKS, Say, TaskData, check_tasks, load_tasks
@@ -76,13 +75,6 @@ def _summary(values: list[dict[str, float]], seeds: list[int], seconds: list[flo
         "seconds": [round(s, 2) for s in seconds],
         **metrics,
     }
-
-
-def reason_kind(reason: str) -> str:
-    """What a quarantine reason counts as: its text before any detail (``: ...``, `` (...)``, a
-    quoted value, an InChIKey), e.g. ``duplicate InChIKey BSYNRYMUTXBXSQ-... (row 3)`` ->
-    ``duplicate InChIKey``."""
-    return re.split(r":| \(| '| [A-Z]{14}-[A-Z]{10}-[A-Z]", reason, maxsplit=1)[0]
 
 
 def _quarantine_rows(task: str, data: TaskData, index: Sequence[int], stage: str, reasons: Sequence[str]) -> list[dict]:
@@ -262,7 +254,6 @@ __all__ = [
     "masked_errors",
     "masked_roc_auc",
     "murcko_scaffold",
-    "reason_kind",
     "reference_score",
     "run_task",
     "scaffold_split",

@@ -27,8 +27,7 @@ from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from acml_ray.chem import DEFAULT_LIMITS, InvalidInputError, Rejected, SmilesLimits, parse_smiles
-from acml_ray.evaluate.downstream import reason_kind
+from acml_ray.chem import DEFAULT_LIMITS, InvalidInputError, Rejected, SmilesLimits, parse_smiles, reason_kind
 
 # The rdkit-stubs shipped with the rdkit wheel (2026.9.1) omit descriptors that RDKit defines as
 # module-level lambdas (MolWt, MolLogP, NumHDonors, NumHAcceptors): the stubs are wrong there.

@@ -28,10 +28,17 @@ from rdkit.Chem.EnumerateStereoisomers import EnumerateStereoisomers, StereoEnum
 from rdkit.Chem.rdMolDescriptors import CalcMolFormula
 from rdkit.rdBase import BlockLogs
 
-from acml_ray.chem import DEFAULT_LIMITS, GraphFeaturizer, InvalidInputError, Rejected, SmilesLimits, parse_smiles
+from acml_ray.chem import (
+    DEFAULT_LIMITS,
+    GraphFeaturizer,
+    InvalidInputError,
+    Rejected,
+    SmilesLimits,
+    parse_smiles,
+    reason_kind,
+)
 from acml_ray.config import ACMLConfig, IsomerEvalConfig
 from acml_ray.data.sources import load_source
-from acml_ray.evaluate.downstream import reason_kind
 from acml_ray.evaluate.embeddings import graph_embeddings, paired_from_smiles, project_vectors
 from acml_ray.evaluate.retrieval import retrieval_ranks
 from acml_ray.model.acml import ACMLModel

@@ -20,11 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from acml_ray.chem import GraphFeaturizer, Rejected
+from acml_ray.chem import GraphFeaturizer, Rejected, reason_kind
 from acml_ray.config import ACMLConfig, DataSourceConfig, EvalConfig
 from acml_ray.data.paired import PairedExamples, emb_column
 from acml_ray.data.sources import SHIPPED_SOURCES, load_source
-from acml_ray.evaluate.downstream import check_tasks, downstream_report, reason_kind
+from acml_ray.evaluate.downstream import check_tasks, downstream_report
 from acml_ray.evaluate.embeddings import graph_embeddings, paired_from_smiles, project_examples
 from acml_ray.evaluate.interpret import descriptor_table, interpret_report
 from acml_ray.evaluate.isomers import build_isomer_sets, isomer_report

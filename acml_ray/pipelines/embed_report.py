@@ -7,7 +7,7 @@ into counts, per-modality reports and the quarantine table; `EmbeddedData` is wh
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,19 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from acml_ray.chem import reason_counts
 from acml_ray.data.paired import mask_column
 from acml_ray.pipelines.embed_batches import COUNTERS, QUARANTINE_SCHEMA, STATUS_SCHEMA, counter_column, reason_column
-
-
-def reason_counts(reasons: Iterable[str]) -> dict[str, int]:
-    """Reasons grouped by kind ("too many heavy atoms: 63 > 50" -> "too many heavy atoms")."""
-    counts: dict[str, int] = {}
-    for reason in reasons:
-        key = reason.split(":")[0]
-        if key.startswith("duplicate InChIKey"):
-            key = "duplicate InChIKey"
-        counts[key] = counts.get(key, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 @dataclass

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -270,6 +271,10 @@ def train_and_score(
 def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) -> dict[str, Any]:
     """Run (or continue) the study in ``cfg.output_dir``; returns ``study/results.json``'s content.
 
+    One study process at a time per output folder: a second one fails at once with a clear error
+    (two of them would each start the stages the other has not recorded yet, and train one
+    model under one Ray run name). The lock is an OS file lock, so a killed study leaves none.
+
     A stage whose result is recorded under ``study/stages/`` with the same fingerprint (the
     config it reads, and the fingerprint of the stage it reads from) is not run again: rerunning
     the command continues, and a changed setting reruns the stages it affects (a new training
@@ -277,17 +282,34 @@ def run_study(cfg: ACMLConfig, stages: Sequence[str] = STAGES, say: Say = _say) 
     limits the run to some stages, in STAGES order; a stage needs the ones before it to have run
     with this config.
     """
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown study stages {unknown}; choose from {list(STAGES)}")
+    out = Path(cfg.output_dir) / "study"
+    out.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(out / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise RuntimeError(
+            f"another acml study is running in {cfg.output_dir} (it holds {lock.lock_file}); "
+            "wait for it to finish or stop it, or give this one another --out"
+        ) from None
+    try:
+        return _run_stages(cfg, stages, say)
+    finally:
+        lock.release()
+
+
+def _run_stages(cfg: ACMLConfig, stages: Sequence[str], say: Say) -> dict[str, Any]:
+    """`run_study`'s work, under its lock."""
     from acml_ray.evaluate.suite import evaluate_run
     from acml_ray.pipelines.embed import run_embed_pipeline
     from acml_ray.tracking import resolve_tracking_uri
     from acml_ray.train import init_ray
 
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        raise ValueError(f"unknown study stages {unknown}; choose from {list(STAGES)}")
     root = Path(cfg.output_dir)
     out = root / "study"
-    out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"config": cfg.model_dump(mode="json")}
     tracking_uri = cfg.eval.tracking_uri or resolve_tracking_uri(cfg)
 

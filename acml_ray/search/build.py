@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from acml_ray.chem import GraphFeaturizer, Rejected, row_arrow_schema
+from acml_ray.chem import GraphFeaturizer, Rejected, reason_kind, row_arrow_schema
 from acml_ray.config import ACMLConfig, FeaturizerConfig, IndexConfig
 from acml_ray.data.columnar import list_column
 from acml_ray.search.calibrate import FALLBACK_NPROBE, CalibrationQueries, calibrate, calibration_settings
@@ -366,10 +366,6 @@ class IndexBuildResult:
         return self.added / max(self.timings.get("embed_s", 0.0), 1e-9)
 
 
-def _reason_kind(reason: str) -> str:
-    return "duplicate InChIKey" if reason.startswith("duplicate InChIKey") else reason.split(":")[0]
-
-
 def _known_hashes(store: IndexStore, manifest: Manifest) -> np.ndarray:
     keys: list[str] = []
     for shard in manifest.shards:
@@ -570,7 +566,7 @@ def _commit_chunk(
         quarantine_name = f"quarantine/{library_key}-{number:05d}.parquet"
         store.write_bytes(quarantine_name, _parquet_bytes(quarantine))
         for r in quarantine.column("reason").to_pylist():
-            kind = _reason_kind(r)
+            kind = reason_kind(r)
             by_reason[kind] = by_reason.get(kind, 0) + 1
     if good.num_rows:
         name = f"shards/{library_key}-{number:05d}.parquet"
