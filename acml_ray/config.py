@@ -494,12 +494,14 @@ class ACMLConfig(_Strict):
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ACMLConfig:
     """Load an `ACMLConfig` from YAML (or defaults when `path` is None), then apply overrides.
 
+    `path` is a YAML file or the name of a packaged config (`config_path`).
+
     `overrides` uses dotted keys, e.g. ``{"train.epochs": 5}``.
     """
     data: dict[str, Any] = {}
     source = "the default config"
     if path is not None:
-        path = Path(path)
+        path = config_path(path)
         source = str(path)
         loaded = read_yaml(path, "config file")
         if loaded is not None and not isinstance(loaded, dict):
@@ -550,6 +552,27 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
                 )
         node[keys[-1]] = value
     return data
+
+
+def packaged_config_names() -> list[str]:
+    """Names of the configs shipped inside the package (``demo``, ``nmr``, ``study``)."""
+    return sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
+
+
+def config_path(value: str | Path) -> Path:
+    """The YAML file `value` names: a path, or a bare packaged config name (``--config nmr``).
+
+    A file of that name in the working directory wins, so a user's own ``./demo`` is never
+    shadowed; a bare name that is neither is a one-line error listing the packaged names.
+    """
+    path = Path(value)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    if path.name in packaged_config_names():
+        return packaged_config(path.name)
+    raise FileNotFoundError(
+        f"config file not found: {value} (nor a packaged config: {', '.join(packaged_config_names())})"
+    )
 
 
 def packaged_config(name: str) -> Path:

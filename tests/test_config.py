@@ -53,3 +53,16 @@ def test_invalid_values_are_rejected(tmp_path, text: str, match: str) -> None:
 def test_missing_file_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_config_is_a_file_or_a_packaged_name(tmp_path, monkeypatch):
+    """`--config study` finds the packaged study config; a file of that name in the working
+    directory wins; a bare name that is neither says which packaged names exist."""
+    monkeypatch.chdir(tmp_path)
+    assert load_config("study").model_dump() == load_config(packaged_config("study")).model_dump()
+    (tmp_path / "study").write_text("train: {epochs: 3}\n")
+    assert load_config("study").train.epochs == 3  # the user's own file, not the packaged one
+    with pytest.raises(FileNotFoundError, match=r"config file not found: nope \(nor a packaged config: demo, .*study"):
+        load_config("nope")
+    with pytest.raises(FileNotFoundError, match="config file not found: conf/nope.yaml"):
+        load_config("conf/nope.yaml")

@@ -14,8 +14,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--config / --set / --quiet, the options every config-driven command takes."""
     parser.add_argument(
         "--config",
-        help="YAML config (default: `acml demo` uses the packaged demo "
-        "config, every other command the built-in defaults)",
+        help="YAML config file, or a packaged config by name (demo, nmr, study); default: "
+        "`acml demo` and `acml study` use their packaged config, every other command the built-in defaults",
     )
     parser.add_argument(
         "--set",
