@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             weights = {k: float(v) for k, v in (w.split("=", 1) for w in args.weight)}
             joint = {**cfg, "modalities": [{**m, "weight": weights.get(m["name"], 1.0)} for m in everything]}
             name = f"joint-{args.encoder}{suffix}"
-            record(name, train_and_evaluate(work, name, with_overrides(joint, overrides), tables))
+            result = train_and_evaluate(work, name, with_overrides(joint, overrides), tables)
+            record(name, {**result, "weights": weights})
         for modality in [m for m in everything if m["name"] in wanted]:
             name = f"single-{modality['name']}-{args.encoder}{suffix}"
             single = with_overrides({**cfg, "modalities": [modality]}, overrides)
