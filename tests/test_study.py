@@ -13,6 +13,7 @@ from rdkit import Chem
 from rdkit.Chem import Descriptors
 
 from acml_ray.config import load_config, packaged_config
+from acml_ray.data.sources import load_source
 from acml_ray.model.serialization import load_model
 from acml_ray.pipelines.study import run_study, write_results_markdown, write_study_input
 
@@ -64,6 +65,28 @@ def test_a_second_study_on_one_folder_is_refused_while_the_first_runs(tmp_path):
         assert not (out / "study" / "input.json").exists()
     results = run_study(cfg, ["input"], say=lambda _: None)  # the folder is free again
     assert results["input"]["rows"] == 3 and (out / "study" / "input.json").is_file()
+
+
+def test_study_input_carries_the_spectra_its_nmr_modalities_read(tmp_path):
+    """A study of spectra (the packaged `nmr` config) needs each molecule's shift lists beside its
+    SMILES in the molecule table; a source without them is refused by name, before any work."""
+    cfg = load_config(
+        packaged_config("nmr"),
+        {"data.sources": [{"name": "nmr_spectra", "limit": 40, "seed": 0}], "output_dir": str(tmp_path)},
+    )
+    result = write_study_input(cfg, tmp_path / "study", say=lambda _: None)
+    table = pq.read_table(result.path).to_pandas()
+    assert result.rows == 40 and {"smiles", "nmr13c", "nmr1h"} <= set(table.columns)
+    shipped = load_source("nmr_spectra").set_index("smiles")
+    first = table.iloc[0]
+    assert list(first["nmr13c"]) == list(shipped.loc[first["smiles"], "nmr13c"])  # the molecule's own peaks
+
+    no_spectra = load_config(
+        packaged_config("nmr"),
+        {"data.sources": [{"name": "chembl_approved_drugs", "limit": 10}], "output_dir": str(tmp_path)},
+    )
+    with pytest.raises(ValueError, match=r"column\(s\) \['nmr13c', 'nmr1h'\], which none of its data sources has"):
+        write_study_input(no_spectra, tmp_path / "other", say=lambda _: None)
 
 
 def test_study_input_leaves_downstream_molecules_and_their_stereoisomers_out(tmp_path):

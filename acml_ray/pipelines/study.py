@@ -94,6 +94,15 @@ class StudyInput:
     notes: list[str] = field(default_factory=list)
 
 
+def input_columns(cfg: ACMLConfig) -> list[str]:
+    """Raw input columns the study's modalities read besides SMILES (``nmr13c``, ``nmr1h``, ...):
+    the input stage carries them from the sources into the molecule table."""
+    from acml_ray.modalities import build_modality  # cheap: encoders load on first use
+    from acml_ray.pipelines.embed_batches import modality_input_columns
+
+    return list(dict.fromkeys(modality_input_columns([build_modality(m.name, m.options) for m in cfg.modalities])))
+
+
 def _input_fingerprint(cfg: ACMLConfig) -> str:
     spec = {
         "sources": [s.model_dump(mode="json") for s in cfg.data.sources],
@@ -101,11 +110,15 @@ def _input_fingerprint(cfg: ACMLConfig) -> str:
         "shards": cfg.study.input_shards,
         "seed": cfg.data.split_seed,
     }
+    columns = input_columns(cfg)
+    if columns:  # only then: studies of SMILES-read modalities keep the fingerprints they recorded
+        spec["columns"] = columns
     return _fingerprint(spec)
 
 
 def write_study_input(cfg: ACMLConfig, out: Path, say: Say = _say) -> StudyInput:
-    """Stage 1: ``out/input/part-*.parquet`` (smiles, source) and ``out/excluded.parquet``.
+    """Stage 1: ``out/input/part-*.parquet`` (smiles, source, the modalities' other input columns
+    such as ``nmr13c``) and ``out/excluded.parquet``.
 
     Rows are shuffled (seeded by `data.split_seed`) so that every shard, and so every training
     block, mixes the sources. Unparsable rows are kept: `acml embed` quarantines them with their
@@ -119,7 +132,15 @@ def write_study_input(cfg: ACMLConfig, out: Path, say: Say = _say) -> StudyInput
             say(f"input: {done.rows} molecules from an earlier run ({done.path})")
             return done
     started = time.perf_counter()
-    frame = load_sources(cfg.data.sources)[["smiles", "source"]]
+    frame = load_sources(cfg.data.sources)
+    wanted = ["smiles", "source", *input_columns(cfg)]
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"the study's modalities read column(s) {missing}, which none of its data sources has "
+            f"(sources: {[s.name for s in cfg.data.sources]}; columns: {sorted(map(str, frame.columns))})"
+        )
+    frame = frame[wanted]
     frame["smiles"] = frame["smiles"].astype(str)
     excluded_by_task: dict[str, int] = {}
     claimed = pd.Series([None] * len(frame), dtype=object)
