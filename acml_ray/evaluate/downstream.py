@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -39,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from acml_ray.chem import GraphFeaturizer, MolGraph, Rejected, reason_kind
+from acml_ray.chem import GraphFeaturizer, MolGraph, Rejected, reason_counts
 from acml_ray.config import ACMLConfig, DownstreamConfig
 from acml_ray.evaluate.baselines import ecfp
 from acml_ray.evaluate.downstream_data import BUILTIN_TASKS, Say, TaskData, check_tasks, load_tasks
@@ -139,7 +138,7 @@ def run_task(
         path.write_text(split_csv)
         split_info["file"] = str(path)
 
-    by_reason = Counter(reason_kind(q["reason"]) for q in quarantine)
+    by_reason = reason_counts(q["reason"] for q in quarantine)
     report = {
         "kind": data.kind,
         "tasks": data.task_names,
@@ -147,7 +146,7 @@ def run_task(
         "n_input": len(data.smiles),
         "n": len(smiles),
         "rejected": len(quarantine),
-        "rejected_by_reason": dict(by_reason.most_common()),
+        "rejected_by_reason": by_reason,
         "split": split_info,
         "seeds": list(cfg.seeds),
         "labelled": {

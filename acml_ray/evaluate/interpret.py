@@ -12,7 +12,6 @@ minutes or crashes, so a row the guard rejects is left out and counted with its 
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from acml_ray.chem import DEFAULT_LIMITS, InvalidInputError, Rejected, SmilesLimits, parse_smiles, reason_kind
+from acml_ray.chem import DEFAULT_LIMITS, InvalidInputError, Rejected, SmilesLimits, parse_smiles, reason_counts
 
 # The rdkit-stubs shipped with the rdkit wheel (2026.9.1) omit descriptors that RDKit defines as
 # module-level lambdas (MolWt, MolLogP, NumHDonors, NumHAcceptors): the stubs are wrong there.
@@ -113,11 +112,11 @@ def interpret_report(
     table = descriptor_table(smiles) if descriptors is None else descriptors
     ok = table.ok
     rejected = [*skipped, *table.rejected]
-    by_reason = Counter(reason_kind(r.reason) for r in rejected)
+    by_reason = reason_counts(r.reason for r in rejected)
     if ok.sum() < 2:
         raise ValueError(
             f"interpret: {int(ok.sum())} usable molecule(s) of {len(ok)} "
-            f"({len(rejected)} rejected: {dict(by_reason.most_common())}); needs at least 2"
+            f"({len(rejected)} rejected: {by_reason}); needs at least 2"
         )
     emb = StandardScaler().fit_transform(np.asarray(embeddings, np.float64)[ok])
     desc = {name: values[ok] for name, values in table.values.items()}
@@ -127,7 +126,7 @@ def interpret_report(
     report: dict = {
         "n": int(len(emb)),
         "rejected": len(rejected),
-        "rejected_by_reason": dict(by_reason.most_common()),
+        "rejected_by_reason": by_reason,
         "explained_variance": pca.explained_variance_ratio_.tolist(),
         "pcs": {
             f"PC{j + 1}": {name: correlations(pcs[:, j], values) for name, values in desc.items()}

@@ -18,7 +18,7 @@ quarantined with its reason (stage: the isomer kind), and each kind counts its s
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,7 +35,7 @@ from acml_ray.chem import (
     Rejected,
     SmilesLimits,
     parse_smiles,
-    reason_kind,
+    reason_counts,
 )
 from acml_ray.config import ACMLConfig, IsomerEvalConfig
 from acml_ray.data.sources import load_source
@@ -265,11 +265,11 @@ def isomer_report(
         ]
     report: dict[str, dict] = {}
     for kind in sorted({s.kind for s in sets} | {r["stage"] for r in rows}):
-        mine = Counter(reason_kind(r["reason"]) for r in rows if r["stage"] == kind)
+        mine = reason_counts(r["reason"] for r in rows if r["stage"] == kind)
         report[kind] = {
             "n_sets_built": sum(s.kind == kind for s in sets),
             "rejected": sum(mine.values()),
-            "rejected_by_reason": dict(mine.most_common()),
+            "rejected_by_reason": mine,
         }
     for modality in model.modalities:
         if modality not in examples.vectors:
