@@ -414,6 +414,35 @@ class AblationConfig(_Strict):
     overrides: dict[str, Any] = Field(default_factory=dict, description="e.g. {loss.kind: soft_clip}")
 
 
+class StudyTarget(_Strict):
+    """A claim the study's results page checks against the study model's evaluation report.
+
+    ``metric`` is a path into that report (e.g. ``[retrieval, image->graph, pool_all, top10]``).
+    The claim is met when the figure is at least ``at_least``, or at least the same figure of the
+    ablation ``versus`` minus ``within`` (e.g. a joint model against its single-pair models); with
+    neither the figure is only reported.
+    """
+
+    claim: str
+    metric: list[str] = Field(min_length=1)
+    at_least: float | None = None
+    versus: str | None = Field(None, description="an ablation's name (study.ablations)")
+    within: float = Field(0.0, ge=0.0, description="with versus: how far below the ablation still counts as met")
+    paper: str = Field("-", description="the paper's figure, quoted beside the target")
+    demo: str = Field("-", description="the demo's figure, quoted beside the target")
+
+    @model_validator(mode="after")
+    def _one_bar(self) -> StudyTarget:
+        if self.at_least is not None and self.versus is not None:
+            raise ValueError(f"target {self.claim!r}: give at_least or versus, not both")
+        if self.versus is not None and self.metric[0] != "retrieval":
+            # Ablations are scored on retrieval only (study.train_and_score).
+            raise ValueError(
+                f"target {self.claim!r}: versus compares retrieval figures; metric starts {self.metric[0]!r}"
+            )
+        return self
+
+
 class StudyConfig(_Strict):
     """`acml study`: what the paper-scale study adds to one pipeline run (see `acml_ray.pipelines.study`)."""
 
@@ -437,12 +466,18 @@ class StudyConfig(_Strict):
         description="evaluation sections of the compared models (default eval.sections); retrieval, "
         "isomers and interpret re-embed the held-out set when a model's frozen encoders differ",
     )
+    targets: list[StudyTarget] = Field(
+        default_factory=list, description="claims the results page checks (the packaged configs list theirs)"
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> StudyConfig:
         names = [a.name for a in self.ablations]
         if len(set(names)) != len(names):
             raise ValueError(f"ablation names listed twice: {names}")
+        unknown = sorted({t.versus for t in self.targets if t.versus is not None} - set(names))
+        if unknown:
+            raise ValueError(f"targets compare with ablations that are not listed: {unknown}")
         return self
 
 

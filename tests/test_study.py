@@ -9,10 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 from rdkit import Chem
 from rdkit.Chem import Descriptors
 
-from acml_ray.config import load_config, packaged_config
+from acml_ray.config import StudyConfig, load_config, packaged_config
 from acml_ray.data.sources import load_source
 from acml_ray.model.serialization import load_model
 from acml_ray.pipelines.study import run_study, write_results_markdown, write_study_input
@@ -135,6 +136,27 @@ def test_study_input_leaves_downstream_molecules_and_their_stereoisomers_out(tmp
     assert again.fingerprint != result.fingerprint and again.rows == 8 and again.excluded == 0
 
 
+TOP10 = ("retrieval", "ecfp->graph", "pool_all", "top10")
+
+
+def test_study_targets_name_a_listed_ablation_and_one_bar():
+    ablations = [{"name": "single-image", "overrides": {"modalities": [{"name": "image"}]}}]
+    target = {"claim": "c", "metric": [*TOP10], "versus": "single-image", "within": 0.02}
+    assert StudyConfig.model_validate({"ablations": ablations, "targets": [target]}).targets[0].within == 0.02
+    with pytest.raises(ValidationError, match="not listed: \\['single-smiles'\\]"):
+        StudyConfig.model_validate({"ablations": ablations, "targets": [{**target, "versus": "single-smiles"}]})
+    with pytest.raises(ValidationError, match="not both"):
+        StudyConfig.model_validate({"ablations": ablations, "targets": [{**target, "at_least": 0.9}]})
+    with pytest.raises(ValidationError, match="versus compares retrieval figures"):
+        StudyConfig.model_validate(
+            {"ablations": ablations, "targets": [{**target, "metric": ["isomers", "stereo", "image->graph", "top1"]}]}
+        )
+    # The packaged configs' targets point at figures their evaluation writes.
+    nmr = load_config(packaged_config("nmr"))
+    assert [t.versus for t in nmr.study.targets if t.versus] == [a.name for a in nmr.study.ablations]
+    assert {t.metric[1] for t in nmr.study.targets} == {f"{m.name}->graph" for m in nmr.modalities}
+
+
 @pytest.mark.slow
 def test_study_runs_every_stage_resumes_and_reports(tmp_path, chembl_drugs, ray_local):
     drugs = chembl_drugs["smiles"].tolist()
@@ -174,6 +196,11 @@ def test_study_runs_every_stage_resumes_and_reports(tmp_path, chembl_drugs, ray_
             "study.ablations": [{"name": "hidden-32", "overrides": {"graph_encoder.hidden_dim": 32}}],
             "study.compare_models": {"same": str(out / "model")},
             "study.compare_sections": ["retrieval", "downstream"],
+            "study.targets": [
+                {"claim": "ecfp top-10 vs hidden-32", "metric": [*TOP10], "versus": "hidden-32", "within": 0.05},
+                {"claim": "ecfp top-10 is reported", "metric": [*TOP10]},
+                {"claim": "ecfp top-10 above 1", "metric": [*TOP10], "at_least": 1.01},
+            ],
             "output_dir": str(out),
         },
     )
@@ -219,6 +246,16 @@ def test_study_runs_every_stage_resumes_and_reports(tmp_path, chembl_drugs, ray_
     for heading in ("## Data", "## Targets", "## Downstream, every encoder", "## What matters (ablations)"):
         assert heading in page
     assert "| hidden-32 |" in page and "same linear_probe" in page
+    # Each target is judged on the figures the stages recorded: a bar, an ablation's figure less
+    # `within`, or nothing (reported only).
+    ours, theirs = (
+        report["retrieval"]["ecfp->graph"]["pool_all"]["top10"],
+        ablation["retrieval"]["ecfp->graph"]["pool_all"]["top10"],
+    )
+    verdict = "met" if ours >= theirs - 0.05 else "missed"
+    assert f"| ecfp top-10 vs hidden-32 | {ours:.3f} ({verdict}) | >= hidden-32 ({theirs:.3f}) - 0.05 |" in page
+    assert f"| ecfp top-10 is reported | {ours:.3f} | - |" in page
+    assert f"| ecfp top-10 above 1 | {ours:.3f} (missed) | >= 1.01 |" in page
 
     # A changed eval section re-evaluates; the training it reads is kept.
     evaluated = out / "study" / "stages" / "evaluate.json"
