@@ -103,16 +103,15 @@ def input_columns(cfg: ACMLConfig) -> list[str]:
     return list(dict.fromkeys(modality_input_columns([build_modality(m.name, m.options) for m in cfg.modalities])))
 
 
-def _input_fingerprint(cfg: ACMLConfig) -> str:
+def _input_fingerprint(cfg: ACMLConfig, columns: Sequence[str]) -> str:
     spec = {
         "sources": [s.model_dump(mode="json") for s in cfg.data.sources],
         "tasks": [t.model_dump(mode="json") for t in cfg.eval.downstream.tasks] if cfg.study.exclude_downstream else [],
         "shards": cfg.study.input_shards,
         "seed": cfg.data.split_seed,
     }
-    columns = input_columns(cfg)
     if columns:  # only then: studies of SMILES-read modalities keep the fingerprints they recorded
-        spec["columns"] = columns
+        spec["columns"] = list(columns)
     return _fingerprint(spec)
 
 
@@ -125,7 +124,8 @@ def write_study_input(cfg: ACMLConfig, out: Path, say: Say = _say) -> StudyInput
     reason, and its report counts them.
     """
     manifest = out / "input.json"
-    fingerprint = _input_fingerprint(cfg)
+    columns = input_columns(cfg)
+    fingerprint = _input_fingerprint(cfg, columns)
     if manifest.is_file():
         done = StudyInput(**json.loads(manifest.read_text()))
         if done.fingerprint == fingerprint and Path(done.path).is_dir():
@@ -133,7 +133,7 @@ def write_study_input(cfg: ACMLConfig, out: Path, say: Say = _say) -> StudyInput
             return done
     started = time.perf_counter()
     frame = load_sources(cfg.data.sources)
-    wanted = ["smiles", "source", *input_columns(cfg)]
+    wanted = ["smiles", "source", *columns]
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
         raise ValueError(
