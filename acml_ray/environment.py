@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 
 QUIET_ENV: dict[str, str] = {
@@ -73,6 +74,13 @@ def apply_defaults(local: bool | None = None) -> None:
         os.environ.setdefault(key, value)
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now (the OS picks it; another process could take it later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def init_ray(num_cpus: int | None = None, use_gpu: bool = False, object_store_mib: int | None = None) -> None:
     """Connect to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``), or start a
     local Ray on loopback; workers get the environment defaults (caller's values win).
@@ -93,12 +101,19 @@ def init_ray(num_cpus: int | None = None, use_gpu: bool = False, object_store_mi
         return
     # The dashboard (on loopback) serves Ray's State API, which Ray Train's placement-group
     # cleaner polls: without it the cleaner warns every few seconds and cannot free the
-    # placement group of a trial that dies.
+    # placement group of a trial that dies. The cleaner finds the API by "auto", which fails
+    # once a second local Ray runs (two jobs on one machine); naming this Ray's dashboard in
+    # RAY_API_SERVER_ADDRESS for its workers keeps the cleaner on its own cluster.
+    dashboard_port = None
+    if "RAY_API_SERVER_ADDRESS" not in os.environ:
+        dashboard_port = free_port()
+        env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
     ray.init(
         num_cpus=num_cpus,
         object_store_memory=object_store_mib * 2**20 if object_store_mib else None,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
         _node_ip_address="127.0.0.1",
         runtime_env={"env_vars": env},
         configure_logging=True,

@@ -102,6 +102,43 @@ def test_init_ray_in_a_fresh_process(tmp_path):
 
 
 @pytest.mark.slow
+def test_workers_reach_their_own_ray_state_api_beside_another_local_ray(tmp_path):
+    """Two local Rays on one machine (two jobs, or a job beside the tests): Ray Train's
+    placement-group cleaner looks the State API up by "auto", which is ambiguous then, so it died
+    with "Found multiple active Ray instances" and never freed a dead trial's placement group.
+    `init_ray` names its own dashboard to its workers."""
+    env = clean_env(tmp_path)
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import acml_ray as a, sys\na.init_ray(num_cpus=1)\nprint('up', flush=True)\nsys.stdin.read()\n",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "up"
+        code = (
+            "import acml_ray as a, ray\na.init_ray(num_cpus=1)\n"
+            "@ray.remote\ndef probe():\n    from ray.util.state import list_nodes\n"
+            "    return [n.node_id for n in list_nodes()]\n"
+            "print(ray.get(probe.remote()) == [ray.get_runtime_context().get_node_id()])\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0 and proc.stdout.split()[-1] == "True", proc.stderr[-3000:]
+    finally:
+        assert other.stdin is not None
+        other.stdin.close()  # its driver exits and shuts its Ray down
+        other.wait(timeout=120)
+
+
+@pytest.mark.slow
 def test_readme_python_example_runs_in_a_clean_environment(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", readme_python_example()],
