@@ -471,7 +471,8 @@ class StudyConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _unique_names(self) -> StudyConfig:
+    def _names_resolve(self) -> StudyConfig:
+        """Ablation names are unique, and every target's `versus` names one of them."""
         names = [a.name for a in self.ablations]
         if len(set(names)) != len(names):
             raise ValueError(f"ablation names listed twice: {names}")
